@@ -1,0 +1,23 @@
+"""mat_fast: a drop-in, faster MAT (Mask-Aware Transformer for Large Hole Image Inpainting).
+
+``Generator``/``Discriminator`` have upstream's signatures and state-dict keys;
+``load_generator`` reads upstream pickles (without running their code), state dicts and
+safetensors; ``Inpainter`` fills holes in real images of any size.
+"""
+
+__version__ = "0.1.0"
+
+from .backend import (BackendUnavailableError, available_backends, get_backend, set_backend,
+                      use_backend)
+from .model import Discriminator, Generator
+
+__all__ = [
+    "BackendUnavailableError",
+    "Discriminator",
+    "Generator",
+    "available_backends",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+    "__version__",
+]

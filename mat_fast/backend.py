@@ -1,0 +1,219 @@
+"""The one place that decides which implementation of each hot op runs.
+
+Precedence, highest first:
+  1. an explicit ``backend=`` argument to an op,
+  2. the innermost ``with use_backend(name):`` block / ``set_backend(name)``,
+  3. the ``MAT_FAST_BACKEND`` environment variable,
+  4. ``'auto'``.
+
+An explicit request that cannot run raises :class:`BackendUnavailableError` with the
+reason. ``'auto'`` walks a per-device preference list, falls back to ``'reference'`` and
+logs why, once per (device type, backend) pair.
+
+Each op registers its implementations with :func:`register`; a backend that is usable but
+has no kernel for a given op runs that op's reference twin (e.g. a backend that only fuses
+attention still runs the reference resampling).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+from typing import Callable, Dict, Iterator, Optional
+
+import torch
+
+__all__ = [
+    "BACKEND_NAMES",
+    "BackendUnavailableError",
+    "available_backends",
+    "get_backend",
+    "register",
+    "resolve",
+    "set_backend",
+    "use_backend",
+    "implementation",
+]
+
+log = logging.getLogger("mat_fast")
+
+#: Every name a user may ask for. 'auto' is a policy, the rest are implementations.
+BACKEND_NAMES = ("auto", "reference", "triton", "cuda", "cpu")
+ENV_VAR = "MAT_FAST_BACKEND"
+
+# Auto preference per device type: the first backend that can run wins.
+_AUTO_ORDER = {
+    "cuda": ("triton", "cuda", "reference"),
+    "cpu": ("cpu", "reference"),
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run here; the message says why."""
+
+
+# ----------------------------------------------------------------------------------------
+# Availability probes. Each returns None when the backend can run on that device type, or
+# a sentence saying why not. Later work replaces the 'not built yet' probes.
+
+_NOT_YET = "mat_fast {ver} has no '{name}' kernels yet; use 'reference' (or 'auto')"
+
+
+def _probe_reference(device_type: str) -> Optional[str]:
+    return None
+
+
+def _probe_not_yet(name: str) -> Callable[[str], Optional[str]]:
+    def probe(device_type: str) -> Optional[str]:
+        from . import __version__
+
+        return _NOT_YET.format(ver=__version__, name=name)
+
+    return probe
+
+
+_PROBES: Dict[str, Callable[[str], Optional[str]]] = {
+    "reference": _probe_reference,
+    "triton": _probe_not_yet("triton"),
+    "cuda": _probe_not_yet("cuda"),
+    "cpu": _probe_not_yet("cpu"),
+}
+
+
+def set_probe(name: str, probe: Callable[[str], Optional[str]]) -> None:
+    """Install the availability check of a backend (used by the kernel packages)."""
+    _check_name(name, allow_auto=False)
+    _PROBES[name] = probe
+
+
+def available_backends(device: Optional[torch.device | str] = None) -> Dict[str, Optional[str]]:
+    """Map every backend name to ``None`` (can run) or the reason it cannot.
+
+    ``device`` defaults to CUDA when a GPU is visible, else CPU.
+    """
+    device_type = _device_type(device)
+    return {name: _PROBES[name](device_type) for name in BACKEND_NAMES if name != "auto"}
+
+
+# ----------------------------------------------------------------------------------------
+# Requested backend: context variable (works with threads and asyncio) over a global.
+
+_global_choice: Optional[str] = None
+_context_choice: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+    "mat_fast_backend", default=None
+)
+
+
+def _check_name(name: str, allow_auto: bool = True) -> str:
+    if not isinstance(name, str) or name.lower() not in BACKEND_NAMES or (
+        not allow_auto and name.lower() == "auto"
+    ):
+        raise ValueError(
+            f"unknown mat_fast backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}"
+        )
+    return name.lower()
+
+
+def set_backend(name: Optional[str]) -> None:
+    """Set the process-wide backend ('auto', 'reference', ...). ``None`` clears it.
+
+    An explicit name is checked at once for the default device, so a typo or an
+    unavailable backend fails here rather than deep inside a forward pass.
+    """
+    global _global_choice
+    if name is None:
+        _global_choice = None
+        return
+    name = _check_name(name)
+    if name != "auto":
+        _raise_if_unavailable(name, _device_type(None))
+    _global_choice = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[str]:
+    """``with use_backend('reference'):`` — scoped backend choice (nests, thread-safe)."""
+    name = _check_name(name)
+    if name != "auto":
+        _raise_if_unavailable(name, _device_type(None))
+    token = _context_choice.set(name)
+    try:
+        yield name
+    finally:
+        _context_choice.reset(token)
+
+
+def get_backend() -> str:
+    """The backend currently requested (may be 'auto'); see :func:`resolve` for what runs."""
+    for choice in (_context_choice.get(), _global_choice):
+        if choice is not None:
+            return choice
+    env = os.environ.get(ENV_VAR)
+    if env:
+        try:
+            return _check_name(env.strip())
+        except ValueError:
+            raise ValueError(
+                f"{ENV_VAR}={env!r} is not a mat_fast backend; "
+                f"set it to one of {', '.join(BACKEND_NAMES)} or unset it"
+            ) from None
+    return "auto"
+
+
+# ----------------------------------------------------------------------------------------
+# Resolution.
+
+_logged_fallbacks: set = set()
+
+
+def _device_type(device) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device).type
+
+
+def _raise_if_unavailable(name: str, device_type: str) -> None:
+    reason = _PROBES[name](device_type)
+    if reason is not None:
+        raise BackendUnavailableError(
+            f"mat_fast backend {name!r} cannot run on {device_type}: {reason}"
+        )
+
+
+def resolve(device=None, explicit: Optional[str] = None) -> str:
+    """The concrete backend that runs on ``device`` right now."""
+    device_type = _device_type(device)
+    name = _check_name(explicit) if explicit is not None else get_backend()
+    if name != "auto":
+        _raise_if_unavailable(name, device_type)
+        return name
+    for candidate in _AUTO_ORDER.get(device_type, ("reference",)):
+        reason = _PROBES[candidate](device_type)
+        if reason is None:
+            return candidate
+        key = (device_type, candidate)
+        if key not in _logged_fallbacks:
+            _logged_fallbacks.add(key)
+            log.info("mat_fast: auto backend skips %r on %s: %s", candidate, device_type, reason)
+    return "reference"
+
+
+# ----------------------------------------------------------------------------------------
+# Op registry.
+
+_REGISTRY: Dict[str, Dict[str, Callable]] = {}
+
+
+def register(op: str, backend: str, fn: Callable) -> Callable:
+    """Register ``fn`` as ``backend``'s implementation of ``op``."""
+    _check_name(backend, allow_auto=False)
+    _REGISTRY.setdefault(op, {})[backend] = fn
+    return fn
+
+
+def implementation(op: str, device, explicit: Optional[str] = None) -> Callable:
+    """The function that computes ``op`` for a tensor on ``device``."""
+    impls = _REGISTRY[op]
+    return impls.get(resolve(device, explicit), impls["reference"])
