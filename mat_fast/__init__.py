@@ -9,10 +9,19 @@ __version__ = "0.1.0"
 
 from .backend import (BackendUnavailableError, available_backends, get_backend, set_backend,
                       use_backend)
+from .checkpoints import CheckpointError, CheckpointNotFoundError, load_generator, save_generator
+from .image_io import InputError
+from .inpaint import Inpainter
 from .model import Discriminator, Generator
 
 __all__ = [
     "BackendUnavailableError",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "Inpainter",
+    "InputError",
+    "load_generator",
+    "save_generator",
     "Discriminator",
     "Generator",
     "available_backends",

@@ -1,0 +1,475 @@
+"""Reading and writing MAT generator checkpoints.
+
+Three on-disk formats are understood, detected from their first bytes (never from the
+file name): upstream's network pickles (``Places_512_FullData.pkl``, ``CelebA-HQ_512.pkl``),
+torch state dicts (``.pth``/``.pt``, zip or legacy ``torch.save``, e.g. IOPaint's
+``Places_512_FullData_G.pth``) and safetensors files. The network pickles are read without
+running any of their code: upstream's format embeds the full Python source of its network
+modules and executes it on load, so a file from an untrusted source could do anything.
+Here a restricted unpickler only rebuilds tensors, containers and inert stand-ins for the
+modules, and refuses every other global. The generator's constructor arguments are then
+inferred from the state dict's keys and shapes, so no metadata is needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import os
+import pickle
+import re
+import sys
+import uuid
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from .model import Generator
+
+__all__ = ["CheckpointError", "CheckpointNotFoundError", "infer_generator_kwargs",
+           "load_generator", "read_state_dict", "save_generator"]
+
+log = logging.getLogger(__name__)
+
+PathOrStateDict = Union[str, os.PathLike, Mapping]
+
+_EXPECTED = ("expected an upstream MAT network pickle (.pkl), a torch state dict (.pth/.pt) "
+             "or a .safetensors file")
+_WHERE = ("Pretrained weights are not shipped with mat_fast (upstream's license is CC BY-NC): "
+          "get Places_512_FullData.pkl or CelebA-HQ_512.pkl from the links in "
+          "https://github.com/fenglinglwb/MAT's README, or IOPaint's converted "
+          "Places_512_FullData_G.pth.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read, is not a MAT generator, or does not match one."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint path does not exist (also catchable as ``FileNotFoundError``)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Restricted unpickler for upstream's network pickles.
+
+class _Stub:
+    """Inert stand-in for a pickled module: its class name and its ``__dict__`` state."""
+
+    def __init__(self, class_name: str = "?", state: Any = None):
+        self.class_name, self.state = class_name, state
+
+    def __setstate__(self, state):  # BUILD opcode for plainly pickled torch.nn modules
+        self.state = state[0] if isinstance(state, tuple) and len(state) == 2 else state
+
+
+class _EasyDict(dict):
+    """Stand-in for ``dnnlib.util.EasyDict``; a plain dict is all we need."""
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_module_stub(module: str, name: str):
+    """A stub class for a ``torch.nn.modules.*`` class (ModuleList, Sequential, ...).
+    Only names of real ``nn.Module`` subclasses qualify, so no other torch callable can
+    be smuggled in; the real class is never instantiated."""
+    cls = getattr(sys.modules.get(module), name, None)
+    if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+        return type(name, (_Stub,), {"class_name": name})
+    return None
+
+
+def _persistent_obj(meta):
+    # Upstream would exec(meta['module_src']) here; we keep only the class name and state.
+    if not (isinstance(meta, dict) and isinstance(meta.get("class_name"), str)
+            and isinstance(meta.get("state"), dict)):
+        raise pickle.UnpicklingError("malformed persistent object (expected a dict with "
+                                     "'class_name' and 'state')")
+    return _Stub(meta["class_name"], meta["state"])
+
+
+def _load_storage(data):
+    # torch.storage._load_from_bytes runs torch.load(weights_only=False); the bytes are a
+    # legacy torch.save of one storage, which the weights-only loader reads fine.
+    if not isinstance(data, (bytes, bytearray)):
+        raise pickle.UnpicklingError("storage payload is not bytes")
+    storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(storage, torch.TypedStorage):
+        raise pickle.UnpicklingError(f"storage payload decoded to {type(storage).__name__}")
+    return storage
+
+
+def _rebuild_parameter(data, *_ignored):
+    if not isinstance(data, torch.Tensor):
+        raise pickle.UnpicklingError("parameter without tensor data")
+    return data  # requires_grad, hooks and extra state are irrelevant for loading weights
+
+
+_np_core = getattr(np, "_core", None) or np.core  # numpy >= 2 moved np.core there
+
+
+def _np_reconstruct(subtype, shape, dtype):
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"numpy array subtype {subtype!r} is not allowed")
+    return _np_core.multiarray._reconstruct(subtype, shape, dtype)
+
+
+def _latin1_encode(text, encoding="utf-8"):
+    # Protocol-2 pickles spell bytes as _codecs.encode(str, 'latin1').
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not allowed")
+    return text.encode("latin1")
+
+
+_SAFE_GLOBALS = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_obj,
+    ("dnnlib.util", "EasyDict"): _EasyDict,
+    ("dnnlib", "EasyDict"): _EasyDict,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch.storage", "_load_from_bytes"): _load_storage,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch", "device"): torch.device,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy", "ndarray"): np.ndarray,
+    ("_codecs", "encode"): _latin1_encode,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "slice"): slice,
+    ("builtins", "complex"): complex,
+}
+for _np_mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    _SAFE_GLOBALS[(_np_mod, "scalar")] = _np_core.multiarray.scalar
+    _SAFE_GLOBALS[(_np_mod, "_reconstruct")] = _np_reconstruct
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler whose globals are limited to ``_SAFE_GLOBALS`` and inert module stubs."""
+
+    def __init__(self, file, source: str):
+        super().__init__(file)
+        self.source = source
+        self.tensors: list = []  # (tensor, storage bytes when rebuilt)
+
+    def _rebuild_tensor(self, storage, offset, size, stride, *_ignored):
+        # torch's rebuilders silently grow a storage that is too small for the view, with
+        # uninitialised memory; a correct file never needs that.
+        if not isinstance(storage, torch.TypedStorage):
+            raise pickle.UnpicklingError("tensor without a typed storage")
+        nbytes = storage.nbytes()
+        t = torch._utils._rebuild_tensor(storage, offset, tuple(size), tuple(stride))
+        if t.untyped_storage().nbytes() != nbytes:
+            raise pickle.UnpicklingError("tensor view extends past its stored data")
+        self.tensors.append((t, nbytes))
+        return t
+
+    def load(self):
+        data = super().load()
+        # A BUILD opcode can call Tensor.__setstate__, which re-points a tensor at a new,
+        # possibly grown storage: refuse files whose tensors changed after being rebuilt.
+        for t, nbytes in self.tensors:
+            if t.untyped_storage().nbytes() != nbytes:
+                raise pickle.UnpicklingError("a tensor was modified after it was rebuilt")
+        return data
+
+    def find_class(self, module, name):
+        # Protocol-2 pickles written by Python 3 use the Python 2 name of builtins.
+        module = "builtins" if module == "__builtin__" else module
+        if module == "torch._utils" and name in ("_rebuild_tensor", "_rebuild_tensor_v2"):
+            return self._rebuild_tensor
+        found = _SAFE_GLOBALS.get((module, name))
+        if found is None and module.startswith("torch.nn.modules."):
+            found = _torch_module_stub(module, name)
+        if found is None and module == "torch" and isinstance(getattr(torch, name, None),
+                                                              torch.dtype):
+            found = getattr(torch, name)
+        if found is None:
+            raise CheckpointError(
+                f"{self.source}: refused to load global '{module}.{name}'. This file is not "
+                f"a MAT checkpoint this loader understands and may be malicious; nothing in "
+                f"it was executed. ({_EXPECTED}.)")
+        return found
+
+
+def _flatten(node: _Stub, source: str) -> dict:
+    """Walk a stub module tree like ``nn.Module.state_dict()``: parameters, persistent
+    buffers, then submodules, with dotted names."""
+    out: dict = {}
+
+    visits = [0]  # bounds the work on crafted pickles that share submodules many times
+
+    def walk(node, prefix, depth):
+        state = getattr(node, "state", None)
+        state = state if isinstance(state, dict) else {}
+        visits[0] += 1
+        if depth > 64 or visits[0] > 100_000 or "_modules" not in state:
+            raise CheckpointError(f"{source}: malformed network '{prefix or node.class_name}' "
+                                  f"in the pickle (no module state or nesting too deep)")
+        skip = state.get("_non_persistent_buffers_set") or ()
+        for group in ("_parameters", "_buffers"):
+            for name, tensor in (state.get(group) or {}).items():
+                if tensor is None or (group == "_buffers" and name in skip):
+                    continue
+                out[prefix + name] = tensor
+        for name, child in (state.get("_modules") or {}).items():
+            if child is None:
+                continue
+            if not isinstance(child, _Stub):
+                raise CheckpointError(f"{source}: submodule '{prefix + name}' is a "
+                                      f"{type(child).__name__}, not a module")
+            walk(child, f"{prefix}{name}.", depth + 1)
+
+    walk(node, "", 0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Format detection and reading.
+
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+_WRAPPER_KEYS = ("G_ema", "g_ema", "params_ema", "state_dict", "model", "G", "generator",
+                 "params")
+
+
+def _sniff(path: str) -> str:
+    """Return 'zip', 'torch-legacy', 'pickle' or 'safetensors' from the file's first bytes."""
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f"{path}: the file is empty; {_EXPECTED}.")
+    with open(path, "rb") as f:
+        head = f.read(32)
+    # safetensors first: its 8-byte header length can itself begin like a pickle (b"\x80\x02"
+    # is a 640-byte header), while the other formats never pass the length check.
+    if len(head) > 8 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head.startswith(_LEGACY_TORCH_MAGIC):
+        return "torch-legacy"
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "pickle"
+    hint = ""
+    if head.startswith(b"version https://git-lfs"):
+        hint = " It is a Git LFS pointer, not the weights: fetch the real file."
+    elif head.lstrip().lower().startswith((b"<!doctype", b"<html")):
+        hint = " It is a web page: the download link returned HTML, not the weights."
+    raise CheckpointError(f"{path}: unrecognised file format (starts with {head[:8]!r}); "
+                          f"{_EXPECTED}.{hint}")
+
+
+def _read_file(path: str):
+    if not os.path.exists(path):
+        raise CheckpointNotFoundError(f"{path}: no such checkpoint file; {_EXPECTED}. {_WHERE}")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file; {_EXPECTED}.")
+    try:
+        kind = _sniff(path)
+        if kind == "safetensors":
+            from safetensors.torch import load_file
+            return load_file(path, device="cpu")
+        if kind == "pickle":
+            with open(path, "rb") as f, warnings.catch_warnings():
+                # Old-style typed storages are deprecated, but they are what the file holds.
+                warnings.simplefilter("ignore", UserWarning)
+                return _RestrictedUnpickler(f, path).load()
+        return _torch_load(path)
+    except CheckpointError:
+        raise
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the file: {e}") from e
+    except Exception as e:  # truncated/corrupt files raise all sorts of things
+        raise CheckpointError(f"{path}: corrupt or unsupported checkpoint "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                              f"{_EXPECTED}.") from e
+
+
+def _torch_load(path: str):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message advises weights_only=False, which would run the file's code.
+        found = re.search(r"unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)", str(e), re.I)
+        what = f"the global '{found.group(1)}'" if found else "objects other than tensors"
+        raise CheckpointError(
+            f"{path}: this torch file contains {what}, so it is not a plain state dict; it "
+            f"was refused by torch.load(weights_only=True) and nothing in it was executed. "
+            f"It may be malicious. {_EXPECTED}.") from e
+
+
+def _is_tensor_dict(obj) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _extract(obj, source: str) -> dict:
+    """Unwrap common containers around a generator state dict; prefer EMA weights."""
+    for _ in range(4):
+        if isinstance(obj, _Stub):
+            return _flatten(obj, source)
+        if not isinstance(obj, Mapping):
+            raise CheckpointError(f"{source}: expected a dict of tensors, found a "
+                                  f"{type(obj).__name__}; {_EXPECTED}.")
+        if _is_tensor_dict(obj):
+            return dict(obj)
+        key = next((k for k in _WRAPPER_KEYS if k in obj), None)
+        if key is None:
+            if any(isinstance(v, torch.Tensor) for v in obj.values()):
+                return dict(obj)  # a state dict with junk in it: _check_tensors names it
+            keys = ", ".join(repr(k) for k in list(obj)[:10])
+            raise CheckpointError(f"{source}: no generator weights found (top-level keys: "
+                                  f"{keys or 'none'}); {_EXPECTED}.")
+        if key == "G":
+            log.warning("%s: no 'G_ema' weights; using the non-EMA 'G' weights, which "
+                        "usually give worse results", source)
+        obj = obj[key]
+    raise CheckpointError(f"{source}: state dict nested too deeply in wrapper dicts")
+
+
+def _check_tensors(sd: dict, source: str) -> dict:
+    bad = [f"{k!r} ({type(v).__name__})" for k, v in sd.items()
+           if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    bad += [f"{k!r} ({v.dtype})" for k, v in sd.items()
+            if isinstance(v, torch.Tensor) and not v.is_floating_point()]
+
+    if bad:
+        raise CheckpointError(f"{source}: entries that are not floating-point tensors: "
+                              f"{_listing(bad)}")
+    if sd and all(k.startswith("module.") for k in sd):  # saved from DataParallel/DDP
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _listing(items, limit=10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" ... and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def read_state_dict(path_or_state_dict: PathOrStateDict) -> dict:
+    """Read a generator state dict (``{name: tensor}``, on CPU) from any supported format.
+
+    Accepts a path or an in-memory mapping. Wrappers such as ``{'state_dict': ...}`` or
+    ``{'G_ema': ...}`` are unwrapped and a ``module.`` prefix on every key is removed.
+    Raises ``CheckpointError`` for anything that is not a dict of floating-point tensors.
+    Tensors of an in-memory input are returned as they are, not copied.
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        source, obj = "<in-memory state dict>", path_or_state_dict
+    elif isinstance(path_or_state_dict, (str, os.PathLike)):
+        source = os.path.expanduser(os.fspath(path_or_state_dict))
+        obj = _read_file(source)
+    else:
+        raise TypeError(f"expected a path or a state dict, got "
+                        f"{type(path_or_state_dict).__name__}")
+    return _check_tensors(_extract(obj, source), source)
+
+
+# ---------------------------------------------------------------------------------------
+# Constructor inference and loading.
+
+def infer_generator_kwargs(state_dict: Mapping) -> dict:
+    """``Generator`` constructor arguments that produce exactly this state dict's layout."""
+    keys = list(state_dict)
+    res = [int(m.group(1)) for k in keys
+           if (m := re.match(r"synthesis\.dec\.Dec_(\d+)x\1\.", k))]
+    n_fc = sum(1 for k in keys if re.fullmatch(r"mapping\.fc\d+\.weight", k))
+    needed = ["synthesis.dec.Dec_16x16.toRGB.bias", "mapping.fc0.weight"]
+    if not res or n_fc == 0 or any(k not in state_dict for k in needed):
+        hint = (" (it looks like a discriminator)" if any(k.startswith("Dis") for k in keys)
+                else "")
+        raise CheckpointError(f"not a MAT generator state dict{hint}: no "
+                              f"synthesis.dec.Dec_RxR / mapping.fcN keys found")
+    shape = lambda k: tuple(state_dict[k].shape)  # noqa: E731
+    if f"mapping.fc{n_fc - 1}.weight" not in state_dict:
+        raise CheckpointError(f"mapping layers are not numbered fc0..fc{n_fc - 1}")
+    w_dim = shape(f"mapping.fc{n_fc - 1}.weight")[0]
+    fc0_out, fc0_in = shape("mapping.fc0.weight")
+    c_dim, embed = 0, 0
+    if "mapping.embed.weight" in state_dict:
+        embed, c_dim = shape("mapping.embed.weight")
+    mapping_kwargs: dict = {}
+    if n_fc != 8:
+        mapping_kwargs["num_layers"] = n_fc
+    if embed and embed != w_dim:
+        mapping_kwargs["embed_features"] = embed
+    if n_fc > 1 and fc0_out != w_dim:
+        mapping_kwargs["layer_features"] = fc0_out
+    if "mapping.w_avg" not in state_dict:
+        mapping_kwargs["w_avg_beta"] = None
+    return dict(z_dim=fc0_in - embed, c_dim=c_dim, w_dim=w_dim, img_resolution=max(res),
+                img_channels=shape("synthesis.dec.Dec_16x16.toRGB.bias")[0],
+                synthesis_kwargs=dict(use_noise=any(k.endswith("noise_strength") for k in keys)),
+                mapping_kwargs=mapping_kwargs)
+
+
+def load_generator(path_or_state_dict: PathOrStateDict, *, device="cpu",
+                   dtype: torch.dtype = torch.float32) -> Generator:
+    """Build a ``Generator`` matching a checkpoint and load its weights strictly.
+
+    ``path_or_state_dict``: an upstream ``.pkl`` (G_ema is used), a ``.pth``/``.pt`` state
+    dict, a ``.safetensors`` file, or an in-memory state dict. Returns the network in
+    eval mode with gradients off, on ``device`` in ``dtype``. Building it draws initial
+    weights from torch's global RNG just like ``Generator(...)`` (and upstream's
+    generate_image.py) does, so seeded runs stay comparable with upstream's.
+    """
+    source = ("<in-memory state dict>" if isinstance(path_or_state_dict, Mapping)
+              else os.fspath(path_or_state_dict))
+    sd = read_state_dict(path_or_state_dict)
+    try:
+        kwargs = infer_generator_kwargs(sd)
+        G = Generator(**kwargs)
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:
+        raise CheckpointError(f"{source}: {e}") from e
+    expected = {k: tuple(v.shape) for k, v in G.state_dict().items()}
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {expected[k]}"
+                  for k, v in sd.items() if k in expected and tuple(v.shape) != expected[k]]
+    if missing or unexpected or mismatched:
+        parts = [f"{title} ({len(items)}): {_listing(items)}" for title, items in
+                 (("missing keys", missing), ("unexpected keys", unexpected),
+                  ("shape mismatches", mismatched)) if items]
+        raise CheckpointError(f"{source}: does not match a MAT Generator inferred as "
+                              f"{kwargs}:\n  " + "\n  ".join(parts))
+    G.load_state_dict(sd, strict=True)
+    return G.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def save_generator(G: torch.nn.Module, path: Union[str, os.PathLike], *,
+                   format: Optional[str] = None) -> None:
+    """Save ``G``'s state dict: safetensors unless ``path`` ends in ``.pth``/``.pt`` or
+    ``format='pth'``. The file is written to a temporary name in the same directory and
+    renamed into place, so an interrupted save never leaves a partial checkpoint."""
+    path = os.path.expanduser(os.fspath(path))
+    if format is None:
+        format = "pth" if path.lower().endswith((".pth", ".pt")) else "safetensors"
+    if format not in ("safetensors", "pth", "pt"):
+        raise ValueError(f"format must be 'safetensors' or 'pth', got {format!r}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot save generator to {path}: directory {directory} "
+                                f"does not exist")
+    # Own, contiguous copies: safetensors refuses tensors that share storage.
+    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in G.state_dict().items()}
+    kwargs = infer_generator_kwargs(sd)
+    # A fresh name next to the target (same filesystem, so os.replace is atomic); not
+    # mkstemp, whose 0600 mode would end up on the checkpoint.
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        if format == "safetensors":
+            from safetensors.torch import save_file
+            from . import __version__
+            meta = {k: str(kwargs[k]) for k in ("img_resolution", "z_dim", "c_dim", "w_dim",
+                                                "img_channels")}
+            meta.update(use_noise=str(kwargs["synthesis_kwargs"]["use_noise"]),
+                        format="mat_fast.Generator", mat_fast_version=__version__)
+            save_file(sd, tmp, metadata=meta)
+        else:
+            torch.save(OrderedDict(sd), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

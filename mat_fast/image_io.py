@@ -1,0 +1,223 @@
+"""Images and masks in, images out: every format a user may hand us, and back.
+
+Inputs become a float32 RGB array in [0, 1] (H, W, 3) for the network, while the original
+pixels are kept so that the result has the input's type, mode, dtype and size, and every
+known pixel is returned bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+# ITU-R 601 luma, what PIL uses for RGB -> L: fills of grayscale images use it.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+class InputError(ValueError):
+    """Bad user input (file, image, mask); the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class ImageData:
+    """One input image: the network's view (``rgb``) and what is needed to give it back."""
+
+    rgb: np.ndarray  # (H, W, 3) float32 in [0, 1]
+    original: np.ndarray  # (H, W, C) in the input's dtype; C in {1, 2, 3, 4}
+    kind: str  # 'pil', 'numpy' or 'tensor'
+    scale: float  # value of white in ``original`` (255, 65535 or 1.0)
+    has_alpha: bool
+    pil_mode: Optional[str] = None
+    squeeze: bool = False  # numpy/tensor input was (H, W)
+    tensor_like: Optional[torch.Tensor] = None  # tensor input: dtype/device/layout (C, H, W)
+
+    @property
+    def size(self):
+        return self.original.shape[:2]
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file fully (so errors surface here) with a clear error."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"image file not found: {path}")
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a directory; pass an image file (or use --input-dir)")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy() if im.mode != "P" else im.convert("RGBA" if "transparency" in im.info else "RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise InputError(f"cannot read {path} as an image ({err}); use PNG, JPEG, WebP, TIFF or BMP") from None
+
+
+def _pil_to_array(im: Image.Image):
+    """(array (H, W, C), scale, pil_mode) for the PIL modes we keep as they are."""
+    mode = im.mode
+    if mode in ("1", "P", "CMYK", "YCbCr", "LAB", "HSV", "PA", "La", "RGBa", "RGBX"):
+        keep = "RGBA" if ("A" in mode or "a" in mode or "transparency" in im.info) else "RGB"
+        im, mode = im.convert(keep), keep
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return np.asarray(im), 255.0, mode
+    if mode.startswith("I;16"):
+        return np.asarray(im).astype(np.uint16), 65535.0, mode
+    if mode == "I":  # 32-bit ints: PNG stores 16-bit grayscale this way
+        arr = np.asarray(im)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise InputError("32-bit integer images must hold values in [0, 65535]")
+        return arr.astype(np.uint16), 65535.0, mode
+    if mode == "F":
+        return np.asarray(im).astype(np.float32), 1.0, mode
+    raise InputError(f"unsupported image mode {mode!r}; convert it to RGB first")
+
+
+def _array_scale(arr: np.ndarray, what: str) -> float:
+    if arr.dtype == np.uint8:
+        return 255.0
+    if arr.dtype == np.uint16:
+        return 65535.0
+    if arr.dtype in (np.float16, np.float32, np.float64):
+        if not np.isfinite(arr).all():
+            raise InputError(f"{what} contains NaN or Inf values; replace them before inpainting")
+        if arr.size and (arr.min() < 0 or arr.max() > 1):
+            raise InputError(f"float {what} must hold values in [0, 1]; got [{arr.min():.3g}, {arr.max():.3g}]")
+        return 1.0
+    raise InputError(f"unsupported {what} dtype {arr.dtype}; pass uint8, uint16 or float in [0, 1]")
+
+
+def _check_hw(arr: np.ndarray, what: str) -> None:
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
+        raise InputError(f"{what} must be (H, W) or (H, W, C) with C in 1..4; got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"{what} is empty ({arr.shape[0]}x{arr.shape[1]} pixels)")
+
+
+def _tensor_to_hwc(t: torch.Tensor, what: str) -> np.ndarray:
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim == 3 and t.shape[0] in (1, 2, 3, 4):
+        t = t.permute(1, 2, 0)
+    elif t.ndim != 2:
+        raise InputError(f"{what} tensor must be (C, H, W), (1, C, H, W) or (H, W); got {tuple(t.shape)}")
+    if t.dtype not in (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise InputError(f"unsupported {what} tensor dtype {t.dtype}; pass uint8 or float in [0, 1]")
+    t = t.detach().to("cpu")
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return t.contiguous().numpy()
+
+
+def to_image_data(image: Any) -> ImageData:
+    """Accept PIL images, numpy arrays ((H, W[, C]) uint8/uint16/float in [0, 1]) and torch
+    tensors ((C, H, W) uint8 or float in [0, 1])."""
+    pil_mode, squeeze, tensor_like = None, False, None
+    if isinstance(image, Image.Image):
+        kind = "pil"
+        arr, scale, pil_mode = _pil_to_array(image)
+    elif isinstance(image, np.ndarray):
+        kind, arr = "numpy", image
+        scale = _array_scale(arr, "image")
+    elif torch.is_tensor(image):
+        kind, arr, tensor_like = "tensor", _tensor_to_hwc(image, "image"), image
+        scale = _array_scale(arr, "image")
+    else:
+        raise InputError(f"image must be a PIL image, numpy array or torch tensor; got {type(image).__name__}")
+    _check_hw(arr, "image")
+    if arr.ndim == 2:
+        arr, squeeze = arr[:, :, None], True
+    channels = arr.shape[2]
+    has_alpha = channels in (2, 4)
+    color = arr[:, :, : channels - 1] if has_alpha else arr
+    rgb = color.astype(np.float32) / np.float32(scale)
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    return ImageData(np.ascontiguousarray(rgb), arr, kind, scale, has_alpha, pil_mode, squeeze, tensor_like)
+
+
+def to_hole_mask(mask: Any, size, convention: str = "fill") -> np.ndarray:
+    """Boolean (H, W) array, True where the image must be filled.
+
+    ``convention='fill'`` (inpainting apps): nonzero (white) = fill. ``'keep'`` (upstream
+    MAT): nonzero = keep, zero (black) = hole. RGB masks count a pixel when any colour
+    channel is nonzero; alpha channels are ignored unless the mask has no colour at all.
+    """
+    if convention not in ("fill", "keep"):
+        raise InputError(f"mask convention must be 'fill' (white = fill) or 'keep' (black = hole); got {convention!r}")
+    if isinstance(mask, Image.Image):
+        arr = _pil_to_array(mask)[0]
+    elif isinstance(mask, np.ndarray):
+        arr = mask
+    elif torch.is_tensor(mask):
+        arr = _tensor_to_hwc(mask, "mask")
+    else:
+        raise InputError(f"mask must be a PIL image, numpy array or torch tensor; got {type(mask).__name__}")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError("mask contains NaN or Inf values")
+    _check_hw(arr, "mask")
+    if arr.ndim == 3:
+        channels = arr.shape[2]
+        color = arr[:, :, : channels - 1] if channels in (2, 4) else arr
+        arr = color.max(axis=2) if color.any() or channels not in (2, 4) else arr[:, :, -1]
+    if tuple(arr.shape[:2]) != tuple(size):
+        raise InputError(
+            f"mask is {arr.shape[1]}x{arr.shape[0]} (WxH) but the image is {size[1]}x{size[0]}; "
+            f"masks must have the image's size")
+    nonzero = arr != 0
+    return nonzero if convention == "fill" else ~nonzero
+
+
+def compose(data: ImageData, filled_rgb: np.ndarray, hole: np.ndarray):
+    """Result in the input's type: generated pixels where ``hole``, the original elsewhere."""
+    out = data.original.copy()
+    channels = out.shape[2]
+    color_channels = channels - 1 if data.has_alpha else channels
+    fill = np.clip(filled_rgb[hole], 0.0, 1.0)  # (n, 3)
+    if color_channels == 1:
+        fill = fill @ _LUMA[:, None]
+    fill = fill * np.float32(data.scale)
+    if np.issubdtype(out.dtype, np.integer):
+        fill = np.rint(fill)
+    out[hole, :color_channels] = fill.astype(out.dtype)
+
+    if data.kind == "pil":
+        arr = out[:, :, 0] if channels == 1 else out
+        if data.pil_mode == "I":  # read as uint16, PIL wants int32 back
+            arr = arr.astype(np.int32)
+        return Image.fromarray(arr)
+    if data.squeeze:
+        out = out[:, :, 0]
+    if data.kind == "numpy":
+        return out
+    t = torch.from_numpy(np.ascontiguousarray(out if out.ndim == 2 else out.transpose(2, 0, 1)))
+    like = data.tensor_like
+    if like.ndim == 4:
+        t = t[None]
+    return t.to(dtype=like.dtype, device=like.device)
+
+
+def save_image(image: Image.Image, path: str | os.PathLike) -> None:
+    """Save atomically (temp file + rename) so a failed write leaves nothing half-written."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise InputError(f"output folder does not exist: {directory}")
+    ext = os.path.splitext(path)[1].lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None:
+        raise InputError(f"unknown output image extension {ext!r}; use .png, .jpg, .webp, .tif or .bmp")
+    if fmt == "JPEG" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    tmp = f"{path}.partial-{os.getpid()}"
+    try:
+        image.save(tmp, format=fmt)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

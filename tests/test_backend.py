@@ -1,0 +1,102 @@
+"""Backend selection: precedence, explicit requests that cannot run, auto fallback logging."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import mat_fast
+from mat_fast import backend
+
+
+@pytest.fixture(autouse=True)
+def clean_backend_state(monkeypatch):
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    backend.set_backend(None)
+    backend._logged_fallbacks.clear()
+    yield
+    backend.set_backend(None)
+
+
+def test_default_is_auto_and_reference_runs_on_cpu():
+    assert mat_fast.get_backend() == "auto"
+    assert backend.resolve("cpu") == "reference"
+    assert set(mat_fast.available_backends("cpu")) == {"reference", "triton", "cuda", "cpu"}
+    assert mat_fast.available_backends("cpu")["reference"] is None
+
+
+def test_unavailable_backends_say_why():
+    for name, reason in mat_fast.available_backends("cpu").items():
+        if name != "reference":
+            assert isinstance(reason, str) and reason, name
+
+
+def test_explicit_unavailable_backend_raises_with_reason(monkeypatch):
+    monkeypatch.setitem(backend._PROBES, "triton", lambda device_type: "triton is not installed")
+    with pytest.raises(mat_fast.BackendUnavailableError, match="triton is not installed"):
+        mat_fast.set_backend("triton")
+    with pytest.raises(mat_fast.BackendUnavailableError, match="triton is not installed"):
+        with mat_fast.use_backend("triton"):
+            pass
+    with pytest.raises(mat_fast.BackendUnavailableError, match="triton is not installed"):
+        backend.resolve("cpu", explicit="triton")
+
+
+def test_unknown_names_are_rejected(monkeypatch):
+    with pytest.raises(ValueError, match="unknown mat_fast backend 'fast'"):
+        mat_fast.set_backend("fast")
+    monkeypatch.setenv(backend.ENV_VAR, "bogus")
+    with pytest.raises(ValueError, match="MAT_FAST_BACKEND"):
+        mat_fast.get_backend()
+
+
+def test_precedence_argument_over_context_over_global_over_env(monkeypatch):
+    calls = []
+    monkeypatch.setitem(backend._PROBES, "cpu", lambda device_type: None)
+    monkeypatch.setitem(backend._REGISTRY, "probe_op", {
+        "reference": lambda: calls.append("reference"),
+        "cpu": lambda: calls.append("cpu"),
+    })
+    monkeypatch.setenv(backend.ENV_VAR, "cpu")
+    assert mat_fast.get_backend() == "cpu"
+    mat_fast.set_backend("reference")
+    assert mat_fast.get_backend() == "reference"
+    with mat_fast.use_backend("cpu"):
+        assert mat_fast.get_backend() == "cpu"
+        with mat_fast.use_backend("reference"):
+            assert mat_fast.get_backend() == "reference"
+        backend.implementation("probe_op", "cpu")()
+        backend.implementation("probe_op", "cpu", explicit="reference")()
+    assert mat_fast.get_backend() == "reference"
+    assert calls == ["cpu", "reference"]
+
+
+def test_auto_falls_back_and_logs_once(monkeypatch, caplog):
+    monkeypatch.setitem(backend._PROBES, "cpu", lambda device_type: "extension failed to build (see /tmp/log)")
+    with caplog.at_level(logging.INFO, logger="mat_fast"):
+        assert backend.resolve("cpu") == "reference"
+        assert backend.resolve("cpu") == "reference"
+    messages = [r.getMessage() for r in caplog.records if "extension failed" in r.getMessage()]
+    assert len(messages) == 1
+
+
+def test_a_backend_without_a_kernel_for_an_op_runs_the_reference(monkeypatch):
+    monkeypatch.setitem(backend._PROBES, "cpu", lambda device_type: None)
+    with mat_fast.use_backend("cpu"):
+        fn = backend.implementation("bias_act", "cpu")
+    from mat_fast.ops.bias_act.reference import bias_act_reference
+
+    assert fn is bias_act_reference
+
+
+def test_model_forward_under_explicit_reference_backend(generator_256):
+    x = torch.zeros(1, 3, 256, 256)
+    m = torch.ones(1, 1, 256, 256)
+    m[..., 64:192, 64:192] = 0
+    z = torch.zeros(1, 512)
+    with mat_fast.use_backend("reference"):
+        torch.manual_seed(0)
+        out = generator_256(x, m, z, None, noise_mode="const")
+    assert out.shape == (1, 3, 256, 256) and torch.isfinite(out).all()

@@ -1,0 +1,138 @@
+"""The ``mat-fast`` command end to end on upstream's sample images, and its error paths."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mat_fast.cli import main
+
+FAST = ["--random-weights", "--random-resolution", "256", "--device", "cpu", "--seed", "1"]
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_single_image_with_upstream_sample(test_sets, tmp_path, capsys):
+    image = test_sets / "Places" / "images" / "test1.jpg"
+    mask = test_sets / "Places" / "masks" / "mask1.png"  # upstream convention: black = hole
+    out, comparison = tmp_path / "out.png", tmp_path / "cmp.png"
+    code, stdout, err = run(["inpaint", image, mask, "-o", out, "--mask-convention", "keep",
+                             "--comparison", comparison, *FAST], capsys)
+    assert code == 0, err
+    assert "wrote" in stdout
+    before = np.asarray(Image.open(image).convert("RGB"))
+    after = np.asarray(Image.open(out))
+    hole = np.asarray(Image.open(mask).convert("L")) == 0
+    assert after.shape == before.shape
+    assert np.array_equal(after[~hole], before[~hole])
+    assert not np.array_equal(after[hole], before[hole])
+    assert Image.open(comparison).size == (2 * before.shape[1] + 8, before.shape[0])
+
+
+def test_folder_mode_pairs_upstream_names_and_writes_all(test_sets, tmp_path, capsys):
+    out_dir = tmp_path / "results"
+    code, stdout, err = run(["inpaint", "--input-dir", test_sets / "CelebA-HQ" / "images",
+                             "--mask-dir", test_sets / "CelebA-HQ" / "masks", "--out-dir", out_dir,
+                             "--mask-convention", "keep", "--batch-size", "2", *FAST], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(out_dir)) == ["test1.png", "test2.png"]
+    for name, mask_name in (("test1", "mask1"), ("test2", "mask2")):
+        before = np.asarray(Image.open(test_sets / "CelebA-HQ" / "images" / f"{name}.png").convert("RGB"))
+        hole = np.asarray(Image.open(test_sets / "CelebA-HQ" / "masks" / f"{mask_name}.png").convert("L")) == 0
+        after = np.asarray(Image.open(out_dir / f"{name}.png"))
+        assert np.array_equal(after[~hole], before[~hole])
+
+
+def test_without_checkpoint_says_where_to_get_weights(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MAT_FAST_CHECKPOINT", raising=False)
+    img = tmp_path / "a.png"
+    Image.new("RGB", (64, 64)).save(img)
+    code, _, err = run(["inpaint", img, img, "-o", tmp_path / "o.png"], capsys)
+    assert code == 2
+    assert "Places_512_FullData.pkl" in err and "--random-weights" in err
+    assert "Traceback" not in err and not (tmp_path / "o.png").exists()
+
+
+def _write(path, size, mode="RGB"):
+    Image.new(mode, size).save(path)
+    return path
+
+
+@pytest.mark.parametrize("case,match", [
+    ("missing", "image file not found"),
+    ("size", "a mask must have its image's size"),
+    ("not_an_image", "cannot read"),
+    ("no_folder", "output folder does not exist"),
+])
+def test_bad_inputs_fail_cleanly_and_write_nothing(case, match, tmp_path, capsys):
+    image = _write(tmp_path / "img.png", (64, 48))
+    mask = _write(tmp_path / "mask.png", (64, 48), "L")
+    out = tmp_path / "out.png"
+    if case == "missing":
+        image = tmp_path / "nope.png"
+    elif case == "size":
+        mask = _write(tmp_path / "mask.png", (32, 32), "L")
+    elif case == "not_an_image":
+        image = tmp_path / "text.png"
+        image.write_text("hello")
+    elif case == "no_folder":
+        out = tmp_path / "missing" / "out.png"
+    code, _, err = run(["inpaint", image, mask, "-o", out, *FAST], capsys)
+    assert code == 2 and match in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_folder_mode_checks_every_pair_before_writing(tmp_path, capsys):
+    images, masks, out_dir = tmp_path / "i", tmp_path / "m", tmp_path / "o"
+    images.mkdir(), masks.mkdir()
+    _write(images / "a.png", (64, 64)), _write(masks / "a.png", (64, 64), "L")
+    _write(images / "b.png", (64, 64)), _write(masks / "b.png", (32, 64), "L")  # bad size
+    code, _, err = run(["inpaint", "--input-dir", images, "--mask-dir", masks, "--out-dir", out_dir, *FAST], capsys)
+    assert code == 2 and "b.png" in err
+    assert not out_dir.exists() or not os.listdir(out_dir)
+
+
+def test_convert_round_trip(tmp_path, capsys):
+    from mat_fast import load_generator, save_generator
+    from mat_fast.inpaint import random_generator
+
+    G = random_generator(seed=4, resolution=128)
+    src, dst = tmp_path / "g.pth", tmp_path / "g.safetensors"
+    save_generator(G, src)
+    code, stdout, err = run(["convert", src, dst], capsys)
+    assert code == 0, err and "img_resolution=128" in stdout
+    back = load_generator(dst)
+    assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), back.state_dict().values()))
+
+
+def test_convert_refuses_unknown_output_extension(tmp_path, capsys):
+    code, _, err = run(["convert", tmp_path / "x.pth", tmp_path / "x.bin"], capsys)
+    assert code == 2 and ".safetensors" in err
+
+
+def test_info_lists_backends_with_reasons(capsys):
+    code, stdout, _ = run(["info"], capsys)
+    assert code == 0
+    assert "torch" in stdout and "reference" in stdout and "triton" in stdout
+    assert "runs reference" in stdout
+
+
+def test_module_entry_point_and_console_script():
+    out = subprocess.run([sys.executable, "-m", "mat_fast", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("mat_fast ")
+    script = shutil.which("mat-fast")
+    if script is None:
+        pytest.skip("console script not installed (pip install -e . installs it)")
+    out = subprocess.run([script, "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("mat_fast ")
