@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
+import importlib.util
 import logging
 import os
 from typing import Callable, Dict, Iterator, Optional
@@ -35,6 +37,7 @@ __all__ = [
     "set_backend",
     "use_backend",
     "implementation",
+    "register_lazy",
 ]
 
 log = logging.getLogger("mat_fast")
@@ -65,27 +68,50 @@ def _probe_reference(device_type: str) -> Optional[str]:
     return None
 
 
-def _probe_not_yet(name: str) -> Callable[[str], Optional[str]]:
-    def probe(device_type: str) -> Optional[str]:
-        from . import __version__
+def _probe_triton(device_type: str) -> Optional[str]:
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (pip install triton; it comes with CUDA builds of torch)"
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            return "no CUDA GPU is visible"
+    elif device_type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            return "Triton runs on CPU tensors only under its interpreter (TRITON_INTERPRET=1, slow; for tests)"
+    else:
+        return f"Triton kernels do not run on {device_type}"
+    return _module_probe("mat_fast.ops.triton_support", "triton", device_type)
 
-        return _NOT_YET.format(ver=__version__, name=name)
+
+def _probe_native(name: str) -> Callable[[str], Optional[str]]:
+    def probe(device_type: str) -> Optional[str]:
+        wanted = "cuda" if name == "cuda" else "cpu"
+        if device_type != wanted:
+            return f"the '{name}' backend runs on {wanted} tensors, not {device_type}"
+        if name == "cuda" and not torch.cuda.is_available():
+            return "no CUDA GPU is visible"
+        return _module_probe("mat_fast.ops.native_build", name, device_type)
 
     return probe
 
 
+def _module_probe(module: str, name: str, device_type: str) -> Optional[str]:
+    """Ask the kernel package's own ``probe(device_type)``; absent package = not built yet."""
+    if importlib.util.find_spec(module) is None:
+        from . import __version__
+
+        return _NOT_YET.format(ver=__version__, name=name)
+    try:
+        return importlib.import_module(module).probe(name, device_type)
+    except Exception as err:  # noqa: BLE001 - a broken kernel package must not break import
+        return f"{module} failed to load: {type(err).__name__}: {err}"
+
+
 _PROBES: Dict[str, Callable[[str], Optional[str]]] = {
     "reference": _probe_reference,
-    "triton": _probe_not_yet("triton"),
-    "cuda": _probe_not_yet("cuda"),
-    "cpu": _probe_not_yet("cpu"),
+    "triton": _probe_triton,
+    "cuda": _probe_native("cuda"),
+    "cpu": _probe_native("cpu"),
 }
-
-
-def set_probe(name: str, probe: Callable[[str], Optional[str]]) -> None:
-    """Install the availability check of a backend (used by the kernel packages)."""
-    _check_name(name, allow_auto=False)
-    _PROBES[name] = probe
 
 
 def available_backends(device: Optional[torch.device | str] = None) -> Dict[str, Optional[str]]:
@@ -204,6 +230,7 @@ def resolve(device=None, explicit: Optional[str] = None) -> str:
 # Op registry.
 
 _REGISTRY: Dict[str, Dict[str, Callable]] = {}
+_LAZY: Dict[str, Dict[str, str]] = {}  # op -> backend -> "module:function"
 
 
 def register(op: str, backend: str, fn: Callable) -> Callable:
@@ -213,7 +240,27 @@ def register(op: str, backend: str, fn: Callable) -> Callable:
     return fn
 
 
+def register_lazy(op: str, backend: str, target: str) -> None:
+    """Register ``"package.module:function"`` as ``backend``'s ``op``, imported on first use
+    (so ``import mat_fast`` never imports Triton or builds an extension)."""
+    _check_name(backend, allow_auto=False)
+    _LAZY.setdefault(op, {})[backend] = target
+
+
+def _load_lazy(op: str, name: str) -> Optional[Callable]:
+    target = _LAZY.get(op, {}).pop(name, None)
+    if target is None:
+        return None
+    module, _, attr = target.partition(":")
+    if importlib.util.find_spec(module) is None:
+        return None  # this backend has no kernel for this op: the reference runs
+    fn = getattr(importlib.import_module(module), attr)
+    return register(op, name, fn)
+
+
 def implementation(op: str, device, explicit: Optional[str] = None) -> Callable:
     """The function that computes ``op`` for a tensor on ``device``."""
     impls = _REGISTRY[op]
-    return impls.get(resolve(device, explicit), impls["reference"])
+    name = resolve(device, explicit)
+    fn = impls.get(name) or _load_lazy(op, name)
+    return fn if fn is not None else impls["reference"]

@@ -10,6 +10,10 @@ from ... import backend
 from .reference import partial_conv_mask_reference
 
 backend.register("partial_conv_mask", "reference", partial_conv_mask_reference)
+# Fast kernels, imported on first use; a missing module means that backend runs the reference.
+backend.register_lazy("partial_conv_mask", "triton", "mat_fast.ops.partial_conv.triton:partial_conv_mask_triton")
+backend.register_lazy("partial_conv_mask", "cpu", "mat_fast.ops.partial_conv.native:partial_conv_mask_native")
+backend.register_lazy("partial_conv_mask", "cuda", "mat_fast.ops.partial_conv.native:partial_conv_mask_native")
 
 
 def partial_conv_mask(

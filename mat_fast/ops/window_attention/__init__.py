@@ -10,6 +10,10 @@ from ... import backend
 from .reference import window_attention_reference
 
 backend.register("window_attention", "reference", window_attention_reference)
+# Fast kernels, imported on first use; a missing module means that backend runs the reference.
+backend.register_lazy("window_attention", "triton", "mat_fast.ops.window_attention.triton:window_attention_triton")
+backend.register_lazy("window_attention", "cpu", "mat_fast.ops.window_attention.native:window_attention_native")
+backend.register_lazy("window_attention", "cuda", "mat_fast.ops.window_attention.native:window_attention_native")
 
 
 def window_attention(
