@@ -56,6 +56,8 @@ def probe(name: str, device_type: str) -> Optional[str]:
     if version < MIN_TRITON:
         want = ".".join(map(str, MIN_TRITON))
         return f"Triton {'.'.join(map(str, version))} is too old; mat_fast's kernels need >= {want}"
+    if not hasattr(torch.library, "custom_op"):
+        return f"torch {torch.__version__} lacks torch.library.custom_op; the Triton backend needs torch >= 2.4"
     if device_type not in ("cuda", "cpu"):
         return f"Triton kernels do not run on {device_type}"
     return None

@@ -1,0 +1,226 @@
+"""Fused shifted-window attention in Triton: launchers, ``torch.library`` custom ops and
+the backend entry point :func:`window_attention_triton`.
+
+Layers (device code in ``triton_kernels.py``):
+
+* ``window_attention_fwd`` / ``window_attention_bwd`` launch the kernels (one launch for
+  out + new mask + log-sum-exp; one or two launches for the gradients);
+* ``mat_fast::window_attention_fwd`` / ``mat_fast::window_attention_bwd`` wrap them as
+  custom ops with fake implementations, so ``torch.compile`` and CUDA graphs capture them;
+* the forward op's autograd formula calls the backward op: a Triton flash-attention style
+  backward (P recomputed from the saved log-sum-exp; dk/dv per key tile, dq per query tile,
+  or all three in one program when a single tile covers the window). The mask gets no
+  gradient (upstream updates it under ``no_grad``).
+
+Runs on CUDA tensors, or on CPU tensors when this module was imported with
+``TRITON_INTERPRET=1`` (Triton's interpreter: slow, for tests).
+"""
+
+import contextlib
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+
+from ..triton_support import check_device, interpreting, next_power_of_2
+from .triton_kernels import (window_attention_bwd_dkdv_kernel, window_attention_bwd_dq_kernel,
+                             window_attention_fwd_kernel)
+
+__all__ = ["window_attention_triton", "window_attention_fwd", "window_attention_bwd"]
+
+#: Whether the kernels above were built for Triton's interpreter (fixed at import).
+INTERPRETED = interpreting()
+#: Test hook: allocate every kernel output NaN-filled so an element the kernels do not
+#: write fails loudly (costs one fill per output; off by default).
+POISON_OUTPUTS = os.environ.get("MAT_FAST_POISON_OUTPUTS") == "1"
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_OP = "window_attention (triton)"
+
+
+def _alloc(shape, dtype, device) -> torch.Tensor:
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _config(window: int, head_dim: int) -> dict:
+    """Tile sizes: whole 64-token windows in one tile, 256-token windows in 64-token tiles
+    (online softmax over key tiles); head_dim padded to a power of two >= 16 (tl.dot)."""
+    n_pad = max(16, next_power_of_2(window * window))
+    block = min(n_pad, 64)
+    return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_D=max(16, next_power_of_2(head_dim)), num_warps=4)
+
+
+def _geometry(q: torch.Tensor, H: int, W: int, window: int, shift: int, heads: int) -> dict:
+    B, L, C = q.shape
+    return dict(H=H, W=W, L=L, C=C, N_WIN=(H // window) * (W // window), N_WIN_W=W // window,
+                HEADS=heads, scale=float((C // heads) ** -0.5), HEAD_DIM=C // heads,
+                WINDOW=window, SHIFT=shift)
+
+
+def _precision(dtype: torch.dtype, allow_tf32: bool) -> str:
+    if INTERPRETED and dtype == torch.bfloat16:
+        return "upcast"  # the interpreter's tl.dot multiplies bf16 bit patterns as integers
+    return "tf32" if allow_tf32 else "ieee"
+
+
+def _device_ctx(device: torch.device):
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------------------
+# Launchers (inputs already validated and contiguous).
+
+
+def window_attention_fwd(q, k, v, mask, H, W, window, shift, heads, allow_tf32=False):
+    """q, k, v (B, L, C), mask (B, L, 1) or None -> out (B, L, C) in q's dtype,
+    new_mask (B, L, 1) in mask's dtype (empty (0,) when mask is None), lse (B, heads, L) fp32."""
+    B, L, C = q.shape
+    geo = _geometry(q, H, W, window, shift, heads)
+    cfg = _config(window, geo["HEAD_DIM"])
+    out = _alloc((B, L, C), q.dtype, q.device)
+    lse = _alloc((B, heads, L), torch.float32, q.device)
+    new_mask = _alloc((B, L, 1), mask.dtype, q.device) if mask is not None else q.new_empty(0)
+    grid = (B * geo["N_WIN"], heads, triton.cdiv(window * window, cfg["BLOCK_M"]))
+    with _device_ctx(q.device):
+        window_attention_fwd_kernel[grid](
+            q, k, v, mask if mask is not None else q, out, new_mask if mask is not None else out, lse,
+            **geo, HAS_MASK=mask is not None, DOT_PRECISION=_precision(q.dtype, allow_tf32), **cfg)
+    return out, new_mask, lse
+
+
+def window_attention_bwd(do, q, k, v, mask, out, lse, H, W, window, shift, heads, allow_tf32=False):
+    """Gradients (dq, dk, dv), each (B, L, C) in q's dtype, of ``sum(do * out)``."""
+    B, L, C = q.shape
+    geo = _geometry(q, H, W, window, shift, heads)
+    cfg = _config(window, geo["HEAD_DIM"])
+    # delta = rowsum(dO * O) per token and head: (B, heads, L) fp32
+    delta = (do.float() * out.float()).view(B, L, heads, C // heads).sum(-1).transpose(1, 2).contiguous()
+    dq, dk, dv = (_alloc((B, L, C), q.dtype, q.device) for _ in range(3))
+    n_tiles = triton.cdiv(window * window, cfg["BLOCK_N"])
+    common = dict(**geo, HAS_MASK=mask is not None, DOT_PRECISION=_precision(q.dtype, allow_tf32), **cfg)
+    m = mask if mask is not None else q
+    with _device_ctx(q.device):
+        window_attention_bwd_dkdv_kernel[(B * geo["N_WIN"], heads, n_tiles)](
+            q, k, v, m, do, lse, delta, dq, dk, dv, WITH_DQ=n_tiles == 1, **common)
+        if n_tiles > 1:
+            window_attention_bwd_dq_kernel[(B * geo["N_WIN"], heads, n_tiles)](
+                q, k, v, m, do, lse, delta, dq, **common)
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------
+# Custom ops (opaque to torch.compile, capturable by CUDA graphs) and autograd.
+
+
+@torch.library.custom_op("mat_fast::window_attention_fwd", mutates_args=())
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+            H: int, W: int, window: int, shift: int, heads: int,
+            allow_tf32: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return window_attention_fwd(q, k, v, mask, H, W, window, shift, heads, allow_tf32)
+
+
+@_fwd_op.register_fake
+def _fwd_fake(q, k, v, mask, H, W, window, shift, heads, allow_tf32):
+    B, L, C = q.shape
+    out = q.new_empty((B, L, C))
+    new_mask = mask.new_empty((B, L, 1)) if mask is not None else q.new_empty(0)
+    return out, new_mask, q.new_empty((B, heads, L), dtype=torch.float32)
+
+
+@torch.library.custom_op("mat_fast::window_attention_bwd", mutates_args=())
+def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            mask: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor,
+            H: int, W: int, window: int, shift: int, heads: int,
+            allow_tf32: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return window_attention_bwd(do.contiguous(), q, k, v, mask, out, lse, H, W, window, shift,
+                                heads, allow_tf32)
+
+
+@_bwd_op.register_fake
+def _bwd_fake(do, q, k, v, mask, out, lse, H, W, window, shift, heads, allow_tf32):
+    return tuple(q.new_empty(q.shape) for _ in range(3))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, mask, H, W, window, shift, heads, allow_tf32 = inputs
+    out, new_mask, lse = output
+    ctx.mark_non_differentiable(new_mask, lse)
+    ctx.save_for_backward(q, k, v, mask, out, lse)
+    ctx.args = (H, W, window, shift, heads, allow_tf32)
+
+
+def _backward(ctx, grad_out, _grad_new_mask, _grad_lse):
+    q, k, v, mask, out, lse = ctx.saved_tensors
+    if grad_out is None:
+        return (None,) * 10
+    dq, dk, dv = _bwd_op(grad_out, q, k, v, mask, out, lse, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------
+# Backend entry point.
+
+
+def window_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    x_size: Tuple[int, int],
+    window_size: int,
+    shift_size: int,
+    num_heads: int,
+    *,
+    allow_tf32: bool = False,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Fused contextual attention over (shifted) windows; same contract as
+    :func:`mat_fast.ops.window_attention.reference.window_attention_reference`.
+
+    Args:
+        q, k, v: (B, H*W, C) fp32/fp16/bf16 tokens in row-major grid order, one dtype,
+            C = num_heads * head_dim (any head_dim; padded to a power of two inside).
+        mask: (B, H*W, 1) floating validity (0 hole, 1 valid, other values added to the
+            logits) or None.
+        x_size: (H, W), multiples of ``window_size``.
+        window_size: w (w*w tokens per window; 8 and 16 in MAT, any w >= 1 works).
+        shift_size: cyclic shift in [0, w).
+        num_heads: heads.
+        allow_tf32: let fp32 inputs use TF32 tensor-core dots (default: IEEE fp32).
+
+    Returns:
+        (out (B, H*W, C) in q's dtype, new_mask (B, H*W, 1) in mask's dtype or None).
+        Gradients flow to q, k, v through a Triton backward; none to the mask.
+    """
+    H, W = (int(s) for s in x_size)
+    window, shift, heads = int(window_size), int(shift_size), int(num_heads)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.ndim != 3:
+            raise ValueError(f"{_OP}: {name} must be a (B, H*W, C) tensor")
+        if t.shape != q.shape or t.dtype != q.dtype:
+            raise ValueError(f"{_OP}: q, k, v must share shape and dtype; got {name} "
+                             f"{tuple(t.shape)} {t.dtype} vs q {tuple(q.shape)} {q.dtype}")
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"{_OP}: dtype {q.dtype} is not supported (float32, float16, bfloat16)")
+    B, L, C = q.shape
+    if window <= 0 or H % window or W % window or L != H * W:
+        raise ValueError(f"{_OP}: {L} tokens, grid {H}x{W} and window {window} do not fit")
+    if not 0 <= shift < window:
+        raise ValueError(f"{_OP}: shift_size must be in [0, {window}); got {shift}")
+    if heads <= 0 or C % heads:
+        raise ValueError(f"{_OP}: {C} channels do not split into {heads} heads")
+    if mask is not None:
+        if tuple(mask.shape) != (B, L, 1):
+            raise ValueError(f"{_OP}: mask must have shape {(B, L, 1)}; got {tuple(mask.shape)}")
+        if not mask.is_floating_point():
+            raise ValueError(f"{_OP}: mask must be floating point; got {mask.dtype}")
+        mask = mask.contiguous()
+    check_device(_OP, q, k, v, mask, interpreted=INTERPRETED)
+    out, new_mask, _ = _fwd_op(q.contiguous(), k.contiguous(), v.contiguous(), mask, H, W,
+                               window, shift, heads, bool(allow_tf32))
+    return out, (new_mask if mask is not None else None)
