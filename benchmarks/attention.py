@@ -39,12 +39,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -55,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mat_fast  # noqa: E402
+from benchmarks.common import device_name, draw_chart, git_commit, time_group, triton_version  # noqa: E402
 from mat_fast.ops.window_attention import window_attention  # noqa: E402
 from mat_fast.ops.window_attention.reference import (shift_region_mask, window_attention_reference,  # noqa: E402
                                                      window_partition, window_reverse)
@@ -227,38 +224,6 @@ def flex_op(q, k, v, mask, H, W, window, shift, region):
 # Timing
 
 
-def time_group(fns: Dict[str, Callable], device: torch.device, budget_s: float) -> Dict[str, Dict[str, float]]:
-    """Median, p20, p80 in milliseconds of each function (each warmed up first).
-
-    On GPU each function goes through ``triton.testing.do_bench``. On CPU the functions
-    run round-robin, so load from other processes on a shared machine spreads over all of
-    them instead of skewing one."""
-    for fn in fns.values():
-        fn()  # warm-up: JIT compiles, autotune, allocator
-    if device.type == "cuda":
-        import triton.testing
-
-        stats = {}
-        for name, fn in fns.items():
-            med, p20, p80 = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
-            stats[name] = dict(median_ms=med, p20_ms=p20, p80_ms=p80)
-        return stats
-    times: Dict[str, List[float]] = {name: [] for name in fns}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < 5 or (time.perf_counter() - start < budget_s * len(fns) and rounds < 100):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-        rounds += 1
-    stats = {}
-    for name, ts in times.items():
-        deciles = statistics.quantiles(ts, n=10)
-        stats[name] = dict(median_ms=statistics.median(ts), p20_ms=deciles[1], p80_ms=deciles[7])
-    return stats
-
-
 def max_error(result, ref) -> float:
     """Largest |difference| of out and new mask against the reference op."""
     err = float((result[0].float() - ref[0].float()).abs().max())
@@ -275,18 +240,6 @@ def op_bytes(B, L, dtype, mask_dtype) -> int:
     return total
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
 def peak_tbps(name: str) -> Optional[float]:
     for key, tbps in PEAK_TBPS:
         if key.lower() in name.lower():
@@ -294,66 +247,8 @@ def peak_tbps(name: str) -> Optional[float]:
     return None
 
 
-def git_commit() -> Optional[str]:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 # ----------------------------------------------------------------------------------------
 # Chart (PIL, so it exists wherever Pillow does)
-
-
-def draw_chart(rows: List[dict], path: Path, title: str) -> None:
-    from PIL import Image, ImageDraw
-
-    configs = []
-    for r in rows:
-        if r["config"] not in configs:
-            configs.append(r["config"])
-    impls = []
-    for r in rows:
-        if r["impl"] not in impls:
-            impls.append(r["impl"])
-    palette = [(80, 80, 80), (150, 150, 150), (31, 119, 180), (255, 127, 14), (44, 160, 44),
-               (214, 39, 40), (148, 103, 189), (140, 86, 75)]
-    colors = {name: palette[i % len(palette)] for i, name in enumerate(impls)}
-    bar_h, gap, left, width = 14, 12, 260, 560
-    height = 60 + len(configs) * (len(impls) * bar_h + gap) + 20 * ((len(impls) + 3) // 4) + 20
-    img = Image.new("RGB", (left + width + 170, height), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((10, 10), title, fill="black")
-    draw.text((10, 26), "median time per call (bar, relative to the slowest in each group); label: ms, speedup vs eager",
-              fill=(90, 90, 90))
-    y = 50
-    for config in configs:
-        group = [r for r in rows if r["config"] == config]
-        slowest = max(r["median_ms"] for r in group)
-        draw.text((10, y), config, fill="black")
-        for impl in impls:
-            r = next((g for g in group if g["impl"] == impl), None)
-            if r is not None:
-                w = max(1, int(width * r["median_ms"] / slowest))
-                draw.rectangle([left, y, left + w, y + bar_h - 3], fill=colors[impl])
-                label = f"{impl} {r['median_ms']:.3g} ms"
-                if r.get("speedup_vs_eager") is not None:
-                    label += f"  x{r['speedup_vs_eager']:.2f}"
-                draw.text((left + w + 6, y), label, fill="black")
-            y += bar_h
-        y += gap
-    x = 10
-    for i, impl in enumerate(impls):
-        draw.rectangle([x, y, x + 12, y + 10], fill=colors[impl])
-        draw.text((x + 16, y), impl, fill="black")
-        x += 140
-        if i % 4 == 3:
-            x, y = 10, y + 20
-    img.save(path)
 
 
 # ----------------------------------------------------------------------------------------
@@ -466,7 +361,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         device=name, device_type=device.type, dtype=str(dtype).replace("torch.", ""),
         peak_tbps=peak, cpu_threads=torch.get_num_threads() if device.type == "cpu" else None,
         versions=dict(python=platform.python_version(), torch=torch.__version__,
-                      triton=_triton_version(), mat_fast=mat_fast.__version__),
+                      triton=triton_version(), mat_fast=mat_fast.__version__),
         git_commit=git_commit(), command=" ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         quick=args.quick, timer="triton.testing.do_bench" if device.type == "cuda" else "perf_counter loop",
@@ -483,15 +378,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ImportError:
         print(f"\nwrote {json_path}; Pillow is missing, so no chart")
     return 0
-
-
-def _triton_version() -> Optional[str]:
-    try:
-        import triton
-
-        return triton.__version__
-    except ImportError:
-        return None
 
 
 if __name__ == "__main__":

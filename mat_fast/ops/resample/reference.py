@@ -18,15 +18,15 @@ import torch.nn.functional as F
 Padding = Union[int, Sequence[int]]
 
 
-def setup_filter(taps: Sequence[float] = (1, 3, 3, 1), device="cpu") -> torch.Tensor:
-    """The 2-D filter used by MAT: outer product of ``taps`` normalised to sum 1 (float32)."""
-    f = torch.as_tensor(taps, dtype=torch.float32)
+def setup_filter(taps: Sequence[float] = (1, 3, 3, 1), device=None) -> torch.Tensor:
+    """The 2-D filter used by MAT: outer product of ``taps`` normalised to sum 1 (float32),
+    on ``device`` (default: torch's current default device)."""
+    f = torch.as_tensor(taps, dtype=torch.float32, device=device)
     if f.ndim == 0:
         f = f[None]
     if f.ndim == 1:
         f = torch.outer(f, f)
-    f = f / f.sum()
-    return f.to(device)
+    return f / f.sum()
 
 
 def _padding4(padding: Padding) -> Tuple[int, int, int, int]:

@@ -45,14 +45,15 @@ def window_reverse(windows: torch.Tensor, window: int, H: int, W: int) -> torch.
 def _shift_region_mask(H: int, W: int, window: int, shift: int, device: str, dtype) -> torch.Tensor:
     # Label the rolled grid with 9 regions (3 row bands x 3 column bands); tokens of one
     # window attend freely within their region and get -100 across regions.
-    labels = torch.zeros(1, H, W, 1)
+    labels = torch.zeros(1, H, W, 1, device="cpu")  # explicit: immune to torch.device() contexts
     bands = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     for i, rows in enumerate(bands):
         for j, cols in enumerate(bands):
             labels[:, rows, cols, :] = 3 * i + j
     windows = window_partition(labels, window).squeeze(-1)  # (nW, N)
     diff = windows.unsqueeze(1) - windows.unsqueeze(2)  # (nW, N, N)
-    return torch.where(diff != 0, MASK_PENALTY, 0.0).to(device=device, dtype=dtype)
+    mask = torch.where(diff != 0, torch.tensor(MASK_PENALTY, device="cpu"), torch.tensor(0.0, device="cpu"))
+    return mask.to(device=device, dtype=dtype)
 
 
 def shift_region_mask(H: int, W: int, window: int, shift: int, device, dtype) -> torch.Tensor:
