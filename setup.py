@@ -1,7 +1,56 @@
-"""Packaging entry point. Metadata lives in pyproject.toml; this file exists for the native
-extension build (torch.utils.cpp_extension), which later work adds behind
-MAT_FAST_BUILD_EXT=1 so that a plain install never needs a compiler."""
+"""Packaging. Metadata lives in pyproject.toml; this file adds the native kernels.
+
+* Every build copies ``kernels/`` into the package as ``mat_fast/_kernels`` so that an
+  installed wheel can compile the 'cpu'/'cuda' backends just in time (see
+  ``mat_fast/ops/native_build.py``).
+* ``MAT_FAST_BUILD_EXT=1 pip install --no-build-isolation .`` also compiles them ahead of
+  time into ``mat_fast._C`` (a CUDAExtension when torch has CUDA and a toolkit is found,
+  else a CppExtension). A plain install never needs a compiler.
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
-setup()
+ROOT = Path(__file__).resolve().parent
+KERNELS = ROOT / "kernels"
+
+
+class build_py_with_kernels(build_py):
+    def run(self):
+        super().run()
+        if KERNELS.is_dir():
+            shutil.copytree(KERNELS, Path(self.build_lib) / "mat_fast" / "_kernels",
+                            dirs_exist_ok=True)
+
+
+def native_extension():
+    import torch
+    from torch.utils import cpp_extension
+
+    cpp = sorted(str(p.relative_to(ROOT)) for p in KERNELS.glob("*.cpp"))
+    cu = sorted(str(p.relative_to(ROOT)) for p in KERNELS.glob("*.cu"))
+    with_cuda = bool(cu) and torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    cxx = ["-O3", "-DMAT_FAST_PYTHON_MODULE"]
+    link = []
+    if sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")  # at::parallel_for is header code: without it, one thread
+        link.append("-fopenmp")
+    kind = cpp_extension.CUDAExtension if with_cuda else cpp_extension.CppExtension
+    return kind("mat_fast._C", cpp + (cu if with_cuda else []),
+                include_dirs=[str(KERNELS)], extra_link_args=link,
+                extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]} if with_cuda else cxx)
+
+
+ext_modules, cmdclass = [], {"build_py": build_py_with_kernels}
+if os.environ.get("MAT_FAST_BUILD_EXT") == "1":
+    from torch.utils.cpp_extension import BuildExtension
+
+    ext_modules.append(native_extension())
+    cmdclass["build_ext"] = BuildExtension
+
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

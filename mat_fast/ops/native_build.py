@@ -1,0 +1,395 @@
+"""Find or build ``mat_fast_native``: the C++ (and CUDA) kernels of the 'cpu' and 'cuda'
+backends.
+
+The library registers ``torch.ops.mat_fast_native.*`` (schemas in
+``kernels/mat_fast_ops.cpp``). It comes from, in order:
+
+1. an ahead-of-time build, the module ``mat_fast._C`` (``MAT_FAST_BUILD_EXT=1 pip install``);
+2. a just-in-time build with :func:`torch.utils.cpp_extension.load`, cached in
+   ``$MAT_FAST_CACHE/ext`` (else ``$XDG_CACHE_HOME/mat_fast/ext``, else
+   ``~/.cache/mat_fast/ext``) under a key that hashes the kernel sources, the torch, CUDA
+   and Python versions, the CUDA architectures, the compiler and the flags.
+
+A JIT build runs in a child process whose output goes to a log file; it builds into a
+temporary directory that is renamed into place when done, under a file lock, so processes
+that build at once wait for one another and never see half a build. The kernel sources are
+``kernels/`` of a source tree, or ``mat_fast/_kernels/`` inside an installed wheel.
+
+:mod:`mat_fast.backend` calls :func:`probe`; the op wrappers call :func:`require`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+try:  # POSIX; elsewhere the atomic rename alone keeps concurrent builds safe
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+__all__ = ["LIBRARY", "BuildConfig", "NativeBuildError", "build", "cache_root", "is_loaded",
+           "kernel_dir", "load", "probe", "require"]
+
+log = logging.getLogger("mat_fast")
+
+LIBRARY = "mat_fast_native"
+#: Module name of the ahead-of-time build (setup.py with MAT_FAST_BUILD_EXT=1).
+AOT_MODULE = "mat_fast._C"
+#: Lines of the compiler's output quoted in a failed build's reason.
+LOG_TAIL_LINES = 20
+
+_PACKAGE = Path(__file__).resolve().parents[1]  # .../mat_fast
+_SOURCE_SUFFIXES = (".cpp", ".cu")
+_HASHED_SUFFIXES = (".cpp", ".cu", ".h", ".cuh", ".inc")
+
+
+class NativeBuildError(RuntimeError):
+    """The extension could not be built; ``reason`` is one paragraph for users, ``log``
+    the path of the full compiler output (or None)."""
+
+    def __init__(self, reason: str, log_path: Optional[Path] = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.log = log_path
+
+
+# ----------------------------------------------------------------------------------------
+# Where things are.
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_dir() -> Optional[Path]:
+    """The kernel sources: ``kernels/`` next to the package in a source tree, else the
+    copy shipped inside the package (``mat_fast/_kernels``); None if neither exists."""
+    for candidate in (_PACKAGE.parent / "kernels", _PACKAGE / "_kernels"):
+        if (candidate / "mat_fast_ops.cpp").is_file():
+            return candidate
+    return None
+
+
+def cache_root() -> Path:
+    """``$MAT_FAST_CACHE/ext``, else ``$XDG_CACHE_HOME/mat_fast/ext``, else
+    ``~/.cache/mat_fast/ext``."""
+    if os.environ.get("MAT_FAST_CACHE"):
+        return Path(os.environ["MAT_FAST_CACHE"]).expanduser() / "ext"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "mat_fast" / "ext"
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """Everything a JIT build depends on; :meth:`key` hashes it with the sources."""
+
+    kernels: Path
+    cache: Path
+    with_cuda: bool
+    cuda_arch_list: str  # TORCH_CUDA_ARCH_LIST for the build ('' without CUDA)
+    cflags: Tuple[str, ...]
+    cuda_cflags: Tuple[str, ...]
+    ldflags: Tuple[str, ...]
+
+    @classmethod
+    def default(cls) -> "BuildConfig":
+        kernels = kernel_dir()
+        if kernels is None:
+            raise NativeBuildError(
+                "the mat_fast kernel sources are missing (neither kernels/ in a source tree nor "
+                "mat_fast/_kernels/ in the installed package); reinstall mat_fast")
+        from torch.utils import cpp_extension
+
+        has_cu = any(kernels.glob("*.cu"))
+        with_cuda = torch.version.cuda is not None and has_cu and cpp_extension.CUDA_HOME is not None
+        cflags: List[str] = []
+        ldflags: List[str] = []
+        if os.name != "nt":
+            cflags.append("-O3")
+        if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+            # at::parallel_for is header code: without -fopenmp it runs on one thread.
+            cflags.append("-fopenmp")
+            ldflags.append("-fopenmp")
+        return cls(kernels=kernels, cache=cache_root(), with_cuda=with_cuda,
+                   cuda_arch_list=_cuda_arch_list() if with_cuda else "",
+                   cflags=tuple(cflags), cuda_cflags=("-O3",) if with_cuda else (),
+                   ldflags=tuple(ldflags))
+
+    def files(self) -> List[Path]:
+        """The sources the build reads (CUDA ones only when building with CUDA)."""
+        skip = () if self.with_cuda else (".cu", ".cuh")
+        return sorted(p for p in self.kernels.iterdir()
+                      if p.suffix in _HASHED_SUFFIXES and p.suffix not in skip)
+
+    def sources(self) -> List[str]:
+        """Translation units (file names): the .cpp files, plus the .cu files with CUDA."""
+        wanted = _SOURCE_SUFFIXES if self.with_cuda else (".cpp",)
+        return [p.name for p in self.files() if p.suffix in wanted]
+
+    def key(self) -> str:
+        h = hashlib.sha256()
+        for path in self.files():
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        meta = [torch.__version__, str(torch.version.cuda), self.with_cuda, self.cuda_arch_list,
+                self.cflags, self.cuda_cflags, self.ldflags, sys.version_info[:2],
+                platform.machine(), sys.platform, os.environ.get("CXX", "")]
+        h.update(json.dumps(meta, default=str).encode())
+        return h.hexdigest()[:20]
+
+
+def _cuda_arch_list() -> str:
+    """TORCH_CUDA_ARCH_LIST if set, else the visible GPUs' architectures, else '' (then
+    torch builds for every architecture it knows)."""
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if env:
+        return env
+    if torch.cuda.is_available():
+        caps = sorted({torch.cuda.get_device_capability(i)
+                       for i in range(torch.cuda.device_count())})
+        return ";".join(f"{major}.{minor}" for major, minor in caps)
+    return ""
+
+
+# ----------------------------------------------------------------------------------------
+# JIT build.
+
+# Runs in a child process so the compiler's output lands in the log file and a crashing
+# build cannot take the caller down. cpp_extension.load also loads the result there, which
+# checks that it links against this torch.
+_BUILD_SCRIPT = r"""
+import json, sys
+from torch.utils import cpp_extension
+spec = json.loads(sys.argv[1])
+try:
+    cpp_extension.load(is_python_module=False, verbose=True, **spec)
+except Exception as err:
+    print(f"{type(err).__name__}: {err}", flush=True)
+    sys.exit(1)
+print("mat_fast_native: build complete", flush=True)
+"""
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock held while building; other processes wait on it. The lock file
+    stays (deleting it would let a waiter and a newcomer lock different files)."""
+    with open(path, "a+") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _library_file(directory: Path) -> Path:
+    suffix = ".pyd" if os.name == "nt" else ".so"
+    return directory / f"{LIBRARY}{suffix}"
+
+
+def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace").rstrip().splitlines()
+    except OSError:
+        return "(no build log)"
+    tail = text[-lines:]
+    first_error = next((line for line in text if "error" in line.lower()), None)
+    if first_error is not None and first_error not in tail:
+        tail = [first_error, "..."] + tail
+    return "\n".join("    " + line for line in tail)
+
+
+def _preflight() -> Optional[str]:
+    """A sentence if the toolchain obviously cannot build (checked before spawning)."""
+    from torch.utils import cpp_extension
+
+    if not cpp_extension.is_ninja_available():
+        return "building the native kernels needs ninja (pip install ninja)"
+    compiler = os.environ.get("CXX", "cl" if os.name == "nt" else "c++")
+    if shutil.which(compiler) is None:
+        return (f"building the native kernels needs a C++ compiler; {compiler!r} is not on PATH "
+                "(set CXX)")
+    return None
+
+
+def build(config: Optional[BuildConfig] = None) -> Path:
+    """Build the library for ``config`` (default: this machine) unless it is cached;
+    return the path of the shared library. Raises :class:`NativeBuildError`."""
+    config = config or BuildConfig.default()
+    key = config.key()
+    final = config.cache / f"{LIBRARY}-{key}"
+    library = _library_file(final)
+    if library.is_file():
+        return library
+    reason = _preflight()
+    if reason is not None:
+        raise NativeBuildError(reason)
+    config.cache.mkdir(parents=True, exist_ok=True)
+    failed_log = config.cache / f"{LIBRARY}-{key}.failed.log"
+    with _file_lock(config.cache / f"{LIBRARY}-{key}.lock"):
+        if library.is_file():  # another process built it while we waited
+            return library
+        tmp = Path(tempfile.mkdtemp(prefix=f".{LIBRARY}-{key}-", dir=config.cache))
+        log_path = tmp / "build.log"
+        log.warning("mat_fast: compiling the native kernels (once per machine and torch "
+                    "version, about a minute); log: %s", final / "build.log")
+        try:
+            src = tmp / "src"
+            src.mkdir()
+            for path in config.files():  # build from a snapshot that matches the key
+                shutil.copy2(path, src / path.name)
+            spec = dict(name=LIBRARY, sources=[str(src / name) for name in config.sources()],
+                        build_directory=str(tmp), extra_include_paths=[str(src)],
+                        extra_cflags=list(config.cflags), extra_ldflags=list(config.ldflags),
+                        extra_cuda_cflags=list(config.cuda_cflags), with_cuda=config.with_cuda)
+            env = dict(os.environ)
+            if config.with_cuda and config.cuda_arch_list:
+                env["TORCH_CUDA_ARCH_LIST"] = config.cuda_arch_list
+            with open(log_path, "w") as log_file:
+                log_file.write(f"# mat_fast_native build, key {key}, torch {torch.__version__}\n")
+                log_file.flush()
+                result = subprocess.run([sys.executable, "-c", _BUILD_SCRIPT, json.dumps(spec)],
+                                        stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp,
+                                        env=env, stdin=subprocess.DEVNULL)
+            if result.returncode != 0 or not _library_file(tmp).is_file():
+                shutil.copyfile(log_path, failed_log)
+                raise NativeBuildError(
+                    f"compiling the native kernels failed; the compiler's output ends with:\n"
+                    f"{_log_tail(failed_log)}\n(full log: {failed_log})", failed_log)
+            if final.exists() and not library.is_file():  # a stale, incomplete entry
+                shutil.rmtree(final)
+            try:
+                os.rename(tmp, final)  # atomic: others see no entry or a complete one
+            except OSError:
+                if not library.is_file():  # (without flock another process may have won)
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        failed_log.unlink()
+    log.info("mat_fast: native kernels built: %s", library)
+    return library
+
+
+# ----------------------------------------------------------------------------------------
+# Loading: once per process (two copies would register the same operators twice).
+
+_lock = threading.RLock()
+_loaded: Optional[str] = None  # what was loaded: AOT module name or library path
+_loaded_key: Optional[str] = None
+_failures: Dict[tuple, str] = {}  # config identity -> reason it cannot load
+
+
+def is_loaded() -> bool:
+    """Whether the operators are registered in this process."""
+    return _loaded is not None
+
+
+def _config_identity() -> tuple:
+    # What selects the library, cheaply (no hashing, no paths): probe() runs on every op call.
+    env = os.environ
+    return (kernel_dir(), env.get("MAT_FAST_CACHE"), env.get("XDG_CACHE_HOME"), AOT_MODULE)
+
+
+def _load_aot() -> bool:
+    """Import the ahead-of-time build if one is installed; whether that worked."""
+    if not AOT_MODULE or importlib.util.find_spec(AOT_MODULE) is None:
+        return False
+    try:
+        importlib.import_module(AOT_MODULE)
+    except Exception as err:  # noqa: BLE001 - e.g. built against another torch: JIT instead
+        log.info("mat_fast: ignoring the prebuilt %s (%s: %s); building the kernels instead",
+                 AOT_MODULE, type(err).__name__, err)
+        return False
+    return True
+
+
+def load() -> str:
+    """Register the operators in this process (AOT build, else JIT build); returns what was
+    loaded. Raises :class:`NativeBuildError` with the reason it cannot."""
+    global _loaded, _loaded_key
+    with _lock:
+        identity = _config_identity()
+        if _loaded is not None and _loaded_key in (None, identity):
+            return _loaded
+        if identity in _failures:
+            raise NativeBuildError(_failures[identity])
+        try:
+            if _loaded is None and _load_aot():
+                _loaded, _loaded_key = AOT_MODULE, None
+                return _loaded
+            library = build()
+            if _loaded is not None:
+                raise NativeBuildError(
+                    f"another build of {LIBRARY} ({_loaded}) is already loaded in this process; "
+                    "restart Python to use a different one")
+            torch.ops.load_library(str(library))
+            _loaded, _loaded_key = str(library), identity
+            return _loaded
+        except NativeBuildError as err:
+            _failures[identity] = err.reason
+            raise
+        except Exception as err:  # noqa: BLE001 - loading must fail with a reason, not a crash
+            reason = f"loading {LIBRARY} failed: {type(err).__name__}: {err}"
+            _failures[identity] = reason
+            raise NativeBuildError(reason) from err
+
+
+def _has_kernel(op: str, dispatch_key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{LIBRARY}::{op}", dispatch_key)
+
+
+_ready: set = set()  # (identity, name) pairs known to work: the fast path
+
+
+def probe(name: str, device_type: str) -> Optional[str]:
+    """None if backend ``name`` ('cpu' or 'cuda') can run on ``device_type``, else why not.
+
+    The first call builds or loads the library (see the module docstring); later calls
+    return the remembered answer (this runs on every op call, so it stays cheap).
+    """
+    if name not in ("cpu", "cuda"):
+        return f"{LIBRARY} implements the 'cpu' and 'cuda' backends, not {name!r}"
+    ready_key = (_config_identity(), name)
+    if ready_key in _ready and _loaded is not None:
+        return None
+    try:
+        load()
+    except NativeBuildError as err:
+        return err.reason
+    dispatch_key = "CUDA" if name == "cuda" else "CPU"
+    if not _has_kernel("window_attention", dispatch_key):
+        hint = " (torch without CUDA, or no CUDA toolkit: set CUDA_HOME)" if name == "cuda" else ""
+        return f"{LIBRARY} was built without {dispatch_key} kernels{hint}"
+    _ready.add(ready_key)
+    return None
+
+
+def require(device_type: str = "cpu") -> None:
+    """Make sure the operators are loaded with kernels for ``device_type``; raise
+    :class:`mat_fast.BackendUnavailableError` with the reason otherwise (the wrappers call
+    this, so using them without a library fails with one clear message)."""
+    from ..backend import BackendUnavailableError
+
+    name = "cuda" if device_type == "cuda" else "cpu"
+    reason = probe(name, device_type)
+    if reason is not None:
+        raise BackendUnavailableError(f"mat_fast native kernels are unavailable: {reason}")

@@ -1,0 +1,134 @@
+"""Native (C++ / CUDA) partial-convolution ops: the 'cpu' and 'cuda' backends.
+
+* :func:`partial_conv_mask_native` - the mask update (``torch.ops.mat_fast_native.
+  partial_conv_mask``; kernels in ``kernels/partial_conv_{cpu.cpp,cuda.cu}``), with the
+  signature of :func:`mat_fast.ops.partial_conv.reference.partial_conv_mask_reference`.
+* :func:`partial_conv_epilogue_native` - the fused epilogue of a partial convolution,
+  ``leaky_relu(x + bias, alpha) * gain * ratio`` in one pass, and its reference twin
+  :func:`partial_conv_epilogue_reference` (kept here until the partial_conv package takes
+  it). Gradients flow to x, bias and ratio.
+
+Fake implementations and the epilogue's autograd formula are registered here, once the
+library is loaded. Without the library the entry points raise
+:class:`mat_fast.BackendUnavailableError` saying why.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .. import native_build
+
+__all__ = ["partial_conv_epilogue_native", "partial_conv_epilogue_reference",
+           "partial_conv_mask_native"]
+
+_OPS = "mat_fast_native::"
+_registered = False
+_register_lock = threading.Lock()
+
+
+def partial_conv_epilogue_reference(x: torch.Tensor, bias: Optional[torch.Tensor],
+                                    ratio: torch.Tensor, gain: float, alpha: float) -> torch.Tensor:
+    """``leaky_relu(x + bias[None, :, None, None], alpha) * gain * ratio``.
+
+    Args:
+        x: (B, C, H, W) convolution output (before its bias).
+        bias: (C,) or None.
+        ratio: (B, 1, H, W) partial-convolution re-weighting (broadcast over channels).
+        gain: scalar applied after the activation.
+        alpha: negative slope of the leaky ReLU.
+    """
+    if bias is not None:
+        x = x + bias.to(x.dtype).view(1, -1, 1, 1)
+    return F.leaky_relu(x, alpha) * gain * ratio
+
+
+# ----------------------------------------------------------------------------------------
+# torch.library registrations (fake implementations, autograd)
+
+
+def _fake_mask(mask, kernel_size, stride, padding):
+    B, _, H, W = mask.shape
+    Ho = (H + 2 * padding - kernel_size) // stride + 1
+    Wo = (W + 2 * padding - kernel_size) // stride + 1
+    return mask.new_empty(B, 1, Ho, Wo), mask.new_empty(B, 1, Ho, Wo)
+
+
+def _fake_epilogue(x, bias, ratio, gain, alpha):
+    return x.new_empty(x.shape)
+
+
+def _epilogue_setup_context(ctx, inputs, output):
+    x, bias, ratio, gain, alpha = inputs
+    ctx.save_for_backward(x, bias, ratio)
+    ctx.gain, ctx.alpha = gain, alpha
+
+
+def _epilogue_backward(ctx, grad):
+    x, bias, ratio = ctx.saved_tensors
+    pre = x if bias is None else x + bias.to(x.dtype).view(1, -1, 1, 1)
+    slope = torch.where(pre > 0, 1.0, ctx.alpha).to(grad.dtype)
+    needs = ctx.needs_input_grad
+    d_pre = grad * slope * (ratio * ctx.gain).to(grad.dtype) if needs[0] or needs[1] else None
+    dx = d_pre if needs[0] else None
+    dbias = d_pre.sum((0, 2, 3)).to(bias.dtype) if bias is not None and needs[1] else None
+    dratio = None
+    if needs[2]:
+        dratio = (grad * F.leaky_relu(pre, ctx.alpha) * ctx.gain).sum(1, keepdim=True).to(ratio.dtype)
+    return dx, dbias, dratio, None, None
+
+
+def _register_python_side() -> None:
+    """Fake implementations and the epilogue's autograd; once, after the library loaded."""
+    global _registered
+    with _register_lock:
+        if _registered:
+            return
+        torch.library.register_fake(_OPS + "partial_conv_mask")(_fake_mask)
+        torch.library.register_fake(_OPS + "partial_conv_epilogue")(_fake_epilogue)
+        torch.library.register_autograd(_OPS + "partial_conv_epilogue", _epilogue_backward,
+                                        setup_context=_epilogue_setup_context)
+        _registered = True
+
+
+def _ops(device_type: str):
+    native_build.require(device_type)
+    if not _registered:
+        _register_python_side()
+    return torch.ops.mat_fast_native
+
+
+# ----------------------------------------------------------------------------------------
+# Entry points
+
+
+def partial_conv_mask_native(mask: torch.Tensor, kernel_size: int, stride: int = 1,
+                             padding: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(update, ratio)`` of a partial convolution; same contract as the reference.
+
+    Args:
+        mask: (B, 1, H, W) validity (non-binary values allowed), any floating dtype.
+        kernel_size, stride, padding: the convolution's (zero padding).
+
+    Returns:
+        update = clamp(S, 0, 1) and ratio = k*k / (S + 1e-8) * update, both
+        (B, 1, H_out, W_out) in the mask's dtype, S the k x k box sum; no gradient.
+    """
+    ops = _ops(mask.device.type)
+    with torch.no_grad():
+        return ops.partial_conv_mask(mask, int(kernel_size), int(stride), int(padding))
+
+
+def partial_conv_epilogue_native(x: torch.Tensor, bias: Optional[torch.Tensor],
+                                 ratio: torch.Tensor, gain: float, alpha: float) -> torch.Tensor:
+    """Fused :func:`partial_conv_epilogue_reference` (fp32 math inside, output in x's dtype)."""
+    return _ops(x.device.type).partial_conv_epilogue(x, bias, ratio, float(gain), float(alpha))
+
+
+# Registered now if the backend probe already loaded the library (see window_attention).
+if native_build.is_loaded():
+    _register_python_side()
