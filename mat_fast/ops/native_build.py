@@ -393,3 +393,17 @@ def require(device_type: str = "cpu") -> None:
     reason = probe(name, device_type)
     if reason is not None:
         raise BackendUnavailableError(f"mat_fast native kernels are unavailable: {reason}")
+
+
+_python_side_done: set = set()
+
+
+def operators(device_type: str, register_python_side):
+    """``torch.ops.mat_fast_native`` once the library is loaded for ``device_type``, after
+    running a wrapper module's one-time Python-side registration (fakes, autograd)."""
+    require(device_type)
+    with _lock:
+        if register_python_side not in _python_side_done:
+            register_python_side()
+            _python_side_done.add(register_python_side)
+    return torch.ops.mat_fast_native

@@ -15,7 +15,6 @@ library is loaded. Without the library the entry points raise
 
 from __future__ import annotations
 
-import threading
 from typing import Optional, Tuple
 
 import torch
@@ -27,8 +26,6 @@ __all__ = ["partial_conv_epilogue_native", "partial_conv_epilogue_reference",
            "partial_conv_mask_native"]
 
 _OPS = "mat_fast_native::"
-_registered = False
-_register_lock = threading.Lock()
 
 
 def partial_conv_epilogue_reference(x: torch.Tensor, bias: Optional[torch.Tensor],
@@ -84,22 +81,14 @@ def _epilogue_backward(ctx, grad):
 
 def _register_python_side() -> None:
     """Fake implementations and the epilogue's autograd; once, after the library loaded."""
-    global _registered
-    with _register_lock:
-        if _registered:
-            return
-        torch.library.register_fake(_OPS + "partial_conv_mask")(_fake_mask)
-        torch.library.register_fake(_OPS + "partial_conv_epilogue")(_fake_epilogue)
-        torch.library.register_autograd(_OPS + "partial_conv_epilogue", _epilogue_backward,
-                                        setup_context=_epilogue_setup_context)
-        _registered = True
+    torch.library.register_fake(_OPS + "partial_conv_mask")(_fake_mask)
+    torch.library.register_fake(_OPS + "partial_conv_epilogue")(_fake_epilogue)
+    torch.library.register_autograd(_OPS + "partial_conv_epilogue", _epilogue_backward,
+                                    setup_context=_epilogue_setup_context)
 
 
 def _ops(device_type: str):
-    native_build.require(device_type)
-    if not _registered:
-        _register_python_side()
-    return torch.ops.mat_fast_native
+    return native_build.operators(device_type, _register_python_side)
 
 
 # ----------------------------------------------------------------------------------------

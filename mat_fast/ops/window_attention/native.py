@@ -17,7 +17,6 @@ saying why (the backend switch normally never calls it then).
 
 from __future__ import annotations
 
-import threading
 from typing import Optional, Tuple
 
 import torch
@@ -27,8 +26,6 @@ from .. import native_build
 __all__ = ["window_attention_native"]
 
 _OPS = "mat_fast_native::"
-_registered = False
-_register_lock = threading.Lock()
 
 
 def _fake_forward(q, k, v, mask, height, width, window, shift, heads):
@@ -60,23 +57,15 @@ def _backward(ctx, grad_out):
 
 def _register_python_side() -> None:
     """Fake implementations and the autograd formula; once, after the library loaded."""
-    global _registered
-    with _register_lock:
-        if _registered:
-            return
-        torch.library.register_fake(_OPS + "window_attention")(_fake_forward)
-        torch.library.register_fake(_OPS + "window_attention_backward")(_fake_backward)
-        torch.library.register_fake(_OPS + "window_mask_update")(_fake_mask_update)
-        torch.library.register_autograd(_OPS + "window_attention", _backward,
-                                        setup_context=_setup_context)
-        _registered = True
+    torch.library.register_fake(_OPS + "window_attention")(_fake_forward)
+    torch.library.register_fake(_OPS + "window_attention_backward")(_fake_backward)
+    torch.library.register_fake(_OPS + "window_mask_update")(_fake_mask_update)
+    torch.library.register_autograd(_OPS + "window_attention", _backward,
+                                    setup_context=_setup_context)
 
 
 def _ops(device_type: str):
-    native_build.require(device_type)
-    if not _registered:
-        _register_python_side()
-    return torch.ops.mat_fast_native
+    return native_build.operators(device_type, _register_python_side)
 
 
 def window_attention_native(
