@@ -1,6 +1,6 @@
 """Packaging. Metadata lives in pyproject.toml; this file adds the native kernels.
 
-* Every build copies ``kernels/`` into the package as ``mat_fast/_kernels`` so that an
+* Every build copies ``kernels/`` (in sdists via MANIFEST.in) into the package as ``mat_fast/_kernels`` so that an
   installed wheel can compile the 'cpu'/'cuda' backends just in time (see
   ``mat_fast/ops/native_build.py``).
 * ``MAT_FAST_BUILD_EXT=1 pip install --no-build-isolation .`` also compiles them ahead of
@@ -37,7 +37,7 @@ def native_extension():
     with_cuda = bool(cu) and torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     cxx = ["-O3", "-DMAT_FAST_PYTHON_MODULE"]
     link = []
-    if sys.platform.startswith("linux"):
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
         cxx.append("-fopenmp")  # at::parallel_for is header code: without it, one thread
         link.append("-fopenmp")
     kind = cpp_extension.CUDAExtension if with_cuda else cpp_extension.CppExtension

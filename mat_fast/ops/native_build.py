@@ -398,12 +398,17 @@ def require(device_type: str = "cpu") -> None:
 _python_side_done: set = set()
 
 
-def operators(device_type: str, register_python_side):
-    """``torch.ops.mat_fast_native`` once the library is loaded for ``device_type``, after
-    running a wrapper module's one-time Python-side registration (fakes, autograd)."""
-    require(device_type)
+def register_python_side_once(register_python_side) -> None:
+    """Run a wrapper module's Python-side registration (fakes, autograd) exactly once."""
     with _lock:
         if register_python_side not in _python_side_done:
             register_python_side()
             _python_side_done.add(register_python_side)
+
+
+def operators(device_type: str, register_python_side):
+    """``torch.ops.mat_fast_native`` once the library is loaded for ``device_type``, after
+    running a wrapper module's one-time Python-side registration (fakes, autograd)."""
+    require(device_type)
+    register_python_side_once(register_python_side)
     return torch.ops.mat_fast_native

@@ -119,5 +119,5 @@ def partial_conv_epilogue_native(x: torch.Tensor, bias: Optional[torch.Tensor],
 
 
 # Registered now if the backend probe already loaded the library (see window_attention).
-if native_build.is_loaded():
-    _register_python_side()
+if native_build.is_loaded():  # library loaded before this module: register now
+    native_build.register_python_side_once(_register_python_side)

@@ -108,5 +108,5 @@ def window_attention_native(
 
 # The library may already be loaded (the backend probe loads it before importing this
 # module): register now, so torch.compile sees the fake implementations from the start.
-if native_build.is_loaded():
-    _register_python_side()
+if native_build.is_loaded():  # library loaded before this module: register now
+    native_build.register_python_side_once(_register_python_side)
