@@ -39,9 +39,10 @@ from mat_fast.ops.partial_conv.reference import partial_conv_mask_reference
 from mat_fast.ops.resample.reference import (conv2d_resample_reference, upfirdn2d_reference,
                                              upsample2d_reference)
 
+from .golden_recipes import FORMAT, checksum, make_overrides, regen, subsample
+
 GOLDEN = Path(__file__).parent / "golden"
 RTOL = 1e-4
-FORMAT = 1
 
 CLASSES = {
     "FullyConnectedLayer": FullyConnectedLayer,
@@ -148,30 +149,6 @@ def assert_checksum_close(ours_full: torch.Tensor, ref_sums, what: str, rtol: fl
 # Inputs (same recipes as tools/make_golden.py).
 
 
-def regen(spec: dict) -> torch.Tensor:
-    shape = list(spec["shape"])
-    if spec["dist"] == "rect_holes":
-        t = torch.ones(shape)
-        for b, rects in enumerate(spec["rects"]):
-            for y0, y1, x0, x1 in rects:
-                t[b, :, y0:y1, x0:x1] = 0
-        if spec.get("cells") is not None:
-            n = int(spec["cell"])
-            t[spec["cells"].bool().repeat_interleave(n, 2).repeat_interleave(n, 3)] = 0
-        return t
-    g = torch.Generator().manual_seed(int(spec["seed"]))
-    if spec["dist"] == "randn":
-        return torch.randn(shape, generator=g)
-    if spec["dist"] == "rand_pm1":
-        return torch.rand(shape, generator=g) * 2 - 1
-    raise ValueError(f"unknown input recipe {spec['dist']!r}")
-
-
-def _sums(t: torch.Tensor):
-    t = t.double()
-    return float(t.sum()), float(t.abs().sum())
-
-
 def _drift_message(name, what, got, want) -> str:
     return (f"{name}: RNG DRIFT - the regenerated {what} has checksums (sum, sum|.|) {got} "
             f"but the golden file recorded {want}. torch's seeded CPU generator no longer "
@@ -186,7 +163,7 @@ def case_inputs(case: dict) -> dict:
     for k, spec in case["regen_inputs"].items():
         t = regen(spec)
         want = tuple(case["input_checksums"][k])
-        got = _sums(t)
+        got = checksum(t)
         if not all(math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-6) for g, w in zip(got, want)):
             pytest.fail(_drift_message(case["name"], f"input {k!r}", got, want), pytrace=False)
         values[k] = t
@@ -195,27 +172,6 @@ def case_inputs(case: dict) -> dict:
 
 # ----------------------------------------------------------------------------------------
 # Building our modules.
-
-
-def make_overrides(m, seed: int) -> dict:
-    """Same recipe as tools/make_golden.py (seeded biases, noise strengths, w_avg)."""
-    g = torch.Generator().manual_seed(seed)
-    sd = m.state_dict()
-    out = {}
-    for key in sorted(sd):
-        v = sd[key]
-        leaf = key.rsplit(".", 1)[-1]
-        if leaf == "bias":
-            base = 1.0 if key.endswith("affine.bias") else 0.0
-            t = base + 0.2 * torch.randn(v.shape, generator=g)
-        elif leaf == "noise_strength":
-            t = 0.1 + 0.1 * torch.rand(v.shape, generator=g)
-        elif leaf == "w_avg":
-            t = 0.5 * torch.randn(v.shape, generator=g)
-        else:
-            continue
-        out[key] = t.half().float()
-    return out
 
 
 def state_problems(m, case) -> list:
@@ -234,7 +190,7 @@ def state_problems(m, case) -> list:
         if list(t.shape) != list(shape):
             problems.append(f"{key}: shape {list(t.shape)} vs upstream {list(shape)}")
             continue
-        gs, ga = _sums(t)
+        gs, ga = checksum(t)
         if not (math.isclose(gs, s, rel_tol=1e-6, abs_tol=1e-6 * max(a, 1.0))
                 and math.isclose(ga, a, rel_tol=1e-6)):
             problems.append(f"{key}: initial values differ (sum {gs:.9g} vs {s:.9g}, "
@@ -259,8 +215,8 @@ def build_ours(case: dict):
             return m, [f"override keys differ: {sorted(set(ov) ^ set(want))[:20]}"]
         for key, t in ov.items():
             if not all(math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-9)
-                       for g, w in zip(_sums(t), want[key])):
-                pytest.fail(_drift_message(case["name"], f"override {key!r}", _sums(t),
+                       for g, w in zip(checksum(t), want[key])):
+                pytest.fail(_drift_message(case["name"], f"override {key!r}", checksum(t),
                                            tuple(want[key])), pytrace=False)
         missing, unexpected = m.load_state_dict(ov, strict=False)
         assert not unexpected, unexpected
@@ -360,10 +316,6 @@ def run_op(kind: str, v: dict, call: dict, backend_name: str) -> dict:
     raise KeyError(f"unknown op kind {kind!r}")
 
 
-def _subsample(t, stride):
-    return t[tuple(slice(None, None, s) for s in stride)]
-
-
 def check_outputs(case: dict, outs: dict, values: dict):
     name = case["name"]
     for key, got in outs.items():
@@ -376,11 +328,11 @@ def check_outputs(case: dict, outs: dict, values: dict):
         assert got is not None, f"{what}: ours is None, upstream returns a tensor"
         got = got.detach().float()
         stride = list(case["output_strides"].get(ref_key, [1] * got.ndim))
-        sub = _subsample(got, stride)
+        sub = subsample(got, stride)
         if case["output_holes_only"].get(ref_key):
-            known = _subsample(values["masks_in"], stride).expand_as(sub) != 0
+            known = subsample(values["masks_in"], stride).expand_as(sub) != 0
             # At known pixels the output must be images_in itself (upstream composites).
-            images = _subsample(values["images_in"], stride)
+            images = subsample(values["images_in"], stride)
             assert_close(sub[known], images[known], f"{what} at known pixels vs images_in")
             coords = (~known).nonzero() * torch.tensor(stride)  # full-size positions
             sub = sub[~known]
@@ -440,7 +392,7 @@ def test_golden_inputs_regenerate():
     for name in CASE_NAMES:
         case = load_case(name)
         for k, spec in case["regen_inputs"].items():
-            got, want = _sums(regen(spec)), tuple(case["input_checksums"][k])
+            got, want = checksum(regen(spec)), tuple(case["input_checksums"][k])
             if not all(math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-6) for g, w in zip(got, want)):
                 drifted.append(_drift_message(name, f"input {k!r}", got, want))
     assert not drifted, "\n".join(drifted)

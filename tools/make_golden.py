@@ -70,7 +70,9 @@ from types import SimpleNamespace
 
 import torch
 
-FORMAT = 1
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from tests.golden_recipes import FORMAT, checksum, fp16_exact, make_overrides, regen, subsample  # noqa: E402
+
 _ONLY = None  # --only: build and run only the cases whose name contains this
 
 
@@ -149,36 +151,6 @@ def import_upstream(path: str) -> SimpleNamespace:
 # Inputs.
 
 
-def regen(spec: dict) -> torch.Tensor:
-    """Rebuild an input from its spec (the test file has the same function)."""
-    shape = list(spec["shape"])
-    if spec["dist"] == "rect_holes":
-        t = torch.ones(shape)
-        for b, rects in enumerate(spec["rects"]):
-            for y0, y1, x0, x1 in rects:
-                t[b, :, y0:y1, x0:x1] = 0
-        if spec.get("cells") is not None:  # extra holes: cells (1 = hole) of cell x cell px
-            n = int(spec["cell"])
-            cells = spec["cells"].bool().repeat_interleave(n, 2).repeat_interleave(n, 3)
-            t[cells] = 0
-        return t
-    g = torch.Generator().manual_seed(int(spec["seed"]))
-    if spec["dist"] == "randn":
-        return torch.randn(shape, generator=g)
-    if spec["dist"] == "rand_pm1":
-        return torch.rand(shape, generator=g) * 2 - 1
-    raise ValueError(spec["dist"])
-
-
-def fp16_exact(t: torch.Tensor) -> torch.Tensor:
-    return t.half().float()
-
-
-def checksum(t: torch.Tensor):
-    t = t.detach().double()
-    return (float(t.sum()), float(t.abs().sum()))
-
-
 class Inputs:
     """Collects a case's inputs: stored (fp16-exact, saved as float16) or regenerated."""
 
@@ -233,27 +205,6 @@ def state_checksums(m) -> dict:
     return {k: (list(v.shape),) + checksum(v) for k, v in m.state_dict().items()}
 
 
-def make_overrides(m, seed: int) -> dict:
-    """Seeded, fp16-exact values for every bias, noise_strength and w_avg, drawn in the
-    sorted order of the state-dict keys (the test has the same function)."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for key in sorted(m.state_dict()):
-        v = m.state_dict()[key]
-        leaf = key.rsplit(".", 1)[-1]
-        if leaf == "bias":
-            base = 1.0 if key.endswith("affine.bias") else 0.0  # affine biases start at 1
-            t = base + 0.2 * torch.randn(v.shape, generator=g)
-        elif leaf == "noise_strength":
-            t = 0.1 + 0.1 * torch.rand(v.shape, generator=g)
-        elif leaf == "w_avg":
-            t = 0.5 * torch.randn(v.shape, generator=g)
-        else:
-            continue
-        out[key] = fp16_exact(t)
-    return out
-
-
 def apply_overrides(m, overrides: dict):
     missing, unexpected = m.load_state_dict(overrides, strict=False)
     assert not unexpected, unexpected
@@ -274,10 +225,6 @@ def base_case(name, kind, module=None, kwargs=None, weight_seed=None, submodules
                 train=False,
                 inputs={}, regen_inputs={}, input_checksums={}, call={}, outputs={},
                 output_strides={}, output_holes_only={}, output_checksums={}, meta={})
-
-
-def subsample(t, stride):
-    return t[tuple(slice(None, None, s) for s in stride)]
 
 
 def set_outputs(case, outputs: dict, strides: dict | None = None, holes_of=None):
