@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
@@ -59,11 +58,13 @@ class WindowAttention(nn.Module):
                 shift_size: int = 0):
         """x (B, H*W, C), mask (B, H*W, 1) or None -> (attended x, updated mask)."""
         # q, k, v and proj are per-token, so projecting before the window partition
-        # (inside the op) gives the same numbers as upstream projecting after it.
-        norm_x = F.normalize(x, p=2.0, dim=-1)
-        q, k, v = self.q(norm_x), self.k(norm_x), self.v(x)
-        out, mask = ops.window_attention(q, k, v, mask, x_size, self.window_size, shift_size,
-                                         self.num_heads)
+        # (inside the op) gives the same numbers as upstream projecting after it. The op
+        # normalises x for q and k itself; fused backends make q, k, v with one GEMM.
+        projections = (self.q, self.k, self.v)
+        weight = torch.cat([fc.weight * fc.weight_gain for fc in projections])  # (3C, C)
+        bias = torch.cat([fc.bias * fc.bias_gain for fc in projections])  # (3C,)
+        out, mask = ops.window_attention_qkv(x, weight, bias, mask, x_size, self.window_size,
+                                             shift_size, self.num_heads)
         return self.proj(out), mask
 
 

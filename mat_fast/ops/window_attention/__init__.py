@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from ... import backend
-from .reference import window_attention_reference
+from .reference import normalize_tokens, window_attention_qkv_reference, window_attention_reference
 
 backend.register("window_attention", "reference", window_attention_reference)
 # Fast kernels, imported on first use; a missing module means that backend runs the reference.
 backend.register_lazy("window_attention", "triton", "mat_fast.ops.window_attention.triton:window_attention_triton")
 backend.register_lazy("window_attention", "cpu", "mat_fast.ops.window_attention.native:window_attention_native")
 backend.register_lazy("window_attention", "cuda", "mat_fast.ops.window_attention.native:window_attention_native")
+backend.register("window_attention_qkv", "reference", window_attention_qkv_reference)
+backend.register_lazy("window_attention_qkv", "triton", "mat_fast.ops.window_attention.triton:window_attention_qkv_triton")
 
 
 def window_attention(
@@ -52,18 +55,75 @@ def window_attention(
             f"{tuple(k.shape)}, {tuple(v.shape)}"
         )
     B, L, C = q.shape
+    _check_geometry(B, L, C, mask, H, W, window_size, shift_size, num_heads)
+    fn = backend.implementation("window_attention", q.device, backend_name)
+    return fn(q, k, v, mask, (H, W), int(window_size), int(shift_size), int(num_heads))
+
+
+def window_attention_qkv(
+    x: torch.Tensor,
+    qkv_weight: torch.Tensor,
+    qkv_bias: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor],
+    x_size: Tuple[int, int],
+    window_size: int,
+    shift_size: int,
+    num_heads: int,
+    *,
+    backend_name: Optional[str] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """MAT's WindowAttention up to its output projection, from the block input ``x``:
+    q = W_q (x / ||x||) + b_q, k likewise, v = W_v x + b_v, then :func:`window_attention`.
+
+    Fused backends run one GEMM on ``x`` for all three projections and apply 1/||x||
+    (fp32) and the biases inside the attention kernel: W (x / ||x||) = (W x) / ||x||.
+    Others normalise and project exactly as upstream, then call their attention kernel.
+
+    Args:
+        x: (B, H*W, C) tokens in row-major grid order.
+        qkv_weight: (3C, C) effective q, k, v weights stacked in that order.
+        qkv_bias: (3C,) stacked biases or None.
+        mask, x_size, window_size, shift_size, num_heads, backend_name: as
+            :func:`window_attention`.
+
+    Returns:
+        ``(out, new_mask)`` as :func:`window_attention`.
+    """
+    H, W = (int(s) for s in x_size)
+    if x.ndim != 3:
+        raise ValueError(f"x must be (B, H*W, C) tokens; got shape {tuple(x.shape)}")
+    B, L, C = x.shape
+    if tuple(qkv_weight.shape) != (3 * C, C):
+        raise ValueError(f"qkv_weight must be (3C, C) = {(3 * C, C)} for {C} channels; "
+                         f"got {tuple(qkv_weight.shape)}")
+    if qkv_bias is not None and tuple(qkv_bias.shape) != (3 * C,):
+        raise ValueError(f"qkv_bias must be (3C,) = {(3 * C,)}; got {tuple(qkv_bias.shape)}")
+    _check_geometry(B, L, C, mask, H, W, window_size, shift_size, num_heads)
+    name = backend.resolve(x.device, backend_name)
+    fn = backend.implementation("window_attention_qkv", x.device, name)
+    if fn is window_attention_qkv_reference and name != "reference":
+        # no fused projection for this backend: project as upstream, attend with its kernel
+        norm_x = normalize_tokens(x)
+        w_q, w_k, w_v = qkv_weight.to(x.dtype).split(C)
+        b_q, b_k, b_v = qkv_bias.to(x.dtype).split(C) if qkv_bias is not None else (None,) * 3
+        q, k, v = F.linear(norm_x, w_q, b_q), F.linear(norm_x, w_k, b_k), F.linear(x, w_v, b_v)
+        attend = backend.implementation("window_attention", x.device, name)
+        return attend(q, k, v, mask, (H, W), int(window_size), int(shift_size), int(num_heads))
+    return fn(x, qkv_weight, qkv_bias, mask, (H, W), int(window_size), int(shift_size), int(num_heads))
+
+
+def _check_geometry(B, L, C, mask, H, W, window_size, shift_size, num_heads) -> None:
     if L != H * W:
         raise ValueError(f"token count {L} does not match the grid {H}x{W}")
     if window_size <= 0 or H % window_size or W % window_size:
         raise ValueError(f"grid {H}x{W} is not a multiple of the window size {window_size}")
     if not 0 <= shift_size < window_size:
         raise ValueError(f"shift_size must be in [0, {window_size}); got {shift_size}")
-    if C % num_heads:
+    if num_heads <= 0 or C % num_heads:
         raise ValueError(f"{C} channels do not split into {num_heads} heads")
     if mask is not None and tuple(mask.shape) != (B, L, 1):
         raise ValueError(f"mask must have shape {(B, L, 1)}; got {tuple(mask.shape)}")
-    fn = backend.implementation("window_attention", q.device, backend_name)
-    return fn(q, k, v, mask, (H, W), int(window_size), int(shift_size), int(num_heads))
 
 
-__all__ = ["window_attention", "window_attention_reference"]
+__all__ = ["window_attention", "window_attention_qkv", "window_attention_qkv_reference",
+           "window_attention_reference"]

@@ -15,6 +15,10 @@ projected tokens so that fused kernels have a twin to be tested against:
 5. undo the partition and the roll.
 
 -100 rather than -inf keeps a fully invalid window finite: its softmax is uniform.
+
+:func:`window_attention_qkv_reference` is the same op one step earlier, from the block's
+input tokens and the stacked q/k/v weights (normalise, project, attend), the twin of the
+kernels that fuse the projections' epilogue and the normalisation into the attention.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import functools
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 MASK_PENALTY = -100.0
 
@@ -136,3 +141,48 @@ def window_attention_reference(
     if new_mask is not None:
         new_mask = from_windows(new_mask)
     return out, new_mask
+
+
+def normalize_tokens(x: torch.Tensor) -> torch.Tensor:
+    """``F.normalize(x, dim=-1)`` (x / max(||x||, 1e-12)), computed in fp32 for half inputs.
+
+    Upstream normalises in the input dtype; in fp16 its 1e-12 floor underflows to 0, so an
+    all-zero token becomes 0/0 = NaN. fp32 inputs give upstream's numbers bit for bit."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return F.normalize(x.float(), p=2.0, dim=-1).to(x.dtype)
+    return F.normalize(x, p=2.0, dim=-1)
+
+
+def window_attention_qkv_reference(
+    x: torch.Tensor,
+    qkv_weight: torch.Tensor,
+    qkv_bias: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor],
+    x_size: Tuple[int, int],
+    window_size: int,
+    shift_size: int,
+    num_heads: int,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """MAT's WindowAttention from block input tokens: q and k project the L2-normalised
+    tokens, v the raw ones, then :func:`window_attention_reference`.
+
+    Args:
+        x: (B, H*W, C) block input tokens in grid order.
+        qkv_weight: (3C, C) the q, k and v weights stacked (effective weights, gains applied).
+        qkv_bias: (3C,) the three biases stacked, or None.
+        mask, x_size, window_size, shift_size, num_heads: as :func:`window_attention_reference`.
+
+    Returns:
+        (out, new_mask) as :func:`window_attention_reference` (out before the output projection).
+    """
+    C = x.shape[-1]
+    w_q, w_k, w_v = qkv_weight.to(x.dtype).split(C)
+    b_q, b_k, b_v = qkv_bias.to(x.dtype).split(C) if qkv_bias is not None else (None,) * 3
+
+    def linear(t, w, b):  # written as upstream's FullyConnectedLayer computes it
+        t = t.matmul(w.t())
+        return t if b is None else t + b
+
+    norm_x = normalize_tokens(x)
+    q, k, v = linear(norm_x, w_q, b_q), linear(norm_x, w_k, b_k), linear(x, w_v, b_v)
+    return window_attention_reference(q, k, v, mask, x_size, window_size, shift_size, num_heads)

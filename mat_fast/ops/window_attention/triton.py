@@ -27,7 +27,8 @@ from ..triton_support import check_device, interpreting, next_power_of_2
 from .triton_kernels import (window_attention_bwd_dkdv_kernel, window_attention_bwd_dq_kernel,
                              window_attention_fwd_kernel)
 
-__all__ = ["window_attention_triton", "window_attention_fwd", "window_attention_bwd"]
+__all__ = ["window_attention_triton", "window_attention_qkv_triton", "window_attention_fwd",
+           "window_attention_bwd", "window_attention_qkv_fwd"]
 
 #: Whether the kernels above were built for Triton's interpreter (fixed at import).
 INTERPRETED = interpreting()
@@ -87,7 +88,28 @@ def window_attention_fwd(q, k, v, mask, H, W, window, shift, heads, allow_tf32=F
     with _device_ctx(q.device):
         window_attention_fwd_kernel[grid](
             q, k, v, mask if mask is not None else q, out, new_mask if mask is not None else out, lse,
+            lse, lse,  # inv_norm, bias: unused unless PACKED
             **geo, HAS_MASK=mask is not None, DOT_PRECISION=_precision(q.dtype, allow_tf32), **cfg)
+    return out, new_mask, lse
+
+
+def window_attention_qkv_fwd(qkv, inv_norm, bias, mask, H, W, window, shift, heads, allow_tf32=False):
+    """Like :func:`window_attention_fwd` from packed raw projections: qkv (B, L, 3C) = W x,
+    inv_norm (B, L) fp32, bias (3C,) or None; q, k, v are finished inside the kernel."""
+    B, L, C3 = qkv.shape
+    C = C3 // 3
+    geo = _geometry(qkv[..., :C], H, W, window, shift, heads)
+    cfg = _config(window, geo["HEAD_DIM"])
+    out = _alloc((B, L, C), qkv.dtype, qkv.device)
+    lse = _alloc((B, heads, L), torch.float32, qkv.device)
+    new_mask = _alloc((B, L, 1), mask.dtype, qkv.device) if mask is not None else qkv.new_empty(0)
+    grid = (B * geo["N_WIN"], heads, triton.cdiv(window * window, cfg["BLOCK_M"]))
+    with _device_ctx(qkv.device):
+        window_attention_fwd_kernel[grid](
+            qkv, qkv, qkv, mask if mask is not None else qkv, out,
+            new_mask if mask is not None else out, lse, inv_norm, bias if bias is not None else inv_norm,
+            **geo, HAS_MASK=mask is not None, DOT_PRECISION=_precision(qkv.dtype, allow_tf32),
+            PACKED=True, HAS_BIAS=bias is not None, **cfg)
     return out, new_mask, lse
 
 
@@ -163,6 +185,61 @@ def _backward(ctx, grad_out, _grad_new_mask, _grad_lse):
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("mat_fast::window_attention_qkv_fwd", mutates_args=())
+def _qkv_fwd_op(qkv: torch.Tensor, inv_norm: torch.Tensor, bias: Optional[torch.Tensor],
+                mask: Optional[torch.Tensor], H: int, W: int, window: int, shift: int, heads: int,
+                allow_tf32: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return window_attention_qkv_fwd(qkv, inv_norm, bias, mask, H, W, window, shift, heads, allow_tf32)
+
+
+@_qkv_fwd_op.register_fake
+def _qkv_fwd_fake(qkv, inv_norm, bias, mask, H, W, window, shift, heads, allow_tf32):
+    B, L, C3 = qkv.shape
+    out = qkv.new_empty((B, L, C3 // 3))
+    new_mask = mask.new_empty((B, L, 1)) if mask is not None else qkv.new_empty(0)
+    return out, new_mask, qkv.new_empty((B, heads, L), dtype=torch.float32)
+
+
+def _finish_projections(qkv, inv_norm, bias):
+    """q, k, v (B, L, C) as the packed kernel forms them: (W x) * inv_norm + b in fp32 for
+    q and k, W x + b for v, rounded to the input dtype."""
+    raw = qkv.float().unflatten(-1, (3, -1))  # (B, L, 3, C)
+    scale = torch.stack([inv_norm, inv_norm, torch.ones_like(inv_norm)], -1)  # (B, L, 3)
+    full = raw * scale[..., None]
+    if bias is not None:
+        full = full + bias.float().view(3, -1)
+    return tuple(t.to(qkv.dtype).contiguous() for t in full.unbind(-2))
+
+
+def _qkv_setup_context(ctx, inputs, output):
+    qkv, inv_norm, bias, mask, H, W, window, shift, heads, allow_tf32 = inputs
+    out, new_mask, lse = output
+    ctx.mark_non_differentiable(new_mask, lse)
+    ctx.save_for_backward(qkv, inv_norm, bias, mask, out, lse)
+    ctx.args = (H, W, window, shift, heads, allow_tf32)
+
+
+def _qkv_backward(ctx, grad_out, _grad_new_mask, _grad_lse):
+    """Chain rule through q = (W x) * inv + b_q (k alike), v = W x + b_v around the fused
+    attention's backward, which runs on q, k, v recomputed from the saved projections."""
+    qkv, inv_norm, bias, mask, out, lse = ctx.saved_tensors
+    if grad_out is None:
+        return (None,) * 10
+    q, k, v = _finish_projections(qkv, inv_norm, bias)
+    dq, dk, dv = (t.float() for t in _bwd_op(grad_out, q, k, v, mask, out, lse, *ctx.args))
+    raw_q, raw_k, _ = qkv.float().unflatten(-1, (3, -1)).unbind(-2)
+    inv = inv_norm[..., None]
+    d_qkv = torch.cat([dq * inv, dk * inv, dv], -1).to(qkv.dtype)
+    d_inv = (dq * raw_q).sum(-1) + (dk * raw_k).sum(-1)
+    d_bias = None
+    if bias is not None:
+        d_bias = torch.cat([dq.sum((0, 1)), dk.sum((0, 1)), dv.sum((0, 1))]).to(bias.dtype)
+    return d_qkv, d_inv, d_bias, None, None, None, None, None, None, None
+
+
+_qkv_fwd_op.register_autograd(_qkv_backward, setup_context=_qkv_setup_context)
+
+
 # ----------------------------------------------------------------------------------------
 # Backend entry point.
 
@@ -223,4 +300,63 @@ def window_attention_triton(
     check_device(_OP, q, k, v, mask, interpreted=INTERPRETED)
     out, new_mask, _ = _fwd_op(q.contiguous(), k.contiguous(), v.contiguous(), mask, H, W,
                                window, shift, heads, bool(allow_tf32))
+    return out, (new_mask if mask is not None else None)
+
+
+def window_attention_qkv_triton(
+    x: torch.Tensor,
+    qkv_weight: torch.Tensor,
+    qkv_bias: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor],
+    x_size: Tuple[int, int],
+    window_size: int,
+    shift_size: int,
+    num_heads: int,
+    *,
+    allow_tf32: bool = False,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Fused projections + attention; same contract as
+    :func:`mat_fast.ops.window_attention.reference.window_attention_qkv_reference`.
+
+    One GEMM makes the raw projections W x for q, k and v at once (B, L, 3C); the
+    normalisation is a per-token fp32 scale 1 / max(||x||, 1e-12) that the attention
+    kernel applies to q and k, with the biases, as it loads them (W (x / ||x||) =
+    (W x) / ||x||): no normalised copy of x, no separate q, k, v tensors. All-zero tokens
+    give q = b_q and k = b_k, finite in every dtype. Gradients flow to x, the weight and
+    the bias (the backward recomputes q, k, v from the saved projections).
+
+    Args:
+        x: (B, H*W, C) fp32/fp16/bf16 tokens; qkv_weight (3C, C); qkv_bias (3C,) or None
+            (cast to x's dtype); the rest as :func:`window_attention_triton`.
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim != 3:
+        raise ValueError(f"{_OP}: x must be a (B, H*W, C) tensor")
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"{_OP}: dtype {x.dtype} is not supported (float32, float16, bfloat16)")
+    B, L, C = x.shape
+    if tuple(qkv_weight.shape) != (3 * C, C):
+        raise ValueError(f"{_OP}: qkv_weight must be {(3 * C, C)}; got {tuple(qkv_weight.shape)}")
+    if qkv_bias is not None and tuple(qkv_bias.shape) != (3 * C,):
+        raise ValueError(f"{_OP}: qkv_bias must be {(3 * C,)}; got {tuple(qkv_bias.shape)}")
+    H, W = (int(s) for s in x_size)
+    window, shift, heads = int(window_size), int(shift_size), int(num_heads)
+    if window <= 0 or H % window or W % window or L != H * W:
+        raise ValueError(f"{_OP}: {L} tokens, grid {H}x{W} and window {window} do not fit")
+    if not 0 <= shift < window:
+        raise ValueError(f"{_OP}: shift_size must be in [0, {window}); got {shift}")
+    if heads <= 0 or C % heads:
+        raise ValueError(f"{_OP}: {C} channels do not split into {heads} heads")
+    if mask is not None:
+        if tuple(mask.shape) != (B, L, 1):
+            raise ValueError(f"{_OP}: mask must have shape {(B, L, 1)}; got {tuple(mask.shape)}")
+        if not mask.is_floating_point():
+            raise ValueError(f"{_OP}: mask must be floating point; got {mask.dtype}")
+        mask = mask.contiguous()
+    check_device(_OP, x, qkv_weight, qkv_bias, mask, interpreted=INTERPRETED)
+    qkv = torch.nn.functional.linear(x, qkv_weight.to(x.dtype)).contiguous()  # (B, L, 3C), one GEMM
+    # fp32 norms: F.normalize's 1e-12 floor underflows to 0 in fp16 (0/0 on all-zero tokens)
+    inv_norm = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).clamp_min(1e-12).reciprocal()
+    bias = qkv_bias.to(x.dtype).contiguous() if qkv_bias is not None else None
+    out, new_mask, _ = _qkv_fwd_op(qkv, inv_norm, bias, mask, H, W, window, shift, heads,
+                                   bool(allow_tf32))
     return out, (new_mask if mask is not None else None)

@@ -71,15 +71,42 @@ def _key_bias(mask, i_b, L, tok_n, m_n, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
+def _load_projected(qkv, inv_norm, bias, i_b, L, tok, m_tok, col, o_d, m_d, stride_l,
+                    PACKED: tl.constexpr, NORMALIZE: tl.constexpr,
+                    HAS_BIAS: tl.constexpr):
+    """[T, D] head slice starting at channel ``col`` of tokens ``tok``. PACKED: ``qkv`` holds
+    raw projections W x (B, L, 3C), finished here as (W x) * inv_norm + b (NORMALIZE for q
+    and k: W (x / ||x||) = (W x) / ||x||) in fp32, then rounded to the input dtype."""
+    m_td = m_tok[:, None] & m_d[None, :]
+    b_t = tl.load(qkv + i_b * L * stride_l + tok[:, None] * stride_l + col + o_d[None, :], mask=m_td, other=0.0)
+    if PACKED:
+        b_f = b_t.to(tl.float32)
+        if NORMALIZE:
+            # [T]
+            b_inv = tl.load(inv_norm + i_b * L + tok, mask=m_tok, other=0.0)
+            b_f = b_f * b_inv[:, None]
+        if HAS_BIAS:
+            # [D]
+            b_b = tl.load(bias + col + o_d, mask=m_d, other=0.0).to(tl.float32)
+            b_f = tl.where(m_td, b_f + b_b[None, :], 0.0)
+        b_t = b_f.to(b_t.dtype)
+    return b_t
+
+
+@triton.jit
 def window_attention_fwd_kernel(
-    q, k, v, mask, o, new_mask, lse,
+    q, k, v, mask, o, new_mask, lse, inv_norm, bias,
     H, W, L, C, N_WIN, N_WIN_W, HEADS, scale,
     HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr, HAS_MASK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, PACKED: tl.constexpr = False, HAS_BIAS: tl.constexpr = False,
 ):
     """Grid (B * nW, heads, cdiv(N, BLOCK_M)): out, log-sum-exp and (head 0) the new mask of
-    one query tile. q, k, v, o: (B, L, C); mask, new_mask: (B, L, 1); lse: (B, heads, L) fp32."""
+    one query tile. q, k, v, o: (B, L, C); mask, new_mask: (B, L, 1); lse: (B, heads, L) fp32.
+
+    PACKED: q = k = v = the raw projections W x, (B, L, 3C) with q, k, v in channel thirds;
+    inv_norm (B, L) fp32 = 1 / max(||x||, 1e-12); bias (3C,) when HAS_BIAS. Otherwise
+    inv_norm and bias are unused."""
     N: tl.constexpr = WINDOW * WINDOW
     i_bw, i_h, i_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b = (i_bw // N_WIN).to(tl.int64)
@@ -92,8 +119,14 @@ def window_attention_fwd_kernel(
     tok_m, reg_m = _window_tokens(i_w, o_m, H, W, N_WIN_W, WINDOW, SHIFT)
 
     o_base = i_b * L * C + i_h * HEAD_DIM
+    # column of this head's q, k, v and the token stride in the q/k/v tensors
+    col_q = i_h * HEAD_DIM
+    if PACKED:
+        col_k, col_v, stride_l = col_q + C, col_q + 2 * C, 3 * C
+    else:
+        col_k, col_v, stride_l = col_q, col_q, C
     # [M, D]
-    b_q = tl.load(q + o_base + tok_m[:, None] * C + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)
+    b_q = _load_projected(q, inv_norm, bias, i_b, L, tok_m, m_m, col_q, o_d, m_d, stride_l, PACKED, True, HAS_BIAS)
 
     b_mx = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -103,10 +136,9 @@ def window_attention_fwd_kernel(
         o_n = start_n + tl.arange(0, BLOCK_N)
         m_n = o_n < N
         tok_n, reg_n = _window_tokens(i_w, o_n, H, W, N_WIN_W, WINDOW, SHIFT)
-        m_nd = m_n[:, None] & m_d[None, :]
         # [N, D]
-        b_k = tl.load(k + o_base + tok_n[:, None] * C + o_d[None, :], mask=m_nd, other=0.0)
-        b_v = tl.load(v + o_base + tok_n[:, None] * C + o_d[None, :], mask=m_nd, other=0.0)
+        b_k = _load_projected(k, inv_norm, bias, i_b, L, tok_n, m_n, col_k, o_d, m_d, stride_l, PACKED, True, HAS_BIAS)
+        b_v = _load_projected(v, inv_norm, bias, i_b, L, tok_n, m_n, col_v, o_d, m_d, stride_l, PACKED, False, HAS_BIAS)
         b_kb, b_km = _key_bias(mask, i_b, L, tok_n, m_n, HAS_MASK)
         b_msum += b_km
         # [M, N]; every tile holds a real key, so the running max is finite after tile 0
