@@ -33,7 +33,8 @@ import torch
 import mat_fast
 from mat_fast import backend
 from mat_fast.ops import native_build
-from mat_fast.ops.partial_conv.reference import partial_conv_mask_reference
+from mat_fast.ops.partial_conv.reference import (partial_conv_epilogue_reference,
+                                                partial_conv_mask_reference)
 from mat_fast.ops.window_attention.reference import window_attention_reference
 
 from .conftest import ROOT, assert_close_verbose
@@ -277,7 +278,7 @@ def test_partial_conv_epilogue_matches_reference(native_ops, dtype, with_bias):
     assert out.dtype == dtype
     assert_finite(out, "epilogue")
     f32 = lambda t: None if t is None else t.float()  # noqa: E731
-    ref_out, ref_grads = run(pc_native.partial_conv_epilogue_reference, f32(x), f32(bias), f32(ratio))
+    ref_out, ref_grads = run(partial_conv_epilogue_reference, f32(x), f32(bias), f32(ratio))
     rtol = 1e-6 if dtype == torch.float32 else 1e-2
     assert_close_verbose(out, ref_out, rtol=rtol, what="epilogue")
     for i, (a, r) in enumerate(zip(grads, ref_grads)):
@@ -451,5 +452,5 @@ def test_cuda_partial_conv_matches_reference(stride):
     x = torch.randn(2, 4, 7, 9, device="cuda")
     bias = torch.randn(4, device="cuda")
     out = pc_native.partial_conv_epilogue_native(x, bias, ratio, 1.41, 0.2)
-    ref = pc_native.partial_conv_epilogue_reference(x, bias, ratio, 1.41, 0.2)
+    ref = partial_conv_epilogue_reference(x, bias, ratio, 1.41, 0.2)
     assert_close_verbose(out, ref, rtol=1e-6, what="epilogue")

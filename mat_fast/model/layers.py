@@ -63,10 +63,14 @@ class Conv2dLayer(nn.Module):
             self.register_buffer("weight", weight)
             self.register_buffer("bias", bias_value)
 
-    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    def convolve(self, x: torch.Tensor) -> torch.Tensor:
+        """The (resampled) convolution alone, before bias and activation."""
         w = self.weight * self.weight_gain
-        x = ops.conv2d_resample(x, w, self.resample_filter, up=self.up, down=self.down,
-                                padding=self.padding)
+        return ops.conv2d_resample(x, w, self.resample_filter, up=self.up, down=self.down,
+                                   padding=self.padding)
+
+    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        x = self.convolve(x)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return ops.bias_act(x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
 
@@ -88,7 +92,17 @@ class Conv2dLayerPartial(nn.Module):
         if mask is None:
             return self.conv(x), None
         update_mask, ratio = ops.partial_conv_mask(mask, self.kernel_size, self.stride, self.padding)
-        return self.conv(x) * ratio, update_mask
+        conv = self.conv
+        if conv.activation not in _EPILOGUE_SLOPE:  # (MAT only uses lrelu here)
+            return conv(x) * ratio, update_mask
+        # conv(x) * ratio with bias, activation, gain, clamp and ratio in one fused op.
+        x = ops.partial_conv_epilogue(conv.convolve(x), conv.bias, ratio, conv.act_gain,
+                                      _EPILOGUE_SLOPE[conv.activation], conv.conv_clamp)
+        return x, update_mask
+
+
+# Leaky-ReLU slope that makes the partial-conv epilogue compute each activation.
+_EPILOGUE_SLOPE = {"lrelu": 0.2, "linear": 1.0}
 
 
 class ModulatedConv2d(nn.Module):

@@ -1,4 +1,5 @@
-"""Partial-convolution mask update: public entry point and dispatch."""
+"""Partial convolution: the mask update and the fused epilogue; public entry points and
+dispatch."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ from typing import Optional, Tuple
 import torch
 
 from ... import backend
-from .reference import partial_conv_mask_reference
+from .reference import partial_conv_epilogue_reference, partial_conv_mask_reference
 
 backend.register("partial_conv_mask", "reference", partial_conv_mask_reference)
+backend.register("partial_conv_epilogue", "reference", partial_conv_epilogue_reference)
 # Fast kernels, imported on first use; a missing module means that backend runs the reference.
 backend.register_lazy("partial_conv_mask", "triton", "mat_fast.ops.partial_conv.triton:partial_conv_mask_triton")
 backend.register_lazy("partial_conv_mask", "cpu", "mat_fast.ops.partial_conv.native:partial_conv_mask_native")
 backend.register_lazy("partial_conv_mask", "cuda", "mat_fast.ops.partial_conv.native:partial_conv_mask_native")
+backend.register_lazy("partial_conv_epilogue", "triton", "mat_fast.ops.partial_conv.triton:partial_conv_epilogue_triton")
+backend.register_lazy("partial_conv_epilogue", "cpu", "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native")
+backend.register_lazy("partial_conv_epilogue", "cuda", "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native")
 
 
 def partial_conv_mask(
@@ -35,4 +40,45 @@ def partial_conv_mask(
     return fn(mask, int(kernel_size), int(stride), int(padding))
 
 
-__all__ = ["partial_conv_mask", "partial_conv_mask_reference"]
+def partial_conv_epilogue(
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    ratio: torch.Tensor,
+    gain: float,
+    alpha: float,
+    clamp: Optional[float] = None,
+    *,
+    backend_name: Optional[str] = None,
+) -> torch.Tensor:
+    """``clamp(leaky_relu(x + bias, alpha) * gain) * ratio``: a partial conv after its conv.
+
+    Args:
+        x: (B, C, H, W) convolution output before its bias (any memory format).
+        bias: (C,) or None.
+        ratio: (B, 1, H, W) from :func:`partial_conv_mask`, broadcast over channels.
+        gain: scale after the activation (sqrt(2) for lrelu layers, times the layer's gain).
+        alpha: leaky-ReLU slope (0.2 in MAT; 1.0 makes the activation the identity).
+        clamp: clamp to [-clamp, clamp] after the gain and before the ratio, or None.
+
+    Returns a (B, C, H, W) tensor in x's dtype. The order (clamp before the ratio) is
+    upstream's: its partial conv multiplies the output of a clamped ``Conv2dLayer``.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"x must have shape (B, C, H, W); got {tuple(x.shape)}")
+    B, C, H, W = x.shape
+    if bias is not None and tuple(bias.shape) != (C,):
+        raise ValueError(f"bias must have shape ({C},) to match x {tuple(x.shape)}; "
+                         f"got {tuple(bias.shape)}")
+    if tuple(ratio.shape) != (B, 1, H, W):
+        raise ValueError(f"ratio must have shape {(B, 1, H, W)} to match x {tuple(x.shape)}; "
+                         f"got {tuple(ratio.shape)}")
+    fn = backend.implementation("partial_conv_epilogue", x.device, backend_name)
+    return fn(x, bias, ratio, float(gain), float(alpha), None if clamp is None else float(clamp))
+
+
+__all__ = [
+    "partial_conv_epilogue",
+    "partial_conv_epilogue_reference",
+    "partial_conv_mask",
+    "partial_conv_mask_reference",
+]

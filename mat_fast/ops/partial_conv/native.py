@@ -4,9 +4,9 @@
   partial_conv_mask``; kernels in ``kernels/partial_conv_{cpu.cpp,cuda.cu}``), with the
   signature of :func:`mat_fast.ops.partial_conv.reference.partial_conv_mask_reference`.
 * :func:`partial_conv_epilogue_native` - the fused epilogue of a partial convolution,
-  ``leaky_relu(x + bias, alpha) * gain * ratio`` in one pass, and its reference twin
-  :func:`partial_conv_epilogue_reference` (kept here until the partial_conv package takes
-  it). Gradients flow to x, bias and ratio.
+  ``leaky_relu(x + bias, alpha) * gain`` (clamped if asked) ``* ratio`` in one pass, with
+  the signature of :func:`mat_fast.ops.partial_conv.reference.partial_conv_epilogue_reference`.
+  Gradients flow to x, bias and ratio.
 
 Fake implementations and the epilogue's autograd formula are registered here, once the
 library is loaded. Without the library the entry points raise
@@ -21,27 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import native_build
+from .reference import partial_conv_epilogue_reference
 
-__all__ = ["partial_conv_epilogue_native", "partial_conv_epilogue_reference",
-           "partial_conv_mask_native"]
+__all__ = ["partial_conv_epilogue_native", "partial_conv_mask_native"]
 
 _OPS = "mat_fast_native::"
-
-
-def partial_conv_epilogue_reference(x: torch.Tensor, bias: Optional[torch.Tensor],
-                                    ratio: torch.Tensor, gain: float, alpha: float) -> torch.Tensor:
-    """``leaky_relu(x + bias[None, :, None, None], alpha) * gain * ratio``.
-
-    Args:
-        x: (B, C, H, W) convolution output (before its bias).
-        bias: (C,) or None.
-        ratio: (B, 1, H, W) partial-convolution re-weighting (broadcast over channels).
-        gain: scalar applied after the activation.
-        alpha: negative slope of the leaky ReLU.
-    """
-    if bias is not None:
-        x = x + bias.to(x.dtype).view(1, -1, 1, 1)
-    return F.leaky_relu(x, alpha) * gain * ratio
 
 
 # ----------------------------------------------------------------------------------------
@@ -113,8 +97,12 @@ def partial_conv_mask_native(mask: torch.Tensor, kernel_size: int, stride: int =
 
 
 def partial_conv_epilogue_native(x: torch.Tensor, bias: Optional[torch.Tensor],
-                                 ratio: torch.Tensor, gain: float, alpha: float) -> torch.Tensor:
+                                 ratio: torch.Tensor, gain: float, alpha: float,
+                                 clamp: Optional[float] = None) -> torch.Tensor:
     """Fused :func:`partial_conv_epilogue_reference` (fp32 math inside, output in x's dtype)."""
+    if clamp is not None and clamp >= 0:
+        # The kernel has no clamp (MAT's partial convs never clamp); the composite is exact.
+        return partial_conv_epilogue_reference(x, bias, ratio, gain, alpha, clamp)
     return _ops(x.device.type).partial_conv_epilogue(x, bias, ratio, float(gain), float(alpha))
 
 

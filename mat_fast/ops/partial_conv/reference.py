@@ -4,11 +4,14 @@ A partial convolution sees only valid (mask = 1) pixels. After the convolution, 
 is re-weighted by ``k*k / (number of valid inputs under the kernel)`` and the output pixel
 becomes valid if any input under the kernel was valid. Masks may be non-binary; the sum is
 then a soft count and the update is clamped to [0, 1].
+
+:func:`partial_conv_epilogue_reference` is the rest of a partial conv layer: bias,
+activation, gain, clamp and the re-weighting by the ratio.
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,3 +33,34 @@ def partial_conv_mask_reference(
         ratio = ratio * update
     return update, ratio
 
+
+def partial_conv_epilogue_reference(
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    ratio: torch.Tensor,
+    gain: float,
+    alpha: float,
+    clamp: Optional[float] = None,
+) -> torch.Tensor:
+    """What a partial conv does after its convolution, in upstream's order of operations:
+    bias, leaky ReLU, gain, clamp (the inner ``Conv2dLayer``'s bias_act), then the ratio.
+
+    Args:
+        x: (B, C, H, W) convolution output, before its bias.
+        bias: (C,) or None.
+        ratio: (B, 1, H, W) partial-convolution re-weighting, broadcast over channels.
+        gain: scale applied after the activation (sqrt(2) for MAT's lrelu layers).
+        alpha: negative slope of the leaky ReLU (1.0 makes it the identity: 'linear').
+        clamp: clamp to [-clamp, clamp] after the gain, or None (or < 0) for no clamp.
+
+    The steps are bias_act_reference's, one op each, so the reference generator's numbers
+    stay bit for bit those of upstream's ``conv(x) * ratio``.
+    """
+    if bias is not None:
+        x = x + bias.to(x.dtype).reshape(1, -1, 1, 1)
+    x = F.leaky_relu(x, alpha)
+    if gain != 1:
+        x = x * gain
+    if clamp is not None and clamp >= 0:
+        x = x.clamp(-clamp, clamp)
+    return x * ratio
