@@ -18,11 +18,13 @@ Timed, per shape:
   fused path needs in front of it (shown so ``speedup`` compares the same work).
 * every backend that ``mat_fast.available_backends(device)`` reports (``reference``,
   ``cpu``, ``triton`` ...), on projected q, k, v;
+* ``<backend>+qkv``: the same backend from x (``window_attention_qkv``: normalisation and
+  projections included; Triton fuses them into one GEMM + the kernel, others compose);
 * ``sdpa``: partition + ``F.scaled_dot_product_attention`` with an additive mask
   (head_dim padded to 32) + reverse;
 * ``flex``: the same with FlexAttention and a score_mod (compiled), where it runs.
 
-``speedup`` = eager / (proj + op). Times are median with p20 / p80, from
+``speedup`` = eager / (proj + op), or eager / op for the ``+qkv`` rows. Times are median with p20 / p80, from
 ``triton.testing.do_bench`` on GPU (after a warm-up call that also JIT-compiles), or a
 timer loop after warm-up on CPU. ``GB/s`` counts the op's compulsory traffic (read q, k, v
 and the mask once, write out and the new mask once); ``% peak`` compares it with the
@@ -52,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 import mat_fast  # noqa: E402
 from benchmarks.common import device_name, draw_chart, git_commit, time_group, triton_version  # noqa: E402
-from mat_fast.ops.window_attention import window_attention  # noqa: E402
+from mat_fast.ops.window_attention import window_attention, window_attention_qkv  # noqa: E402
 from mat_fast.ops.window_attention.reference import (shift_region_mask, window_attention_reference,  # noqa: E402
                                                      window_partition, window_reverse)
 
@@ -275,6 +277,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     backends = mat_fast.available_backends(device)
     skipped = {f"backend {b}": why for b, why in backends.items() if why is not None}
     ops: Dict[str, Callable] = {}
+    fused_ops: Dict[str, Callable] = {}
     for b, why in backends.items():
         if why is not None:
             continue
@@ -283,15 +286,20 @@ def main(argv: Optional[List[str]] = None) -> int:
             continue
         ops[b] = (lambda b: lambda q, k, v, m, H, W, w, s, region:
                   window_attention(q, k, v, m, (H, W), w, s, HEADS, backend_name=b))(b)
+        # the same backend from the block input: normalise + q/k/v projections + attention
+        # (fused into one GEMM + the kernel where the backend has that fusion)
+        fused_ops[f"{b}+qkv"] = (lambda b: lambda x, w_qkv, m, H, W, w, s:
+                                 window_attention_qkv(x, w_qkv, None, m, (H, W), w, s, HEADS, backend_name=b))(b)
     ops["sdpa"] = sdpa_op
     ops["flex"] = flex_op
 
     torch.manual_seed(0)
     weights = [torch.randn(C, C, device=device, dtype=dtype) / C**0.5 for _ in range(3)]
+    w_qkv = torch.cat(weights)
     rows: List[dict] = []
     print(f"device: {name} ({device}), dtype {str(dtype).replace('torch.', '')}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads() if device.type == 'cpu' else '-'}")
-    header = f"{'config':<34} {'impl':<10} {'median ms':>10} {'p20':>9} {'p80':>9} {'speedup':>8} {'GB/s':>8} {'%peak':>6}"
+    header = f"{'config':<34} {'impl':<14} {'median ms':>10} {'p20':>9} {'p80':>9} {'speedup':>8} {'GB/s':>8} {'%peak':>6}"
     print(header)
     print("-" * len(header))
     for resolution in resolutions:
@@ -328,6 +336,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                  f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
                                 continue
                             fns[impl] = (lambda fn: lambda: fn(q, k, v, mask, H, W, window, shift, region))(fn)
+                        for impl, fn in fused_ops.items():
+                            errors[impl] = max_error(fn(x, w_qkv, mask, H, W, window, shift), ref)
+                            fns[impl] = (lambda fn: lambda: fn(x, w_qkv, mask, H, W, window, shift))(fn)
                         timings = time_group(fns, device, args.budget)
                     eager_ms = timings["eager"]["median_ms"]
                     proj_ms = timings["proj"]["median_ms"]
@@ -337,6 +348,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                             row["max_abs_err_vs_reference"] = errors[impl]
                         if impl == "eager":
                             row["speedup_vs_eager"] = 1.0
+                        elif impl in fused_ops:  # from x: the same work as eager
+                            row["speedup_vs_eager"] = eager_ms / t["median_ms"]
                         elif impl != "proj":
                             row["speedup_vs_eager"] = eager_ms / (proj_ms + t["median_ms"])
                             nbytes = op_bytes(B, L, dtype, dtype if with_mask else None)
@@ -344,7 +357,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                             if peak:
                                 row["pct_peak"] = 100 * row["gbps"] / (peak * 1e3)
                         rows.append(row)
-                        print(f"{config:<34} {impl:<10} {t['median_ms']:>10.3f} {t['p20_ms']:>9.3f} {t['p80_ms']:>9.3f} "
+                        print(f"{config:<34} {impl:<14} {t['median_ms']:>10.3f} {t['p20_ms']:>9.3f} {t['p80_ms']:>9.3f} "
                               f"{row.get('speedup_vs_eager', float('nan')):>8.2f} {row.get('gbps', float('nan')):>8.1f} "
                               f"{row['pct_peak'] if 'pct_peak' in row else float('nan'):>6.1f}")
                         sys.stdout.flush()
@@ -365,7 +378,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         git_commit=git_commit(), command=" ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         quick=args.quick, timer="triton.testing.do_bench" if device.type == "cuda" else "perf_counter loop",
-        note="speedup_vs_eager = eager / (proj + op); gbps counts q, k, v, mask read + out, new mask written once",
+        note=("speedup_vs_eager = eager / (proj + op) for ops on projected q, k, v, and eager / op for "
+              "'<backend>+qkv' rows (from x: normalisation and projections included); gbps (op rows) "
+              "counts q, k, v, mask read + out, new mask written once"),
         skipped=skipped, rows=rows,
     )
     json_path = out / f"attention_{slug}.json"
