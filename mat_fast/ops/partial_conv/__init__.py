@@ -8,7 +8,8 @@ from typing import Optional, Tuple
 import torch
 
 from ... import backend
-from .reference import partial_conv_epilogue_reference, partial_conv_mask_reference
+from .reference import (partial_conv_epilogue_reference, partial_conv_fused_reference,
+                        partial_conv_mask_reference)
 
 backend.register("partial_conv_mask", "reference", partial_conv_mask_reference)
 backend.register("partial_conv_epilogue", "reference", partial_conv_epilogue_reference)
@@ -19,6 +20,9 @@ backend.register_lazy("partial_conv_mask", "cuda", "mat_fast.ops.partial_conv.na
 backend.register_lazy("partial_conv_epilogue", "triton", "mat_fast.ops.partial_conv.triton:partial_conv_epilogue_triton")
 backend.register_lazy("partial_conv_epilogue", "cpu", "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native")
 backend.register_lazy("partial_conv_epilogue", "cuda", "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native")
+# Mask update + epilogue in one pass; backends without a fused kernel run the two ops above.
+backend.register("partial_conv_fused", "reference", partial_conv_fused_reference)
+backend.register_lazy("partial_conv_fused", "triton", "mat_fast.ops.partial_conv.triton:partial_conv_fused_triton")
 
 
 def partial_conv_mask(
@@ -76,9 +80,37 @@ def partial_conv_epilogue(
     return fn(x, bias, ratio, float(gain), float(alpha), None if clamp is None else float(clamp))
 
 
+def partial_conv_fused(
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    mask: torch.Tensor,
+    kernel_size: int,
+    stride: int,
+    padding: int,
+    gain: float,
+    alpha: float,
+    clamp: Optional[float] = None,
+    *,
+    backend_name: Optional[str] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(partial_conv_epilogue(x, bias, ratio, ...), update)`` with ``(update, ratio) =
+    partial_conv_mask(mask, kernel_size, stride, padding)``: a partial conv after its conv,
+    from the conv's input ``mask`` (B, 1, H, W); x is its (B, C, Ho, Wo) output. One pass
+    over x where the backend has a fused kernel ('triton'), else the two ops."""
+    name = backend.resolve(x.device, backend_name)
+    fn = backend.implementation("partial_conv_fused", x.device, name)
+    if fn is partial_conv_fused_reference and name != "reference":  # no fused kernel here
+        update, ratio = partial_conv_mask(mask, kernel_size, stride, padding, backend_name=name)
+        return partial_conv_epilogue(x, bias, ratio, gain, alpha, clamp, backend_name=name), update
+    return fn(x, bias, mask, int(kernel_size), int(stride), int(padding), float(gain), float(alpha),
+              None if clamp is None else float(clamp))
+
+
 __all__ = [
     "partial_conv_epilogue",
     "partial_conv_epilogue_reference",
+    "partial_conv_fused",
+    "partial_conv_fused_reference",
     "partial_conv_mask",
     "partial_conv_mask_reference",
 ]

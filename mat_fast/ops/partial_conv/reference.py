@@ -64,3 +64,33 @@ def partial_conv_epilogue_reference(
     if clamp is not None and clamp >= 0:
         x = x.clamp(-clamp, clamp)
     return x * ratio
+
+
+def partial_conv_fused_reference(
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    mask: torch.Tensor,
+    kernel_size: int,
+    stride: int,
+    padding: int,
+    gain: float,
+    alpha: float,
+    clamp: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A whole partial conv after its convolution, from the conv's *input* mask: the mask
+    update then the epilogue (what fused kernels do in one pass over ``x``).
+
+    Args:
+        x: (B, C, Ho, Wo) output of the conv over an input whose validity is ``mask``,
+            before its bias.
+        bias: (C,) or None.
+        mask: (B, 1, H, W) the conv's input mask.
+        kernel_size, stride, padding: the conv's window, as for
+            :func:`partial_conv_mask_reference`.
+        gain, alpha, clamp: as for :func:`partial_conv_epilogue_reference`.
+
+    Returns ``(y, update_mask)``: y (B, C, Ho, Wo) in x's dtype, update_mask (B, 1, Ho, Wo)
+    in mask's dtype.
+    """
+    update, ratio = partial_conv_mask_reference(mask, kernel_size, stride, padding)
+    return partial_conv_epilogue_reference(x, bias, ratio, gain, alpha, clamp), update
