@@ -431,8 +431,9 @@ except ImportError as err:
 spec = importlib.util.spec_from_file_location("kernels", sys.argv[1])
 kernels = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(kernels)
-FLOATS = {"mask": "*fp32", "new_mask": "*fp32", "lse": "*fp32", "delta": "*fp32", "scale": "fp32"}
-PTRS = {"q", "k", "v", "o", "do", "dq", "dk", "dv"}
+FLOATS = {"mask": "*fp32", "new_mask": "*fp32", "lse": "*fp32", "delta": "*fp32", "scale": "fp32",
+          "inv_norm": "*fp32"}
+PTRS = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "bias"}
 
 def build(fn, dtype, consts):
     signature = {n: "constexpr" if n in consts else FLOATS.get(n, f"*{dtype}" if n in PTRS else "i32")
@@ -444,7 +445,8 @@ for dtype, window, shift, precision in (("fp16", 8, 4, "ieee"), ("bf16", 16, 8, 
     block = min(64, window * window)
     consts = dict(HEAD_DIM=30, WINDOW=window, SHIFT=shift, HAS_MASK=True, BLOCK_M=block, BLOCK_N=block,
                   BLOCK_D=32, DOT_PRECISION=precision)
-    build(kernels.window_attention_fwd_kernel, dtype, consts)
+    for packed in (False, True):  # q, k, v given / finished from W x in the kernel
+        build(kernels.window_attention_fwd_kernel, dtype, dict(consts, PACKED=packed, HAS_BIAS=packed))
     build(kernels.window_attention_bwd_dkdv_kernel, dtype, dict(consts, WITH_DQ=window == 8))
     if window == 16:
         build(kernels.window_attention_bwd_dq_kernel, dtype, consts)
