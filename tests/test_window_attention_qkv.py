@@ -204,3 +204,20 @@ def test_fused_op_fake_and_opcheck():
         fake = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in args]
         out, new_mask, lse = torch.ops.mat_fast.window_attention_qkv_fwd(*fake)
     assert out.shape == (B, H * W, C) and new_mask.shape == (B, H * W, 1) and lse.shape == (B, heads, H * W)
+
+
+def test_torch_compile_captures_the_fused_path():
+    """GEMM + fp32 norms + the custom op trace into one graph (aot_eager: no C++ compiler
+    needed on CPU), forward and backward, with the eager numbers."""
+    B, H, W, C, heads = 1, 16, 16, 12, 2
+    x, weight, bias, mask = make_inputs(B, H, W, C, "binary", seed=23)
+
+    def f(x, weight, bias, mask, *geo):
+        out, new_mask = wat.window_attention_qkv_triton(x, weight, bias, mask, (H, W), 8, 4, heads)
+        return out * 2, new_mask
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    eager, traced = run(f, x, weight, bias, mask, ()), run(compiled, x, weight, bias, mask, ())
+    assert torch.equal(eager[0], traced[0]) and torch.equal(eager[1], traced[1])
+    for g, cg in zip(eager[2], traced[2]):
+        assert_close_verbose(cg, g, rtol=1e-6, what="grad")
