@@ -85,8 +85,24 @@ def test_auto_falls_back_and_logs_once(monkeypatch, caplog):
 
 def test_a_backend_without_a_kernel_for_an_op_runs_the_reference(monkeypatch):
     monkeypatch.setitem(backend._PROBES, "cpu", lambda device_type: None)
-    with mat_fast.use_backend("cpu"):
-        fn = backend.implementation("bias_act", "cpu")
-    from mat_fast.ops.bias_act.reference import bias_act_reference
 
-    assert fn is bias_act_reference
+    def only_reference(x):
+        return x
+
+    monkeypatch.setitem(backend._REGISTRY, "test_only_op", {"reference": only_reference})
+    with mat_fast.use_backend("cpu"):
+        fn = backend.implementation("test_only_op", "cpu")
+    assert fn is only_reference
+
+
+def test_import_pulls_in_neither_triton_nor_dynamo():
+    """``import mat_fast`` stays cheap and leaves Triton unimported (Triton imported before
+    TRITON_INTERPRET=1 is set cannot run kernels in its interpreter)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mat_fast; "
+            "print(sorted(m for m in ('triton', 'torch._dynamo', 'torch._inductor') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", f"import mat_fast imported {out.stdout.strip()}"

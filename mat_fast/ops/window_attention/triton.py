@@ -244,6 +244,26 @@ _qkv_fwd_op.register_autograd(_qkv_backward, setup_context=_qkv_setup_context)
 # Backend entry point.
 
 
+def _checked_mask(x, mask, H, W, window, shift, heads):
+    """Validate dtype, geometry and mask of (B, L, C) tokens ``x``; the mask, contiguous."""
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"{_OP}: dtype {x.dtype} is not supported (float32, float16, bfloat16)")
+    B, L, C = x.shape
+    if window <= 0 or H % window or W % window or L != H * W:
+        raise ValueError(f"{_OP}: {L} tokens, grid {H}x{W} and window {window} do not fit")
+    if not 0 <= shift < window:
+        raise ValueError(f"{_OP}: shift_size must be in [0, {window}); got {shift}")
+    if heads <= 0 or C % heads:
+        raise ValueError(f"{_OP}: {C} channels do not split into {heads} heads")
+    if mask is None:
+        return None
+    if tuple(mask.shape) != (B, L, 1):
+        raise ValueError(f"{_OP}: mask must have shape {(B, L, 1)}; got {tuple(mask.shape)}")
+    if not mask.is_floating_point():
+        raise ValueError(f"{_OP}: mask must be floating point; got {mask.dtype}")
+    return mask.contiguous()
+
+
 def window_attention_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -282,21 +302,7 @@ def window_attention_triton(
         if t.shape != q.shape or t.dtype != q.dtype:
             raise ValueError(f"{_OP}: q, k, v must share shape and dtype; got {name} "
                              f"{tuple(t.shape)} {t.dtype} vs q {tuple(q.shape)} {q.dtype}")
-    if q.dtype not in _DTYPES:
-        raise ValueError(f"{_OP}: dtype {q.dtype} is not supported (float32, float16, bfloat16)")
-    B, L, C = q.shape
-    if window <= 0 or H % window or W % window or L != H * W:
-        raise ValueError(f"{_OP}: {L} tokens, grid {H}x{W} and window {window} do not fit")
-    if not 0 <= shift < window:
-        raise ValueError(f"{_OP}: shift_size must be in [0, {window}); got {shift}")
-    if heads <= 0 or C % heads:
-        raise ValueError(f"{_OP}: {C} channels do not split into {heads} heads")
-    if mask is not None:
-        if tuple(mask.shape) != (B, L, 1):
-            raise ValueError(f"{_OP}: mask must have shape {(B, L, 1)}; got {tuple(mask.shape)}")
-        if not mask.is_floating_point():
-            raise ValueError(f"{_OP}: mask must be floating point; got {mask.dtype}")
-        mask = mask.contiguous()
+    mask = _checked_mask(q, mask, H, W, window, shift, heads)
     check_device(_OP, q, k, v, mask, interpreted=INTERPRETED)
     out, new_mask, _ = _fwd_op(q.contiguous(), k.contiguous(), v.contiguous(), mask, H, W,
                                window, shift, heads, bool(allow_tf32))
@@ -331,27 +337,14 @@ def window_attention_qkv_triton(
     """
     if not isinstance(x, torch.Tensor) or x.ndim != 3:
         raise ValueError(f"{_OP}: x must be a (B, H*W, C) tensor")
-    if x.dtype not in _DTYPES:
-        raise ValueError(f"{_OP}: dtype {x.dtype} is not supported (float32, float16, bfloat16)")
-    B, L, C = x.shape
+    C = x.shape[-1]
     if tuple(qkv_weight.shape) != (3 * C, C):
         raise ValueError(f"{_OP}: qkv_weight must be {(3 * C, C)}; got {tuple(qkv_weight.shape)}")
     if qkv_bias is not None and tuple(qkv_bias.shape) != (3 * C,):
         raise ValueError(f"{_OP}: qkv_bias must be {(3 * C,)}; got {tuple(qkv_bias.shape)}")
     H, W = (int(s) for s in x_size)
     window, shift, heads = int(window_size), int(shift_size), int(num_heads)
-    if window <= 0 or H % window or W % window or L != H * W:
-        raise ValueError(f"{_OP}: {L} tokens, grid {H}x{W} and window {window} do not fit")
-    if not 0 <= shift < window:
-        raise ValueError(f"{_OP}: shift_size must be in [0, {window}); got {shift}")
-    if heads <= 0 or C % heads:
-        raise ValueError(f"{_OP}: {C} channels do not split into {heads} heads")
-    if mask is not None:
-        if tuple(mask.shape) != (B, L, 1):
-            raise ValueError(f"{_OP}: mask must have shape {(B, L, 1)}; got {tuple(mask.shape)}")
-        if not mask.is_floating_point():
-            raise ValueError(f"{_OP}: mask must be floating point; got {mask.dtype}")
-        mask = mask.contiguous()
+    mask = _checked_mask(x, mask, H, W, window, shift, heads)
     check_device(_OP, x, qkv_weight, qkv_bias, mask, interpreted=INTERPRETED)
     qkv = torch.nn.functional.linear(x, qkv_weight.to(x.dtype)).contiguous()  # (B, L, 3C), one GEMM
     # fp32 norms: F.normalize's 1e-12 floor underflows to 0 in fp16 (0/0 on all-zero tokens)
