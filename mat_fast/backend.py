@@ -208,6 +208,20 @@ def _raise_if_unavailable(name: str, device_type: str) -> None:
         )
 
 
+def _constant_under_compile(fn: Callable) -> Callable:
+    """What ``torch.compiler.assume_constant_result`` does (Dynamo calls ``fn`` once while
+    tracing and bakes its answer into the graph), without importing ``torch._dynamo`` now:
+    that import pulls in Triton, which must not happen on ``import mat_fast`` (it costs
+    seconds, and Triton imported before ``TRITON_INTERPRET=1`` is set cannot interpret)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+# Under torch.compile, backend resolution runs once, in plain Python, while the graph is
+# traced (Dynamo cannot trace a ContextVar or the probes' file checks) and its answer is
+# baked into the graph: choose the backend before compiling, or torch._dynamo.reset() after
+# switching.
+@_constant_under_compile
 def resolve(device=None, explicit: Optional[str] = None) -> str:
     """The concrete backend that runs on ``device`` right now."""
     device_type = _device_type(device)
@@ -258,9 +272,15 @@ def _load_lazy(op: str, name: str) -> Optional[Callable]:
     return register(op, name, fn)
 
 
+@_constant_under_compile
+def _implementation_key(op: str, device_type: str, explicit: Optional[str]) -> str:
+    """The backend whose registered function computes ``op`` (after any lazy import)."""
+    name = resolve(device_type, explicit)
+    if name in _REGISTRY[op] or _load_lazy(op, name) is not None:
+        return name
+    return "reference"
+
+
 def implementation(op: str, device, explicit: Optional[str] = None) -> Callable:
     """The function that computes ``op`` for a tensor on ``device``."""
-    impls = _REGISTRY[op]
-    name = resolve(device, explicit)
-    fn = impls.get(name) or _load_lazy(op, name)
-    return fn if fn is not None else impls["reference"]
+    return _REGISTRY[op][_implementation_key(op, _device_type(device), explicit)]

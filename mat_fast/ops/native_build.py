@@ -409,6 +409,10 @@ def register_python_side_once(register_python_side) -> None:
 def operators(device_type: str, register_python_side):
     """``torch.ops.mat_fast_native`` once the library is loaded for ``device_type``, after
     running a wrapper module's one-time Python-side registration (fakes, autograd)."""
+    if torch.compiler.is_compiling():
+        # Traced code only reaches here after mat_fast.backend resolved this backend in plain
+        # Python, which loaded the library (and the wrapper registered its fakes on import).
+        return torch.ops.mat_fast_native
     require(device_type)
     register_python_side_once(register_python_side)
     return torch.ops.mat_fast_native
