@@ -318,6 +318,20 @@ def test_fused_low_precision_within_twice_reference_error(geometry, mask_kind, d
         assert_lowp_close(g, lg, rg, name, FLOORS[dtype])
 
 
+@pytest.mark.parametrize("C", [20, 40])
+def test_fused_channel_split_on_large_nchw_maps(C):
+    # NCHW maps of >= 512 pixels get narrow channel tiles: several per program (C_SPLIT),
+    # the last program's tiles partly or wholly past C
+    mask = make_mask("binary", 1, 32, 24, seed=37)
+    x, bias = make_x(1, C, 32, 24, seed=38)
+    y, update, grads = run_fused(pct.partial_conv_fused_triton, x, bias, mask, (3, 1, 1), None)
+    r_y, r_update, r_grads = run_fused(fused_reference, x, bias, mask, (3, 1, 1), None)
+    assert torch.equal(update, r_update)
+    assert_close_verbose(y, r_y, rtol=1e-6, what="y")
+    for name, g, rg in zip(("dx", "dbias"), grads, r_grads):
+        assert_close_verbose(g, rg, rtol=1e-5, what=name)
+
+
 def test_fused_equals_the_two_kernel_path():
     # same numbers as partial_conv_mask_triton then partial_conv_epilogue_triton, bit for bit
     for dtype in DTYPES:
@@ -579,7 +593,7 @@ for dtype, mask_dtype, clamp in (("fp16", "fp16", False), ("bf16", "fp32", True)
     build(kernels.partial_conv_mask_kernel, dtype, mask_dtype, dict(K=3, STRIDE=2, PAD=1, BLOCK_P=256, ACC=acc))
     build(kernels.partial_conv_epilogue_fwd_kernel, dtype, mask_dtype, act)
     build(kernels.partial_conv_epilogue_bwd_kernel, dtype, mask_dtype, act)
-    build(kernels.partial_conv_fused_fwd_kernel, dtype, mask_dtype, dict(act, K=3, STRIDE=1, PAD=1, ACC=acc))
+    build(kernels.partial_conv_fused_fwd_kernel, dtype, mask_dtype, dict(act, K=3, STRIDE=1, PAD=1, ACC=acc, C_SPLIT=2))
 print("OK")
 """
 

@@ -55,6 +55,8 @@ _OP = "partial_conv (triton)"
 #: Elements per epilogue tile (channels x pixels) and pixels per mask-kernel program.
 _TILE = 4096
 _MASK_BLOCK = 256
+#: Channels per program of the fused kernel (at least; one box sum serves them all).
+_FUSED_CHANNELS = 32
 
 
 def _alloc(shape, dtype, device) -> torch.Tensor:
@@ -115,7 +117,7 @@ def _blocks(x: torch.Tensor) -> Tuple[int, int]:
         block_c = min(next_power_of_2(C), 128)
         block_p = min(next_power_of_2(H * W), max(1, _TILE // block_c))
     else:
-        block_p = min(next_power_of_2(H * W), 1024)
+        block_p = min(next_power_of_2(H * W), 512)
         block_c = min(next_power_of_2(C), max(1, _TILE // block_p))
     return block_c, block_p
 
@@ -204,8 +206,11 @@ def partial_conv_fused_fwd(x, bias, mask, kernel_size, stride, padding, gain, al
         return y, update
     has_clamp, clamp_v = _clamp_args(clamp)
     block_c, block_p = _blocks(x)
+    # >= _FUSED_CHANNELS channels per program share one box sum (9 mask loads per pixel)
+    c_split = max(1, min(triton.cdiv(C, block_c), _FUSED_CHANNELS // block_c))
+    grid = (triton.cdiv(H * W, block_p), triton.cdiv(C, block_c * c_split), B)
     with _device_ctx(x.device):
-        partial_conv_fused_fwd_kernel[_grid(x, block_c, block_p)](
+        partial_conv_fused_fwd_kernel[grid](
             x, bias if bias is not None else x, mask, y, update,
             C, H * W, W, mask.shape[2], mask.shape[3],
             *_feature_strides(x), *_feature_strides(y),
@@ -213,7 +218,7 @@ def partial_conv_fused_fwd(x, bias, mask, kernel_size, stride, padding, gain, al
             float(gain), float(alpha), clamp_v,
             K=kernel_size, STRIDE=stride, PAD=padding, ACC=_acc(mask),
             HAS_BIAS=bias is not None, HAS_CLAMP=has_clamp, BLOCK_C=block_c, BLOCK_P=block_p,
-            num_warps=4)
+            C_SPLIT=c_split, num_warps=4)
     return y, update
 
 

@@ -8,7 +8,8 @@ Three forward kernels and one backward kernel:
 * ``partial_conv_epilogue_fwd_kernel``: the conv's epilogue given the ratio,
   ``y = clamp(lrelu(x + bias, alpha) * gain, -clamp, clamp) * ratio``.
 * ``partial_conv_fused_fwd_kernel``: the same epilogue with the box sum computed on the fly
-  from the mask (one launch, one pass over x), also writing the update mask.
+  from the mask (one launch, one pass over x), also writing the update mask. Each program
+  sums one pixel tile's windows once and reuses them for ``C_SPLIT`` channel tiles.
 * ``partial_conv_epilogue_bwd_kernel``: dx of the epilogue.
 
 The epilogue kernels work on a [BLOCK_C, BLOCK_P] tile (channels x pixels) of one image.
@@ -84,6 +85,23 @@ def partial_conv_mask_kernel(
 
 
 @triton.jit
+def _epilogue_tile(x, bias, y, i_b, o_c, o_p, m_p, b_r, C, s_xb, s_xc, s_xp, s_yb, s_yc, s_yp,
+                   gain, alpha, clamp, HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr):
+    """y = act(x + bias) * ratio on one [C, P] tile; b_r: the tile's [P] fp32 ratio."""
+    m_c = o_c < C
+    m_cp = m_c[:, None] & m_p[None, :]
+    # [C, P]
+    b_x = tl.load(x + i_b * s_xb + o_c[:, None] * s_xc + o_p[None, :] * s_xp, mask=m_cp, other=0.0)
+    b_pre = b_x.to(tl.float32)
+    if HAS_BIAS:
+        # [C]
+        b_pre += tl.load(bias + o_c, mask=m_c, other=0.0).to(tl.float32)[:, None]
+    b_y = _act(b_pre, gain, alpha, clamp, HAS_CLAMP) * b_r[None, :]
+    tl.store(y + i_b * s_yb + o_c[:, None] * s_yc + o_p[None, :] * s_yp,
+             b_y.to(y.dtype.element_ty), mask=m_cp)
+
+
+@triton.jit
 def partial_conv_epilogue_fwd_kernel(
     x, bias, ratio, y,
     C, HW, W, s_xb, s_xc, s_xp, s_yb, s_yc, s_yp, s_rb, s_rh, s_rw,
@@ -96,20 +114,11 @@ def partial_conv_epilogue_fwd_kernel(
     i_p, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P)
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    m_p, m_c = o_p < HW, o_c < C
-    m_cp = m_c[:, None] & m_p[None, :]
-
-    # [C, P]
-    b_x = tl.load(x + i_b * s_xb + o_c[:, None] * s_xc + o_p[None, :] * s_xp, mask=m_cp, other=0.0)
-    b_pre = b_x.to(tl.float32)
-    if HAS_BIAS:
-        # [C]
-        b_pre += tl.load(bias + o_c, mask=m_c, other=0.0).to(tl.float32)[:, None]
+    m_p = o_p < HW
     # [P]
     b_r = tl.load(ratio + i_b * s_rb + (o_p // W) * s_rh + (o_p % W) * s_rw, mask=m_p, other=0.0)
-    b_y = _act(b_pre, gain, alpha, clamp, HAS_CLAMP) * b_r.to(tl.float32)[None, :]
-    tl.store(y + i_b * s_yb + o_c[:, None] * s_yc + o_p[None, :] * s_yp,
-             b_y.to(y.dtype.element_ty), mask=m_cp)
+    _epilogue_tile(x, bias, y, i_b, o_c, o_p, m_p, b_r.to(tl.float32), C, s_xb, s_xc, s_xp,
+                   s_yb, s_yc, s_yp, gain, alpha, clamp, HAS_BIAS, HAS_CLAMP)
 
 
 @triton.jit
@@ -119,33 +128,27 @@ def partial_conv_fused_fwd_kernel(
     gain, alpha, clamp,
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, ACC: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, C_SPLIT: tl.constexpr,
 ):
-    """Grid (cdiv(HW, BLOCK_P), cdiv(C, BLOCK_C), B). x, y: (B, C, H, W) conv output with a
-    flat pixel stride; mask: (B, 1, H_IN, W_IN) conv input mask, any strides; update:
-    contiguous (B, 1, H, W) in mask's dtype (written by the programs of channel block 0)."""
+    """Grid (cdiv(HW, BLOCK_P), cdiv(C, BLOCK_C * C_SPLIT), B): one box sum per pixel tile,
+    then C_SPLIT channel tiles. x, y: (B, C, H, W) conv output with a flat pixel stride;
+    mask: (B, 1, H_IN, W_IN) conv input mask, any strides; update: contiguous (B, 1, H, W)
+    in mask's dtype (written by the programs of channel block 0)."""
     i_p, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    m_p, m_c = o_p < HW, o_c < C
-    m_cp = m_c[:, None] & m_p[None, :]
+    m_p = o_p < HW
 
     # [P] box sum of the input mask under each output pixel's kernel window
     b_s = _box_sum(mask, i_b, o_p // W, o_p % W, m_p, H_IN, W_IN, s_mb, s_mh, s_mw, K, STRIDE, PAD, ACC)
     b_update, b_ratio = _update_and_ratio(b_s, K, ACC)
-    # the ratio is rounded to the mask's dtype, exactly as the two-kernel path stores it
-    b_ratio = b_ratio.to(update.dtype.element_ty).to(tl.float32)
     if i_c == 0:
         tl.store(update + i_b * HW + o_p, b_update.to(update.dtype.element_ty), mask=m_p)
-
-    # [C, P]
-    b_x = tl.load(x + i_b * s_xb + o_c[:, None] * s_xc + o_p[None, :] * s_xp, mask=m_cp, other=0.0)
-    b_pre = b_x.to(tl.float32)
-    if HAS_BIAS:
-        b_pre += tl.load(bias + o_c, mask=m_c, other=0.0).to(tl.float32)[:, None]
-    b_y = _act(b_pre, gain, alpha, clamp, HAS_CLAMP) * b_ratio[None, :]
-    tl.store(y + i_b * s_yb + o_c[:, None] * s_yc + o_p[None, :] * s_yp,
-             b_y.to(y.dtype.element_ty), mask=m_cp)
+    # the ratio is rounded to the mask's dtype, exactly as the two-kernel path stores it
+    b_r = b_ratio.to(update.dtype.element_ty).to(tl.float32)
+    for i_s in tl.static_range(C_SPLIT):
+        o_c = (i_c * C_SPLIT + i_s) * BLOCK_C + tl.arange(0, BLOCK_C)
+        _epilogue_tile(x, bias, y, i_b, o_c, o_p, m_p, b_r, C, s_xb, s_xc, s_xp,
+                       s_yb, s_yc, s_yp, gain, alpha, clamp, HAS_BIAS, HAS_CLAMP)
 
 
 @triton.jit
