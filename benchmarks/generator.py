@@ -7,7 +7,8 @@
 Every configuration is compared with the upstream-style ``reference`` backend in fp32 at
 the same size and batch: ``speedup`` is reference-fp32 time / this time, and ``rel err`` is
 the output's relative RMS difference from it (same seeds, so dropout and noise draws
-match). Reported: latency median with p20/p80 (``triton.testing.do_bench`` on GPU, a
+match; the JSON also has ``max_rel_err``, max|diff| / max|reference|). Reported: latency
+median with p20/p80 (``triton.testing.do_bench`` on GPU, a
 round-robin timer on CPU), images/s, peak memory (GPU), FLOPs per image (counted once on
 the meta device) and achieved TFLOP/s with % of the device's dense peak where known.
 Output: a table, ``<out>/generator_<device>.json`` (device, versions, commit, command) and
@@ -119,7 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 generators.setdefault("float32", random_generator(0, 512).to(device))
                 group[("reference", "float32")] = forward_fn(generators["float32"], ref_inputs, "reference")
             reference = group[("reference", "float32")]().float()
-            mem, err = {}, {}
+            mem, err, max_err = {}, {}, {}
             for key, fn in group.items():
                 if gpu:
                     torch.cuda.reset_peak_memory_stats(device)
@@ -127,6 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if gpu:
                     mem[key] = torch.cuda.max_memory_allocated(device) / 2**20
                 err[key] = float((out - reference).pow(2).mean().sqrt() / reference.pow(2).mean().sqrt())
+                max_err[key] = float((out - reference).abs().max() / reference.abs().max())
             stats = time_group({f"{b}/{d}": fn for (b, d), fn in group.items()}, device, args.budget / len(group))
             base = stats["reference/float32"]["median_ms"]
             for (backend, dtype), _ in group.items():
@@ -136,6 +138,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 rows.append(dict(config=f"{size}px B{batch}", impl=f"{backend} {dtype}", size=size, batch=batch,
                                  backend=backend, dtype=dtype, **s, images_per_s=batch / (s["median_ms"] * 1e-3),
                                  speedup_vs_reference=base / s["median_ms"], rel_rms_err=err[(backend, dtype)],
+                                 max_rel_err=max_err[(backend, dtype)],
                                  peak_mem_mib=mem.get((backend, dtype)), gflop_per_image=flops / 1e9,
                                  tflops=tflops, pct_peak=(100 * tflops / peak) if peak else None))
 

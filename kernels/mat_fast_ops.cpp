@@ -25,6 +25,10 @@ TORCH_LIBRARY(mat_fast_native, m) {
   m.def(
       "partial_conv_epilogue(Tensor x, Tensor? bias, Tensor ratio, float gain, float alpha) -> "
       "Tensor");
+  // The same written into x (contiguous or channels_last; CPU kernel only).
+  m.def(
+      "partial_conv_epilogue_(Tensor(a!) x, Tensor? bias, Tensor ratio, float gain, "
+      "float alpha) -> ()");
 }
 
 #ifdef MAT_FAST_PYTHON_MODULE

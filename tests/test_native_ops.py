@@ -293,6 +293,11 @@ def test_partial_conv_opcheck(native_ops):
     ratio = torch.rand(2, 1, 5, 6, generator=g, requires_grad=True)
     torch.library.opcheck(ops.partial_conv_epilogue.default, (x, bias, ratio, 1.41, 0.2))
     torch.library.opcheck(ops.partial_conv_epilogue.default, (x, None, ratio, 1.0, 0.1))
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    torch.library.opcheck(ops.partial_conv_epilogue.default, (x_cl, bias, ratio, 1.41, 0.2))
+    for x_in in (x.detach().clone(), x_cl.detach().clone()):  # the in-place variant
+        torch.library.opcheck(ops.partial_conv_epilogue_.default,
+                              (x_in, bias.detach(), ratio.detach(), 1.41, 0.2))
     torch.library.opcheck(ops.partial_conv_mask.default, (torch.rand(2, 1, 7, 9, generator=g), 3, 2, 1))
 
 
@@ -300,23 +305,35 @@ def test_partial_conv_opcheck(native_ops):
 # Whole generator
 
 
-def test_generator_cpu_backend_matches_reference(native_ops):
+@pytest.mark.parametrize("size,batch,noise_mode", [
+    (128, 1, "const"),
+    (256, 1, "random"),  # B = 1: upstream's dropout map is drawn in a transposed layout
+    (256, 2, "random"),  # B > 1: contiguous; non-binary mask
+    pytest.param(512, 1, "random", marks=pytest.mark.slow),
+], ids=lambda v: str(v))
+def test_generator_cpu_backend_matches_reference(native_ops, size, batch, noise_mode):
+    """Same seed, 'cpu' (channels_last, fused and in-place ops) vs 'reference': the same
+    dropout maps and noise, so the outputs agree to float rounding."""
     from mat_fast.inpaint import random_generator
 
-    G = random_generator(seed=5, resolution=128)
+    G = random_generator(seed=5, resolution=min(size, 512))
     g = torch.Generator().manual_seed(8)
-    x = torch.rand(1, 3, 128, 128, generator=g) * 2 - 1
-    m = torch.ones(1, 1, 128, 128)
-    m[..., 24:100, 30:90] = 0
-    z = torch.randn(1, 512, generator=g)
+    x = torch.rand(batch, 3, size, size, generator=g) * 2 - 1
+    m = torch.ones(batch, 1, size, size)
+    m[..., size // 5: size * 3 // 4, size // 4: size * 2 // 3] = 0
+    if batch > 1:
+        m[1, :, : size // 2, : size // 3] = 0.5
+    z = torch.randn(batch, 512, generator=g)
     outs = {}
     for name in ("reference", "cpu"):
         with mat_fast.use_backend(name):
             torch.manual_seed(0)
             with torch.no_grad():
-                outs[name] = G(x, m, z, None, noise_mode="const")
+                outs[name] = G(x, m, z, None, noise_mode=noise_mode)
     assert_finite(outs["cpu"], "generator output")
     assert_close_verbose(outs["cpu"], outs["reference"], rtol=1e-4, what="generator")
+    diff, ref = (outs["cpu"] - outs["reference"]).double(), outs["reference"].double()
+    assert float(diff.norm() / ref.norm()) <= 1e-4
 
 
 # ---------------------------------------------------------------------------------------

@@ -22,13 +22,20 @@ def nf(stage: int) -> int:
     return {512: 64, 256: 128, 128: 256, 64: 512, 32: 512, 16: 512, 8: 512, 4: 512}[2**stage]
 
 
-def _dropout_half(x: torch.Tensor) -> torch.Tensor:
+def _dropout_half(x: torch.Tensor, transposed: bool = False) -> torch.Tensor:
     """Upstream's ``F.dropout(ones_like(x) * 0.5, training=True)``: a random 0/1 map that
     mixes features with a learned constant. It runs even in eval mode and is part of MAT's
-    output. The draw follows memory order, so the map keeps ``x``'s strides (ones_like
-    preserves them) - which is why the model builds ``x`` with upstream's op sequence.
+    output. The draw follows memory order, so the map is built in the layout upstream's ``x``
+    has there whatever layout ours has (fast backends keep channels_last activations):
+    contiguous, or with the last two dimensions transposed when ``transposed``.
     """
-    return F.dropout(torch.ones_like(x) * 0.5, p=0.5, training=True)
+    shape = list(x.shape)
+    if transposed:
+        shape[-1], shape[-2] = shape[-2], shape[-1]
+    ones = torch.ones(shape, dtype=x.dtype, device=x.device)
+    if transposed:
+        ones = ones.transpose(-1, -2)
+    return F.dropout(ones * 0.5, p=0.5, training=True)
 
 
 class DecStyleBlock(nn.Module):
@@ -45,7 +52,7 @@ class DecStyleBlock(nn.Module):
         self.toRGB = ToRGB(out_channels, img_channels, style_dim, kernel_size=1, demodulate=False)
 
     def forward(self, x, img, style, skip, noise_mode="random"):
-        x = self.conv0(x, style, noise_mode=noise_mode) + skip
+        x = self.conv0(x, style, noise_mode=noise_mode).add_(skip)  # (in place: a temporary)
         x = self.conv1(x, style, noise_mode=noise_mode)
         return x, self.toRGB(x, style, skip=img)
 
@@ -116,7 +123,8 @@ class FirstStage(nn.Module):
                 x = x + skips[mid - i]
             else:  # bottleneck: mix in noise and derive the global style
                 x, x_size, _ = block(x, x_size, None)
-                mul_map = _dropout_half(x)
+                # Upstream's tokens here are a transposed view for B = 1, contiguous for B > 1.
+                mul_map = _dropout_half(x, transposed=x.shape[0] == 1)
                 ws = self.ws_style(ws[:, -1])
                 add_n = self.to_square(ws).unsqueeze(1)  # (B, 1, 256)
                 add_n = F.interpolate(add_n, size=x.size(1), mode="linear", align_corners=False)
@@ -125,7 +133,7 @@ class FirstStage(nn.Module):
                 gs = self.to_style(self.down_conv(token2feature(x, x_size)).flatten(start_dim=1))
                 style = torch.cat([gs, ws], dim=1)
 
-        x = token2feature(x, x_size).contiguous()
+        x = token2feature(x, x_size)
         img = None
         for i, block in enumerate(self.dec_conv):
             x, img = block(x, img, style, skips[len(self.dec_conv) - i - 1], noise_mode=noise_mode)
@@ -219,7 +227,7 @@ class DecBlock(nn.Module):
     def forward(self, x, img, ws, gs, E_features, noise_mode="random"):
         # Block at 2**res reads latents 2*res-9 .. 2*res-7 (the 16x16 block used 0 and 1).
         x = self.conv0(x, torch.cat([ws[:, self.res * 2 - 9], gs], dim=1), noise_mode=noise_mode)
-        x = x + E_features[self.res]
+        x = x.add_(E_features[self.res])  # in place: x is conv0's temporary
         x = self.conv1(x, torch.cat([ws[:, self.res * 2 - 8], gs], dim=1), noise_mode=noise_mode)
         img = self.toRGB(x, torch.cat([ws[:, self.res * 2 - 7], gs], dim=1), skip=img)
         return x, img

@@ -72,7 +72,8 @@ class Conv2dLayer(nn.Module):
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         x = self.convolve(x)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return ops.bias_act(x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
+        return ops.bias_act(x, self.bias, act=self.activation, gain=self.act_gain * gain,
+                            clamp=clamp, inplace=True)  # x: the conv's own output
 
 
 class Conv2dLayerPartial(nn.Module):
@@ -97,7 +98,8 @@ class Conv2dLayerPartial(nn.Module):
             return conv(x) * ratio, update_mask
         # conv(x) * ratio with bias, activation, gain, clamp and ratio in one fused op.
         x = ops.partial_conv_epilogue(conv.convolve(x), conv.bias, ratio, conv.act_gain,
-                                      _EPILOGUE_SLOPE[conv.activation], conv.conv_clamp)
+                                      _EPILOGUE_SLOPE[conv.activation], conv.conv_clamp,
+                                      inplace=True)
         return x, update_mask
 
 
@@ -157,11 +159,11 @@ class StyleConv(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise_mode: str = "random",
                 gain: float = 1.0) -> torch.Tensor:
-        x = self.conv(x, style)
+        x = self.conv(x, style)  # a temporary: the noise is added in place
         if self.use_noise and noise_mode == "random":
             # Drawn from the global generator in fp32 like upstream, so seeds reproduce it.
             noise = torch.randn([x.shape[0], 1, x.shape[2], x.shape[3]], device=x.device)
-            x = x + (noise * self.noise_strength).to(x.dtype)
+            x = x.add_((noise * self.noise_strength).to(x.dtype))
         elif self.use_noise and noise_mode == "const":
             if tuple(self.noise_const.shape) != tuple(x.shape[-2:]):
                 raise ValueError(
@@ -169,9 +171,10 @@ class StyleConv(nn.Module):
                     f"noise is {tuple(self.noise_const.shape)} but the features are "
                     f"{tuple(x.shape[-2:])}; use noise_mode='random' or 'none' for other sizes"
                 )
-            x = x + (self.noise_const * self.noise_strength).to(x.dtype)
+            x = x.add_((self.noise_const * self.noise_strength).to(x.dtype))
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return ops.bias_act(x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
+        return ops.bias_act(x, self.bias, act=self.activation, gain=self.act_gain * gain,
+                            clamp=clamp, inplace=True)  # x: this layer's own temporary
 
 
 class ToRGB(nn.Module):
@@ -188,7 +191,7 @@ class ToRGB(nn.Module):
         self.conv_clamp = conv_clamp
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, skip: Optional[torch.Tensor] = None):
-        out = ops.bias_act(self.conv(x, style), self.bias, clamp=self.conv_clamp)
+        out = ops.bias_act(self.conv(x, style), self.bias, clamp=self.conv_clamp, inplace=True)
         if skip is not None:
             if skip.shape != out.shape:
                 skip = ops.upsample2d(skip, self.resample_filter)

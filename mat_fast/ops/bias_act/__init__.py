@@ -10,6 +10,10 @@ from ... import backend
 from .reference import ACTIVATIONS, bias_act_reference, default_gain
 
 backend.register("bias_act", "reference", bias_act_reference)
+backend.register_lazy("bias_act", "cpu", "mat_fast.ops.bias_act.cpu:bias_act_cpu")
+# inplace=True: implementations that may overwrite x (the reference never does).
+backend.register("bias_act_inplace", "reference", bias_act_reference)
+backend.register_lazy("bias_act_inplace", "cpu", "mat_fast.ops.bias_act.cpu:bias_act_cpu_")
 
 
 def bias_act(
@@ -21,15 +25,22 @@ def bias_act(
     gain: Optional[float] = None,
     clamp: Optional[float] = None,
     *,
+    inplace: bool = False,
     backend_name: Optional[str] = None,
 ) -> torch.Tensor:
     """``clamp(act(x + b) * gain)``. ``b`` (1-D, length ``x.shape[dim]``) may be None;
-    ``gain`` defaults to the activation's (sqrt(2) for lrelu); ``clamp`` None = off."""
+    ``gain`` defaults to the activation's (sqrt(2) for lrelu); ``clamp`` None = off.
+
+    ``inplace=True`` lets the implementation write the result into ``x`` (pass it only for
+    a temporary nobody reads again, e.g. a fresh convolution output); use the returned
+    tensor either way, since the reference and autograd-tracked inputs never are overwritten.
+    """
     if act not in ACTIVATIONS:
         raise ValueError(f"unknown activation {act!r}; choose one of {sorted(ACTIVATIONS)}")
     if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[dim]):
         raise ValueError(f"bias of shape {tuple(b.shape)} does not fit dim {dim} of {tuple(x.shape)}")
-    fn = backend.implementation("bias_act", x.device, backend_name)
+    op = "bias_act_inplace" if inplace else "bias_act"
+    fn = backend.implementation(op, x.device, backend_name)
     return fn(x, b, dim, act, alpha, gain, clamp)
 
 

@@ -31,6 +31,6 @@ def modulated_conv2d_reference(
         dcoefs = (w.pow(2).sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # (B, Cout)
         w = w * dcoefs.view(batch, out_channels, 1, 1, 1)
     w = w.view(batch * out_channels, in_channels, kernel, kernel)
-    x = x.view(1, batch * in_channels, height, width)
+    x = x.reshape(1, batch * in_channels, height, width)  # copies unless NCHW-contiguous
     x = conv2d_resample_reference(x, w, resample_filter, up=up, padding=padding, groups=batch)
     return x.view(batch, out_channels, *x.shape[2:])

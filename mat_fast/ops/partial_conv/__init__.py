@@ -20,6 +20,11 @@ backend.register_lazy("partial_conv_mask", "cuda", "mat_fast.ops.partial_conv.na
 backend.register_lazy("partial_conv_epilogue", "triton", "mat_fast.ops.partial_conv.triton:partial_conv_epilogue_triton")
 backend.register_lazy("partial_conv_epilogue", "cpu", "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native")
 backend.register_lazy("partial_conv_epilogue", "cuda", "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native")
+# inplace=True: implementations that may overwrite x (the others are the functional ones).
+backend.register("partial_conv_epilogue_inplace", "reference", partial_conv_epilogue_reference)
+backend.register_lazy("partial_conv_epilogue_inplace", "triton", "mat_fast.ops.partial_conv.triton:partial_conv_epilogue_triton")
+backend.register_lazy("partial_conv_epilogue_inplace", "cpu", "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native_")
+backend.register_lazy("partial_conv_epilogue_inplace", "cuda", "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native")
 # Mask update + epilogue in one pass; backends without a fused kernel run the two ops above.
 backend.register("partial_conv_fused", "reference", partial_conv_fused_reference)
 backend.register_lazy("partial_conv_fused", "triton", "mat_fast.ops.partial_conv.triton:partial_conv_fused_triton")
@@ -52,6 +57,7 @@ def partial_conv_epilogue(
     alpha: float,
     clamp: Optional[float] = None,
     *,
+    inplace: bool = False,
     backend_name: Optional[str] = None,
 ) -> torch.Tensor:
     """``clamp(leaky_relu(x + bias, alpha) * gain) * ratio``: a partial conv after its conv.
@@ -63,6 +69,9 @@ def partial_conv_epilogue(
         gain: scale after the activation (sqrt(2) for lrelu layers, times the layer's gain).
         alpha: leaky-ReLU slope (0.2 in MAT; 1.0 makes the activation the identity).
         clamp: clamp to [-clamp, clamp] after the gain and before the ratio, or None.
+        inplace: let the implementation write the result into ``x`` (pass it only for a
+            temporary nobody reads again, e.g. the fresh conv output); use the returned
+            tensor either way, since not every implementation does.
 
     Returns a (B, C, H, W) tensor in x's dtype. The order (clamp before the ratio) is
     upstream's: its partial conv multiplies the output of a clamped ``Conv2dLayer``.
@@ -76,7 +85,8 @@ def partial_conv_epilogue(
     if tuple(ratio.shape) != (B, 1, H, W):
         raise ValueError(f"ratio must have shape {(B, 1, H, W)} to match x {tuple(x.shape)}; "
                          f"got {tuple(ratio.shape)}")
-    fn = backend.implementation("partial_conv_epilogue", x.device, backend_name)
+    op = "partial_conv_epilogue_inplace" if inplace else "partial_conv_epilogue"
+    fn = backend.implementation(op, x.device, backend_name)
     return fn(x, bias, ratio, float(gain), float(alpha), None if clamp is None else float(clamp))
 
 

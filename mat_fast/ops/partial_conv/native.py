@@ -6,7 +6,8 @@
 * :func:`partial_conv_epilogue_native` - the fused epilogue of a partial convolution,
   ``leaky_relu(x + bias, alpha) * gain`` (clamped if asked) ``* ratio`` in one pass, with
   the signature of :func:`mat_fast.ops.partial_conv.reference.partial_conv_epilogue_reference`.
-  Gradients flow to x, bias and ratio.
+  Gradients flow to x, bias and ratio. :func:`partial_conv_epilogue_native_` writes it into
+  x instead (CPU, no autograd).
 
 Fake implementations and the epilogue's autograd formula are registered here, once the
 library is loaded. Without the library the entry points raise
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 from .. import native_build
 from .reference import partial_conv_epilogue_reference
 
-__all__ = ["partial_conv_epilogue_native", "partial_conv_mask_native"]
+__all__ = ["partial_conv_epilogue_native", "partial_conv_epilogue_native_",
+           "partial_conv_mask_native"]
 
 _OPS = "mat_fast_native::"
 
@@ -40,7 +42,14 @@ def _fake_mask(mask, kernel_size, stride, padding):
 
 
 def _fake_epilogue(x, bias, ratio, gain, alpha):
-    return x.new_empty(x.shape)
+    # The kernels keep a channels_last x channels_last and make anything else contiguous.
+    nhwc = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if nhwc else torch.contiguous_format
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+def _fake_epilogue_(x, bias, ratio, gain, alpha):
+    return None
 
 
 def _epilogue_setup_context(ctx, inputs, output):
@@ -67,6 +76,7 @@ def _register_python_side() -> None:
     """Fake implementations and the epilogue's autograd; once, after the library loaded."""
     torch.library.register_fake(_OPS + "partial_conv_mask")(_fake_mask)
     torch.library.register_fake(_OPS + "partial_conv_epilogue")(_fake_epilogue)
+    torch.library.register_fake(_OPS + "partial_conv_epilogue_")(_fake_epilogue_)
     torch.library.register_autograd(_OPS + "partial_conv_epilogue", _epilogue_backward,
                                     setup_context=_epilogue_setup_context)
 
@@ -99,11 +109,26 @@ def partial_conv_mask_native(mask: torch.Tensor, kernel_size: int, stride: int =
 def partial_conv_epilogue_native(x: torch.Tensor, bias: Optional[torch.Tensor],
                                  ratio: torch.Tensor, gain: float, alpha: float,
                                  clamp: Optional[float] = None) -> torch.Tensor:
-    """Fused :func:`partial_conv_epilogue_reference` (fp32 math inside, output in x's dtype)."""
+    """Fused :func:`partial_conv_epilogue_reference` (fp32 math inside, output in x's dtype;
+    a channels_last x gives a channels_last result)."""
     if clamp is not None and clamp >= 0:
         # The kernel has no clamp (MAT's partial convs never clamp); the composite is exact.
         return partial_conv_epilogue_reference(x, bias, ratio, gain, alpha, clamp)
     return _ops(x.device.type).partial_conv_epilogue(x, bias, ratio, float(gain), float(alpha))
+
+
+def partial_conv_epilogue_native_(x: torch.Tensor, bias: Optional[torch.Tensor],
+                                  ratio: torch.Tensor, gain: float, alpha: float,
+                                  clamp: Optional[float] = None) -> torch.Tensor:
+    """:func:`partial_conv_epilogue_native` written into ``x`` when it can be (a CPU tensor,
+    contiguous or channels_last, that autograd does not need); else a new tensor."""
+    tracked = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, bias, ratio))
+    layout_ok = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+    if tracked or not layout_ok or x.device.type != "cpu" or (clamp is not None and clamp >= 0):
+        return partial_conv_epilogue_native(x, bias, ratio, gain, alpha, clamp)
+    _ops(x.device.type).partial_conv_epilogue_(x, bias, ratio, float(gain), float(alpha))
+    return x
 
 
 # Registered now if the backend probe already loaded the library (see window_attention).

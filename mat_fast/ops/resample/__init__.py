@@ -17,6 +17,10 @@ from .reference import (
 backend.register("upfirdn2d", "reference", upfirdn2d_reference)
 backend.register("upsample2d", "reference", upsample2d_reference)
 backend.register("conv2d_resample", "reference", conv2d_resample_reference)
+# The 'cpu' backend's channels_last/oneDNN arrangement (see cpu.py); upsample2d, used on
+# 3-channel images only, runs the reference everywhere.
+backend.register_lazy("upfirdn2d", "cpu", "mat_fast.ops.resample.cpu:upfirdn2d_cpu")
+backend.register_lazy("conv2d_resample", "cpu", "mat_fast.ops.resample.cpu:conv2d_resample_cpu")
 
 
 def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1.0, *, backend_name=None):

@@ -10,7 +10,7 @@ choosing the same order of operations as upstream so that numbers agree to float
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +103,15 @@ def conv2d_resample_reference(
     The filter is applied where it is cheapest: before a strided conv when downsampling,
     after a transposed conv when upsampling, around a 1x1 conv on the small side.
     """
+    return conv2d_resample_with(upfirdn2d_reference, x, w, f, up, down, padding, groups)
+
+
+def conv2d_resample_with(
+    upfirdn2d, x: torch.Tensor, w: torch.Tensor, f: Optional[torch.Tensor], up: int, down: int,
+    padding: int, groups: int,
+) -> torch.Tensor:
+    """:func:`conv2d_resample_reference`'s order of operations around a given ``upfirdn2d``
+    (the fast backends pass their own FIR; the convolutions are torch's either way)."""
     if up > 1 and down > 1:
         raise ValueError("conv2d_resample supports up or down sampling, not both")
     out_channels, in_per_group, kh, kw = w.shape
@@ -118,15 +127,15 @@ def conv2d_resample_reference(
         py0, py1 = px0, px1
 
     if kh == 1 and kw == 1 and down > 1:  # 1x1: filter+downsample first, then convolve
-        x = upfirdn2d_reference(x, f, down=down, padding=[px0, px1, py0, py1])
+        x = upfirdn2d(x, f, down=down, padding=[px0, px1, py0, py1])
         return F.conv2d(x, w, groups=groups)
 
     if kh == 1 and kw == 1 and up > 1:  # 1x1: convolve at low resolution, then upsample
         x = F.conv2d(x, w, groups=groups)
-        return upfirdn2d_reference(x, f, up=up, padding=[px0, px1, py0, py1], gain=up * up)
+        return upfirdn2d(x, f, up=up, padding=[px0, px1, py0, py1], gain=up * up)
 
     if down > 1:  # blur, then strided convolution
-        x = upfirdn2d_reference(x, f, padding=[px0, px1, py0, py1])
+        x = upfirdn2d(x, f, padding=[px0, px1, py0, py1])
         return F.conv2d(x, w, stride=down, groups=groups)
 
     if up > 1:  # transposed strided convolution, then blur
@@ -144,11 +153,9 @@ def conv2d_resample_reference(
         # conv_transpose2d is already a true convolution, so the correlation weights are
         # flipped to keep conv2d_resample a correlation overall.
         x = F.conv_transpose2d(x, w.flip([2, 3]), stride=up, padding=[pyt, pxt], groups=groups)
-        return upfirdn2d_reference(
-            x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up * up
-        )
+        return upfirdn2d(x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up * up)
 
     if px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
         return F.conv2d(x, w, padding=[py0, px0], groups=groups)
-    x = upfirdn2d_reference(x, None, padding=[px0, px1, py0, py1])
+    x = upfirdn2d(x, None, padding=[px0, px1, py0, py1])
     return F.conv2d(x, w, groups=groups)
