@@ -27,15 +27,16 @@ def _dropout_half(x: torch.Tensor, transposed: bool = False) -> torch.Tensor:
     mixes features with a learned constant. It runs even in eval mode and is part of MAT's
     output. The draw follows memory order, so the map is built in the layout upstream's ``x``
     has there whatever layout ours has (fast backends keep channels_last activations):
-    contiguous, or with the last two dimensions transposed when ``transposed``.
+    contiguous, or with the last two dimensions transposed when ``transposed``. It is drawn
+    in fp32 and cast (its values are 0 and 1), so half-precision runs see fp32's map.
     """
     shape = list(x.shape)
     if transposed:
         shape[-1], shape[-2] = shape[-2], shape[-1]
-    ones = torch.ones(shape, dtype=x.dtype, device=x.device)
+    ones = torch.ones(shape, dtype=torch.float32, device=x.device)
     if transposed:
         ones = ones.transpose(-1, -2)
-    return F.dropout(ones * 0.5, p=0.5, training=True)
+    return F.dropout(ones * 0.5, p=0.5, training=True).to(x.dtype)
 
 
 class DecStyleBlock(nn.Module):

@@ -25,13 +25,16 @@ def partial_conv_mask_reference(
     Returns ``(update_mask, ratio)``: ``update = clamp(sum, 0, 1)`` and
     ``ratio = k*k / (sum + 1e-8) * update`` (0 where nothing under the kernel was valid).
     """
-    ones = torch.ones(1, 1, kernel_size, kernel_size, dtype=mask.dtype, device=mask.device)
+    # Half masks are summed and divided in fp32: in fp16 the 1e-8 rounds to 0 and an empty
+    # window gives 9 / 0 * 0 = NaN. fp32 and fp64 masks compute exactly as upstream.
+    work = mask.float() if mask.dtype in (torch.float16, torch.bfloat16) else mask
+    ones = torch.ones(1, 1, kernel_size, kernel_size, dtype=work.dtype, device=mask.device)
     with torch.no_grad():
-        window_sum = F.conv2d(mask, ones, stride=stride, padding=padding)
+        window_sum = F.conv2d(work, ones, stride=stride, padding=padding)
         ratio = (kernel_size * kernel_size) / (window_sum + 1e-8)
         update = torch.clamp(window_sum, 0, 1)
         ratio = ratio * update
-    return update, ratio
+    return update.to(mask.dtype), ratio.to(mask.dtype)
 
 
 def partial_conv_epilogue_reference(
