@@ -92,15 +92,14 @@ class Conv2dLayerPartial(nn.Module):
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
         if mask is None:
             return self.conv(x), None
-        update_mask, ratio = ops.partial_conv_mask(mask, self.kernel_size, self.stride, self.padding)
         conv = self.conv
         if conv.activation not in _EPILOGUE_SLOPE:  # (MAT only uses lrelu here)
+            update_mask, ratio = ops.partial_conv_mask(mask, self.kernel_size, self.stride, self.padding)
             return conv(x) * ratio, update_mask
-        # conv(x) * ratio with bias, activation, gain, clamp and ratio in one fused op.
-        x = ops.partial_conv_epilogue(conv.convolve(x), conv.bias, ratio, conv.act_gain,
-                                      _EPILOGUE_SLOPE[conv.activation], conv.conv_clamp,
-                                      inplace=True)
-        return x, update_mask
+        # conv(x) * ratio: the mask update, bias, activation, gain, clamp and ratio in one op.
+        return ops.partial_conv_fused(conv.convolve(x), conv.bias, mask, self.kernel_size,
+                                      self.stride, self.padding, conv.act_gain,
+                                      _EPILOGUE_SLOPE[conv.activation], conv.conv_clamp, inplace=True)
 
 
 # Leaky-ReLU slope that makes the partial-conv epilogue compute each activation.

@@ -101,17 +101,25 @@ def partial_conv_fused(
     alpha: float,
     clamp: Optional[float] = None,
     *,
+    inplace: bool = False,
     backend_name: Optional[str] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(partial_conv_epilogue(x, bias, ratio, ...), update)`` with ``(update, ratio) =
     partial_conv_mask(mask, kernel_size, stride, padding)``: a partial conv after its conv,
     from the conv's input ``mask`` (B, 1, H, W); x is its (B, C, Ho, Wo) output. One pass
-    over x where the backend has a fused kernel ('triton'), else the two ops."""
+    over x where the backend has a fused kernel ('triton'), else the two ops. ``inplace``
+    as :func:`partial_conv_epilogue` (x may be overwritten; use the return value)."""
+    if x.ndim != 4:
+        raise ValueError(f"x must have shape (B, C, H, W); got {tuple(x.shape)}")
+    if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] != x.shape[0]:
+        raise ValueError(f"mask must have shape ({x.shape[0]}, 1, H, W) for x {tuple(x.shape)}; "
+                         f"got {tuple(mask.shape)}")
     name = backend.resolve(x.device, backend_name)
     fn = backend.implementation("partial_conv_fused", x.device, name)
     if fn is partial_conv_fused_reference and name != "reference":  # no fused kernel here
         update, ratio = partial_conv_mask(mask, kernel_size, stride, padding, backend_name=name)
-        return partial_conv_epilogue(x, bias, ratio, gain, alpha, clamp, backend_name=name), update
+        y = partial_conv_epilogue(x, bias, ratio, gain, alpha, clamp, inplace=inplace, backend_name=name)
+        return y, update
     return fn(x, bias, mask, int(kernel_size), int(stride), int(padding), float(gain), float(alpha),
               None if clamp is None else float(clamp))
 
