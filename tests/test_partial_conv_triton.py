@@ -25,6 +25,7 @@ from mat_fast.ops.partial_conv.reference import (partial_conv_epilogue_reference
                                                 partial_conv_fused_reference, partial_conv_mask_reference)
 
 from .conftest import assert_close_verbose
+from .sm90_compile import compile_for_sm90
 
 _PREV_INTERPRET = os.environ.get("TRITON_INTERPRET")
 if not torch.cuda.is_available():
@@ -554,59 +555,21 @@ def test_gpu_inductor_and_cuda_graphs():
 # Compiler check without a GPU: the interpreter accepts code the real compiler rejects, so
 # build the kernels for sm_90 through PTX and ptxas, in a subprocess without TRITON_INTERPRET.
 
-_COMPILE_SCRIPT = r"""
-import importlib.util, sys
-import triton
-import triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-try:
-    import triton.backends.nvidia  # noqa: F401
-except ImportError as err:
-    print("SKIP", err); sys.exit(0)
-spec = importlib.util.spec_from_file_location("kernels", sys.argv[1])
-kernels = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(kernels)
-FLOATS = {"gain", "alpha", "clamp"}
-MASKS = {"mask", "update", "ratio"}
-PTRS = {"x", "y", "dy", "dx", "bias"}
-
-def build(fn, dtype, mask_dtype, consts):
-    signature = {}
-    for n in fn.arg_names:
-        if n in consts:
-            signature[n] = "constexpr"
-        elif n in FLOATS:
-            signature[n] = "fp32"
-        elif n in MASKS:
-            signature[n] = f"*{mask_dtype}"
-        elif n in PTRS:
-            signature[n] = f"*{dtype}"
-        else:
-            signature[n] = "i32"
-    src = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(n),): v for n, v in consts.items()})
-    assert triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["cubin"]
-
+_BUILD_LOOP = r"""
 for dtype, mask_dtype, clamp in (("fp16", "fp16", False), ("bf16", "fp32", True), ("fp32", "fp64", False)):
+    types = {n: f"*{dtype}" for n in ("x", "y", "dy", "dx", "bias")}
+    types.update({n: f"*{mask_dtype}" for n in ("mask", "update", "ratio")})
+    types.update({n: "fp32" for n in ("gain", "alpha", "clamp")})
     act = dict(HAS_BIAS=True, HAS_CLAMP=clamp, BLOCK_C=16, BLOCK_P=256)
     acc = tl.float64 if mask_dtype == "fp64" else tl.float32
-    build(kernels.partial_conv_mask_kernel, dtype, mask_dtype, dict(K=3, STRIDE=2, PAD=1, BLOCK_P=256, ACC=acc))
-    build(kernels.partial_conv_epilogue_fwd_kernel, dtype, mask_dtype, act)
-    build(kernels.partial_conv_epilogue_bwd_kernel, dtype, mask_dtype, act)
-    build(kernels.partial_conv_fused_fwd_kernel, dtype, mask_dtype, dict(act, K=3, STRIDE=1, PAD=1, ACC=acc, C_SPLIT=2))
-print("OK")
+    build(kernels.partial_conv_mask_kernel, types, dict(K=3, STRIDE=2, PAD=1, BLOCK_P=256, ACC=acc))
+    build(kernels.partial_conv_epilogue_fwd_kernel, types, act)
+    build(kernels.partial_conv_epilogue_bwd_kernel, types, act)
+    build(kernels.partial_conv_fused_fwd_kernel, types, dict(act, K=3, STRIDE=1, PAD=1, ACC=acc, C_SPLIT=2))
 """
 
 
 def test_kernels_compile_for_cuda_target():
-    import subprocess
-    import sys
     from pathlib import Path
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    path = Path(pct.__file__).with_name("triton_kernels.py")
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, str(path)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    if proc.stdout.startswith("SKIP"):
-        pytest.skip(f"this Triton has no NVIDIA backend: {proc.stdout.strip()}")
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
+    compile_for_sm90(Path(pct.__file__).with_name("triton_kernels.py"), _BUILD_LOOP)

@@ -25,6 +25,7 @@ from mat_fast.ops.window_attention import window_attention
 from mat_fast.ops.window_attention.reference import window_attention_reference
 
 from .conftest import assert_close_verbose
+from .sm90_compile import compile_for_sm90
 
 _PREV_INTERPRET = os.environ.get("TRITON_INTERPRET")
 if not torch.cuda.is_available():
@@ -419,50 +420,22 @@ def test_gpu_inductor_and_cuda_graphs():
 # (e.g. non-constexpr globals), so build the kernels for sm_90 through PTX and ptxas, in a
 # subprocess without TRITON_INTERPRET (one process cannot hold both kinds of kernels).
 
-_COMPILE_SCRIPT = r"""
-import importlib.util, sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-try:
-    import triton.backends.nvidia  # noqa: F401
-except ImportError as err:
-    print("SKIP", err); sys.exit(0)
-spec = importlib.util.spec_from_file_location("kernels", sys.argv[1])
-kernels = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(kernels)
-FLOATS = {"mask": "*fp32", "new_mask": "*fp32", "lse": "*fp32", "delta": "*fp32", "scale": "fp32",
-          "inv_norm": "*fp32"}
-PTRS = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "bias"}
-
-def build(fn, dtype, consts):
-    signature = {n: "constexpr" if n in consts else FLOATS.get(n, f"*{dtype}" if n in PTRS else "i32")
-                 for n in fn.arg_names}
-    src = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(n),): v for n, v in consts.items()})
-    assert triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["cubin"]
-
+_BUILD_LOOP = r"""
 for dtype, window, shift, precision in (("fp16", 8, 4, "ieee"), ("bf16", 16, 8, "ieee"), ("fp32", 16, 0, "tf32")):
+    types = {n: "*fp32" for n in ("mask", "new_mask", "lse", "delta", "inv_norm")}
+    types.update({n: f"*{dtype}" for n in ("q", "k", "v", "o", "do", "dq", "dk", "dv", "bias")}, scale="fp32")
     block = min(64, window * window)
     consts = dict(HEAD_DIM=30, WINDOW=window, SHIFT=shift, HAS_MASK=True, BLOCK_M=block, BLOCK_N=block,
                   BLOCK_D=32, DOT_PRECISION=precision)
     for packed in (False, True):  # q, k, v given / finished from W x in the kernel
-        build(kernels.window_attention_fwd_kernel, dtype, dict(consts, PACKED=packed, HAS_BIAS=packed))
-    build(kernels.window_attention_bwd_dkdv_kernel, dtype, dict(consts, WITH_DQ=window == 8))
+        build(kernels.window_attention_fwd_kernel, types, dict(consts, PACKED=packed, HAS_BIAS=packed))
+    build(kernels.window_attention_bwd_dkdv_kernel, types, dict(consts, WITH_DQ=window == 8))
     if window == 16:
-        build(kernels.window_attention_bwd_dq_kernel, dtype, consts)
-print("OK")
+        build(kernels.window_attention_bwd_dq_kernel, types, consts)
 """
 
 
 def test_kernels_compile_for_cuda_target():
-    import subprocess
-    import sys
     from pathlib import Path
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    path = Path(wat.__file__).with_name("triton_kernels.py")
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, str(path)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    if proc.stdout.startswith("SKIP"):
-        pytest.skip(f"this Triton has no NVIDIA backend: {proc.stdout.strip()}")
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
+    compile_for_sm90(Path(wat.__file__).with_name("triton_kernels.py"), _BUILD_LOOP)
