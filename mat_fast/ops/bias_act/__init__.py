@@ -11,9 +11,12 @@ from .reference import ACTIVATIONS, bias_act_reference, default_gain
 
 backend.register("bias_act", "reference", bias_act_reference)
 backend.register_lazy("bias_act", "cpu", "mat_fast.ops.bias_act.cpu:bias_act_cpu")
+backend.register_lazy("bias_act", "triton", "mat_fast.ops.bias_act.triton:bias_act_triton")
 # inplace=True: implementations that may overwrite x (the reference never does).
 backend.register("bias_act_inplace", "reference", bias_act_reference)
 backend.register_lazy("bias_act_inplace", "cpu", "mat_fast.ops.bias_act.cpu:bias_act_cpu_")
+# (one Triton pass writes a new tensor: as cheap as in place on a GPU)
+backend.register_lazy("bias_act_inplace", "triton", "mat_fast.ops.bias_act.triton:bias_act_triton")
 
 
 def bias_act(

@@ -1,0 +1,134 @@
+"""Bias + activation + gain + clamp in one Triton pass (the 'triton' backend of
+:func:`mat_fast.ops.bias_act`): launchers, ``torch.library`` custom ops with fake
+implementations and autograd, and the entry point :func:`bias_act_triton`.
+
+Device code in ``triton_kernels.py``. Runs on CUDA tensors, or on CPU tensors when this
+module was imported with ``TRITON_INTERPRET=1`` (tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+
+from ..triton_support import check_device, interpreting
+from .reference import _spec
+from .triton_kernels import bias_act_bwd_kernel, bias_act_fwd_kernel
+
+__all__ = ["bias_act_triton"]
+
+INTERPRETED = interpreting()
+#: Test hook: NaN-filled outputs, so an element the kernels do not write fails loudly.
+POISON_OUTPUTS = os.environ.get("MAT_FAST_POISON_OUTPUTS") == "1"
+_ACT_CODES = {"linear": 0, "relu": 1, "lrelu": 2, "tanh": 3, "sigmoid": 4}
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_BLOCK = 1024
+_OP = "bias_act (triton)"
+
+
+def _layout(x: torch.Tensor, dim: int) -> Tuple[torch.Tensor, int]:
+    """x in a dense layout and ``inner``: elements between consecutive channels in memory
+    (channels_last maps with the bias on dim 1 stay as they are, inner = 1)."""
+    if dim == 1 and x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous():
+        return x, 1
+    x = x.contiguous()
+    return x, math.prod(x.shape[dim + 1:])
+
+
+def _alloc_like(x: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(x)  # keeps x's (dense) layout
+    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+
+
+def _device_ctx(device: torch.device):
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _launch(kernel, x, bias, extra, dim, act, alpha, gain, clamp):
+    x, inner = _layout(x, dim)
+    n = x.numel()
+    if n == 0:
+        return x, [t.contiguous() for t in extra], _alloc_like(x)
+    extra = [t.contiguous(memory_format=torch.channels_last) if inner == 1 and x.ndim == 4 else t.contiguous()
+             for t in extra]
+    out = _alloc_like(x)
+    with _device_ctx(x.device):
+        kernel[(triton.cdiv(n, _BLOCK),)](
+            x, bias if bias is not None else x, *extra, out, n, x.shape[dim], inner,
+            float(alpha), float(gain), float(clamp if clamp is not None else 0.0),
+            ACT=_ACT_CODES[act], HAS_BIAS=bias is not None, HAS_CLAMP=clamp is not None, BLOCK=_BLOCK)
+    return x, extra, out
+
+
+@torch.library.custom_op("mat_fast::bias_act_fwd", mutates_args=())
+def _fwd_op(x: torch.Tensor, bias: Optional[torch.Tensor], dim: int, act: str, alpha: float,
+            gain: float, clamp: Optional[float]) -> torch.Tensor:
+    return _launch(bias_act_fwd_kernel, x, bias, [], dim, act, alpha, gain, clamp)[2]
+
+
+@_fwd_op.register_fake
+def _fwd_fake(x, bias, dim, act, alpha, gain, clamp):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("mat_fast::bias_act_bwd", mutates_args=())
+def _bwd_op(dy: torch.Tensor, x: torch.Tensor, bias: Optional[torch.Tensor], dim: int, act: str,
+            alpha: float, gain: float, clamp: Optional[float]) -> torch.Tensor:
+    # dy goes in the kernel's argument list after bias (the kernel reads x, bias, dy)
+    return _launch(bias_act_bwd_kernel, x, bias, [dy], dim, act, alpha, gain, clamp)[2]
+
+
+@_bwd_op.register_fake
+def _bwd_fake(dy, x, bias, dim, act, alpha, gain, clamp):
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    x, bias, dim, act, alpha, gain, clamp = inputs
+    ctx.save_for_backward(x, bias)
+    ctx.args = (dim, act, alpha, gain, clamp)
+
+
+def _backward(ctx, dy):
+    x, bias = ctx.saved_tensors
+    dim = ctx.args[0]
+    dx = _bwd_op(dy, x, bias, *ctx.args)
+    dbias = None
+    if bias is not None and ctx.needs_input_grad[1]:
+        dbias = dx.float().sum([i for i in range(dx.ndim) if i != dim]).to(bias.dtype)
+    return dx, dbias, None, None, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def bias_act_triton(
+    x: torch.Tensor,
+    b: Optional[torch.Tensor] = None,
+    dim: int = 1,
+    act: str = "linear",
+    alpha: Optional[float] = None,
+    gain: Optional[float] = None,
+    clamp: Optional[float] = None,
+) -> torch.Tensor:
+    """Same contract as :func:`~mat_fast.ops.bias_act.reference.bias_act_reference`, in one
+    pass (fp32 math, output in x's dtype and layout); gradients to x and b."""
+    if act not in _ACT_CODES:
+        raise ValueError(f"{_OP}: unknown activation {act!r}; choose one of {sorted(_ACT_CODES)}")
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"{_OP}: dtype {x.dtype} is not supported (float32, float16, bfloat16)")
+    dim = dim % x.ndim
+    if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[dim]):
+        raise ValueError(f"{_OP}: bias of shape {tuple(b.shape)} does not fit dim {dim} of {tuple(x.shape)}")
+    check_device(_OP, x, b, interpreted=INTERPRETED)
+    _, def_alpha, def_gain = _spec(act)
+    alpha = float(def_alpha if alpha is None else alpha)
+    gain = float(def_gain if gain is None else gain)
+    clamp = float(clamp) if clamp is not None and clamp >= 0 else None
+    return _fwd_op(x, b.contiguous() if b is not None else None, dim, act, alpha, gain, clamp)

@@ -1,0 +1,123 @@
+"""Bias + activation in one Triton pass against its reference twin (Triton's interpreter on
+CPU without a GPU; small shapes). Outputs are NaN-poisoned, so an unwritten element fails."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import mat_fast
+from mat_fast.ops.bias_act.reference import ACTIVATIONS, bias_act_reference
+
+from .conftest import assert_close_verbose
+from .sm90_compile import compile_for_sm90
+from .test_window_attention_triton import DEVICE, _INTERPRET
+
+_PREV = os.environ.get("TRITON_INTERPRET")
+if _INTERPRET:
+    os.environ["TRITON_INTERPRET"] = "1"
+try:
+    from mat_fast.ops.bias_act import triton as bat  # noqa: E402  (needs the env above)
+finally:
+    if _PREV is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _PREV
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch):
+    if _INTERPRET:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(bat, "POISON_OUTPUTS", True)
+
+
+def _grads(fn, x, b, **kw):
+    x = x.detach().clone().requires_grad_(True)
+    b = None if b is None else b.detach().clone().requires_grad_(True)
+    y = fn(x, b, **kw)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y)
+    grads = torch.autograd.grad(y, [t for t in (x, b) if t is not None], g)
+    return y.detach(), grads
+
+
+# (shape, dim, layout): MAT's conv maps (bias on channels, NCHW and channels_last) and tokens
+SHAPES = [
+    pytest.param((2, 5, 7, 9), 1, "nchw", id="nchw"),
+    pytest.param((2, 5, 7, 9), 1, "channels_last", id="channels_last"),
+    pytest.param((2, 33, 12), 2, "tokens", id="tokens"),
+]
+
+
+@pytest.mark.parametrize("clamp", [None, 0.5])
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("shape,dim,fmt", SHAPES)
+def test_fp32_matches_reference_with_gradients(shape, dim, fmt, act, clamp):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g)
+    if fmt == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    b = torch.randn(shape[dim], generator=g)
+    kw = dict(dim=dim, act=act, clamp=clamp)
+    y, grads = _grads(bat.bias_act_triton, x.to(DEVICE), b.to(DEVICE), **kw)
+    y_ref, grads_ref = _grads(bias_act_reference, x, b, **kw)
+    assert y.is_contiguous(memory_format=torch.channels_last) == (fmt == "channels_last")
+    assert_close_verbose(y.cpu(), y_ref, rtol=1e-6, what="y")
+    for name, got, want in zip(("dx", "db"), grads, grads_ref):
+        assert_close_verbose(got.cpu(), want, rtol=1e-5, what=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_within_twice_reference_error(dtype):
+    g = torch.Generator().manual_seed(1)
+    x, b = torch.randn(2, 6, 8, 8, generator=g) * 3, torch.randn(6, generator=g)
+    gold = bias_act_reference(x, b, act="lrelu")
+    ref = bias_act_reference(x.to(dtype), b.to(dtype), act="lrelu")
+    out = bat.bias_act_triton(x.to(dtype).to(DEVICE), b.to(dtype).to(DEVICE), act="lrelu").cpu()
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    err = ((out.float() - gold).norm() / gold.norm()).item()
+    ref_err = ((ref.float() - gold).norm() / gold.norm()).item()
+    assert err <= 2 * ref_err + 1e-3
+
+
+def test_no_bias_and_dispatch():
+    x = torch.randn(3, 4, 5).to(DEVICE)
+    with mat_fast.use_backend("triton"):
+        y = mat_fast.ops.bias_act(x, None, dim=2, act="lrelu", inplace=True)
+    assert_close_verbose(y.cpu(), bias_act_reference(x.cpu(), None, dim=2, act="lrelu"), rtol=1e-6, what="y")
+
+
+def test_invalid_inputs_raise_clear_errors():
+    x = torch.randn(2, 3, 4).to(DEVICE)
+    with pytest.raises(ValueError, match="unknown activation"):
+        bat.bias_act_triton(x, None, act="gelu")
+    with pytest.raises(ValueError, match="does not fit dim"):
+        bat.bias_act_triton(x, torch.zeros(4).to(DEVICE), dim=1)
+    with pytest.raises(ValueError, match="not supported"):
+        bat.bias_act_triton(x.double(), None)
+
+
+def test_opcheck():
+    x = torch.randn(2, 3, 4, 5).to(DEVICE)
+    b = torch.randn(3).to(DEVICE)
+    torch.library.opcheck(torch.ops.mat_fast.bias_act_fwd.default, (x, b, 1, "lrelu", 0.2, 1.41, None),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+_BUILD_LOOP = r"""
+for dtype in ("fp16", "bf16", "fp32"):
+    types = {n: f"*{dtype}" for n in ("x", "bias", "y", "dy", "dx")}
+    types.update({n: "fp32" for n in ("alpha", "gain", "clamp")}, n_elements="i64")
+    for act in range(5):
+        consts = dict(ACT=act, HAS_BIAS=True, HAS_CLAMP=act == 2, BLOCK=1024)
+        build(kernels.bias_act_fwd_kernel, types, consts)
+        build(kernels.bias_act_bwd_kernel, types, consts)
+"""
+
+
+def test_kernels_compile_for_cuda_target():
+    from pathlib import Path
+
+    compile_for_sm90(Path(bat.__file__).with_name("triton_kernels.py"), _BUILD_LOOP)
