@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .reference import _spec, bias_act_reference
+from .reference import bias_act_reference, resolve_defaults
 
 __all__ = ["bias_act_cpu", "bias_act_cpu_"]
 
@@ -41,13 +41,6 @@ def _finish_(y, act, alpha, gain, clamp):
     return y
 
 
-def _resolve(act, alpha, gain, clamp):
-    _, def_alpha, def_gain = _spec(act)
-    alpha = float(def_alpha if alpha is None else alpha)
-    gain = float(def_gain if gain is None else gain)
-    return alpha, gain, (clamp if clamp is not None and clamp >= 0 else None)
-
-
 def _bias_view(b, x, dim):
     return b.to(x.dtype).reshape([-1 if i == dim % x.ndim else 1 for i in range(x.ndim)])
 
@@ -64,7 +57,7 @@ def bias_act_cpu(
     """Same contract as :func:`~mat_fast.ops.bias_act.reference.bias_act_reference`."""
     if act not in _INPLACE or (torch.is_grad_enabled() and x.requires_grad):
         return bias_act_reference(x, b, dim, act, alpha, gain, clamp)
-    alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
+    alpha, gain, clamp = resolve_defaults(act, alpha, gain, clamp)
     if b is None and act == "linear" and gain == 1 and clamp is None:
         return x  # nothing to do (the reference returns x itself too)
     y = torch.add(x, _bias_view(b, x, dim)) if b is not None else x.clone()
@@ -85,7 +78,7 @@ def bias_act_cpu_(
     if act not in _INPLACE or (torch.is_grad_enabled() and (x.requires_grad or (
             b is not None and b.requires_grad))):
         return bias_act_cpu(x, b, dim, act, alpha, gain, clamp)
-    alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
+    alpha, gain, clamp = resolve_defaults(act, alpha, gain, clamp)
     if b is not None:
         x.add_(_bias_view(b, x, dim))
     return _finish_(x, act, alpha, gain, clamp)

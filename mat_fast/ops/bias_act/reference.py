@@ -34,6 +34,16 @@ def _spec(act: str):
         raise ValueError(f"unknown activation {act!r}; choose one of {sorted(ACTIVATIONS)}") from None
 
 
+def resolve_defaults(act: str, alpha: Optional[float], gain: Optional[float],
+                     clamp: Optional[float]):
+    """(alpha, gain, clamp) with the activation's defaults filled in; clamp None when off
+    (None or negative)."""
+    _, def_alpha, def_gain = _spec(act)
+    alpha = float(def_alpha if alpha is None else alpha)
+    gain = float(def_gain if gain is None else gain)
+    return alpha, gain, (float(clamp) if clamp is not None and clamp >= 0 else None)
+
+
 def bias_act_reference(
     x: torch.Tensor,
     b: Optional[torch.Tensor] = None,

@@ -17,7 +17,7 @@ import torch
 import triton
 
 from ..triton_support import check_device, interpreting
-from .reference import _spec
+from .reference import resolve_defaults
 from .triton_kernels import bias_act_bwd_kernel, bias_act_fwd_kernel
 
 __all__ = ["bias_act_triton"]
@@ -127,8 +127,5 @@ def bias_act_triton(
     if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[dim]):
         raise ValueError(f"{_OP}: bias of shape {tuple(b.shape)} does not fit dim {dim} of {tuple(x.shape)}")
     check_device(_OP, x, b, interpreted=INTERPRETED)
-    _, def_alpha, def_gain = _spec(act)
-    alpha = float(def_alpha if alpha is None else alpha)
-    gain = float(def_gain if gain is None else gain)
-    clamp = float(clamp) if clamp is not None and clamp >= 0 else None
+    alpha, gain, clamp = resolve_defaults(act, alpha, gain, clamp)
     return _fwd_op(x, b.contiguous() if b is not None else None, dim, act, alpha, gain, clamp)
