@@ -3,7 +3,6 @@ CPU without a GPU; small shapes). Outputs are NaN-poisoned, so an unwritten elem
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -13,18 +12,10 @@ from mat_fast.ops.bias_act.reference import ACTIVATIONS, bias_act_reference
 
 from .conftest import assert_close_verbose
 from .sm90_compile import compile_for_sm90
-from .test_window_attention_triton import DEVICE, _INTERPRET
+from .triton_interpreter import DEVICE, import_kernels
+from .triton_interpreter import INTERPRET as _INTERPRET
 
-_PREV = os.environ.get("TRITON_INTERPRET")
-if _INTERPRET:
-    os.environ["TRITON_INTERPRET"] = "1"
-try:
-    from mat_fast.ops.bias_act import triton as bat  # noqa: E402  (needs the env above)
-finally:
-    if _PREV is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _PREV
+bat = import_kernels("mat_fast.ops.bias_act.triton")
 
 
 @pytest.fixture(autouse=True)

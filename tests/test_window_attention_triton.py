@@ -14,7 +14,6 @@ fixture) only while these tests run, for the backend probe.
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -26,20 +25,10 @@ from mat_fast.ops.window_attention.reference import window_attention_reference
 
 from .conftest import assert_close_verbose
 from .sm90_compile import compile_for_sm90
+from .triton_interpreter import DEVICE, import_kernels
+from .triton_interpreter import INTERPRET as _INTERPRET
 
-_PREV_INTERPRET = os.environ.get("TRITON_INTERPRET")
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-try:
-    from mat_fast.ops.window_attention import triton as wat  # noqa: E402  (needs the env above)
-finally:
-    if _PREV_INTERPRET is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _PREV_INTERPRET
-
-DEVICE = torch.device("cpu" if _INTERPRET else "cuda")
+wat = import_kernels("mat_fast.ops.window_attention.triton")
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,35 @@
+"""Import a Triton kernel module for the tests: under Triton's interpreter (CPU tensors)
+when no GPU is visible, compiled for CUDA otherwise.
+
+A kernel module reads ``TRITON_INTERPRET`` once, when it is imported, so the variable is
+set around that import only and then restored: other test modules see the environment
+they expect. Test modules set it again (a fixture) while their tests run, for the backend
+probe.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+#: True when the kernels run in Triton's interpreter (no GPU, or TRITON_INTERPRET=1 given).
+INTERPRET = not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+#: Where the tests put their tensors.
+DEVICE = torch.device("cpu" if INTERPRET else "cuda")
+
+
+def import_kernels(module: str):
+    """Import ``module`` (e.g. ``mat_fast.ops.bias_act.triton``) with TRITON_INTERPRET set
+    as :data:`INTERPRET` says, restoring the environment afterwards."""
+    previous = os.environ.get("TRITON_INTERPRET")
+    if INTERPRET:
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        return importlib.import_module(module)
+    finally:
+        if previous is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
