@@ -284,3 +284,10 @@ def _implementation_key(op: str, device_type: str, explicit: Optional[str]) -> s
 def implementation(op: str, device, explicit: Optional[str] = None) -> Callable:
     """The function that computes ``op`` for a tensor on ``device``."""
     return _REGISTRY[op][_implementation_key(op, _device_type(device), explicit)]
+
+
+def has_kernel(op: str, device, explicit: Optional[str] = None) -> bool:
+    """Whether the backend that runs on ``device`` has its own ``op`` (rather than falling
+    back to the reference): fused ops use it to compose the backend's smaller kernels."""
+    device_type = _device_type(device)
+    return _implementation_key(op, device_type, explicit) == resolve(device_type, explicit)

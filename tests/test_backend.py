@@ -106,3 +106,12 @@ def test_import_pulls_in_neither_triton_nor_dynamo():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", f"import mat_fast imported {out.stdout.strip()}"
+
+
+def test_has_kernel_says_whether_the_backend_brings_its_own(monkeypatch):
+    monkeypatch.setitem(backend._PROBES, "cpu", lambda device_type: None)
+    monkeypatch.setitem(backend._REGISTRY, "test_only_op", {"reference": lambda x: x})
+    assert backend.has_kernel("test_only_op", "cpu", "reference")
+    assert not backend.has_kernel("test_only_op", "cpu", "cpu")
+    backend._REGISTRY["test_only_op"]["cpu"] = lambda x: x
+    assert backend.has_kernel("test_only_op", "cpu", "cpu")

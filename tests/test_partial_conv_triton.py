@@ -403,7 +403,9 @@ def test_fused_dispatcher_composes_the_two_ops_without_a_fused_kernel(monkeypatc
                         lambda *a: calls.append("mask") or pct.partial_conv_mask_triton(*a))
     monkeypatch.setitem(backend._REGISTRY["partial_conv_epilogue"], "triton",
                         lambda *a: calls.append("epilogue") or pct.partial_conv_epilogue_triton(*a))
-    monkeypatch.setitem(backend._REGISTRY["partial_conv_fused"], "triton", partial_conv_fused_reference)
+    # triton without a fused kernel: neither registered nor lazily importable
+    monkeypatch.delitem(backend._REGISTRY["partial_conv_fused"], "triton", raising=False)
+    monkeypatch.setitem(backend._LAZY, "partial_conv_fused", {})
     mask = make_mask("binary", 1, 8, 8, seed=34)
     x, bias = make_x(1, 4, 8, 8, seed=35)
     y, update = partial_conv_fused(x, bias, mask, 3, 1, 1, GAIN, ALPHA, backend_name="triton")

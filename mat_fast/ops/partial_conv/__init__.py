@@ -115,11 +115,11 @@ def partial_conv_fused(
         raise ValueError(f"mask must have shape ({x.shape[0]}, 1, H, W) for x {tuple(x.shape)}; "
                          f"got {tuple(mask.shape)}")
     name = backend.resolve(x.device, backend_name)
-    fn = backend.implementation("partial_conv_fused", x.device, name)
-    if fn is partial_conv_fused_reference and name != "reference":  # no fused kernel here
+    if not backend.has_kernel("partial_conv_fused", x.device, name):  # compose the two ops
         update, ratio = partial_conv_mask(mask, kernel_size, stride, padding, backend_name=name)
         y = partial_conv_epilogue(x, bias, ratio, gain, alpha, clamp, inplace=inplace, backend_name=name)
         return y, update
+    fn = backend.implementation("partial_conv_fused", x.device, name)
     return fn(x, bias, mask, int(kernel_size), int(stride), int(padding), float(gain), float(alpha),
               None if clamp is None else float(clamp))
 

@@ -100,8 +100,7 @@ def window_attention_qkv(
         raise ValueError(f"qkv_bias must be (3C,) = {(3 * C,)}; got {tuple(qkv_bias.shape)}")
     _check_geometry(B, L, C, mask, H, W, window_size, shift_size, num_heads)
     name = backend.resolve(x.device, backend_name)
-    fn = backend.implementation("window_attention_qkv", x.device, name)
-    if fn is window_attention_qkv_reference and name != "reference":
+    if not backend.has_kernel("window_attention_qkv", x.device, name):
         # no fused projection for this backend: project as upstream, attend with its kernel
         norm_x = normalize_tokens(x)
         w_q, w_k, w_v = qkv_weight.to(x.dtype).split(C)
@@ -109,6 +108,7 @@ def window_attention_qkv(
         q, k, v = F.linear(norm_x, w_q, b_q), F.linear(norm_x, w_k, b_k), F.linear(x, w_v, b_v)
         attend = backend.implementation("window_attention", x.device, name)
         return attend(q, k, v, mask, (H, W), int(window_size), int(shift_size), int(num_heads))
+    fn = backend.implementation("window_attention_qkv", x.device, name)
     return fn(x, qkv_weight, qkv_bias, mask, (H, W), int(window_size), int(shift_size), int(num_heads))
 
 
