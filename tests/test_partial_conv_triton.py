@@ -1,131 +1,27 @@
 """Triton partial convolution (mask update, conv epilogue, both fused) against the reference.
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors: shapes are small
-(20 channels, 16x16 and odd 13x11 maps). With a GPU the same tests run on CUDA, and the
-``gpu``-marked ones add MAT's real shapes and inductor. One test compiles the kernels for
-sm_90 (PTX and ptxas, no GPU needed), which catches what the interpreter lets through.
-
-The kernel module reads ``TRITON_INTERPRET`` once, when imported; it is imported here, at
-collection, under the interpreter when no GPU is visible, and the variable is restored
-afterwards (set again by a fixture only while these tests run, for the backend probe).
+(20 channels, 16x16 and odd 13x11 maps). With a GPU the same tests run on CUDA. Inputs,
+tolerances and the interpreter fixture live in partial_conv_cases.py; the custom-op
+plumbing (fakes, opcheck, torch.compile), MAT's real shapes on GPU and the sm_90 build are
+in test_partial_conv_triton_graph.py.
 """
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 
 import mat_fast
 from mat_fast import backend
-from mat_fast.ops.bias_act.reference import bias_act_reference
 from mat_fast.ops.partial_conv.reference import (partial_conv_epilogue_reference,
                                                 partial_conv_fused_reference, partial_conv_mask_reference)
 
 from .conftest import assert_close_verbose
-from .sm90_compile import compile_for_sm90
-from .triton_interpreter import DEVICE, import_kernels
-from .triton_interpreter import INTERPRET as _INTERPRET
-
-pct = import_kernels("mat_fast.ops.partial_conv.triton")
-GAIN = math.sqrt(2)  # MAT's lrelu layers: gain sqrt(2), slope 0.2
-ALPHA = 0.2
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-DTYPE_IDS = ["fp32", "fp16", "bf16"]
-
-
-@pytest.fixture(autouse=True)
-def _triton_env(monkeypatch):
-    if _INTERPRET:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.delenv(backend.ENV_VAR, raising=False)
-    monkeypatch.setattr(pct, "POISON_OUTPUTS", True)  # unwritten outputs are NaN
-    yield
-
-
-# ---------------------------------------------------------------------------------------
-# References (fp32 twins) and inputs
-
-
-def epilogue_reference(x, bias, ratio, gain, alpha, clamp=None):
-    """Upstream's composition: the inner Conv2dLayer's bias_act (clamp included), times the
-    ratio. Written from bias_act_reference so it does not depend on the twin under test."""
-    return bias_act_reference(x, bias, dim=1, act="lrelu", alpha=alpha, gain=gain, clamp=clamp) * ratio
-
-
-fused_reference = partial_conv_fused_reference  # checked against the composition below
-
-
-def make_mask(kind, B, H, W, seed, dtype=torch.float32):
-    """(B, 1, H, W) mask of one kind on DEVICE."""
-    gen = torch.Generator().manual_seed(seed)
-    if kind == "valid":
-        m = torch.ones(B, 1, H, W)
-    elif kind == "hole":
-        m = torch.zeros(B, 1, H, W)
-    elif kind == "binary":  # random holes, plus a large hole so whole windows are empty
-        m = (torch.rand(B, 1, H, W, generator=gen) > 0.4).float()
-        m[..., : H // 2, : W // 2] = 0
-    elif kind == "nonbinary":  # soft masks: sums that are neither integers nor in [0, 1] only.
-        # Dyadic values, so every box sum is exact in any order (sums near 0 are otherwise
-        # ill-conditioned: k*k * S / (S + 1e-8) swings between 0 and k*k on rounding noise).
-        values = torch.tensor([-0.5, 0.0, 0.0, 0.125, 0.25, 0.5, 0.75, 1.0, 1.5])
-        m = values[torch.randint(0, len(values), (B, 1, H, W), generator=gen)]
-    else:
-        raise ValueError(kind)
-    return m.to(device=DEVICE, dtype=dtype)
-
-
-def make_x(B, C, H, W, seed, dtype=torch.float32, layout="nchw"):
-    gen = torch.Generator().manual_seed(seed)
-    x = (torch.randn(B, C, H, W, generator=gen) * 2).to(device=DEVICE, dtype=dtype)
-    bias = (torch.randn(C, generator=gen) * 0.5).to(device=DEVICE, dtype=dtype)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-        assert not x.is_contiguous()
-    return x, bias
-
-
-def out_size(n, k, s, p):
-    return (n + 2 * p - k) // s + 1
-
-
-def assert_lowp_close(actual, ref_lowp, ref32, what, floor):
-    """flash-attention's rule: error vs fp32 at most 2x the reference's own low-precision
-    error, plus ``floor`` x max|ref| for values where both round alike."""
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    scale = float(ref32.abs().max())
-    err = float((actual.double() - ref32.double()).abs().max())
-    ref_err = float((ref_lowp.double() - ref32.double()).nan_to_num(0, 0, 0).abs().max())
-    assert err <= 2 * ref_err + floor * scale, (
-        f"{what}: max error {err:.3g} vs fp32 exceeds 2 x reference's {ref_err:.3g} + {floor * scale:.3g}")
-
-
-def assert_rounded_from(actual, ref, what):
-    """``actual`` is ``ref`` (fp32/fp64) rounded to actual's dtype: bit for bit, except that
-    Triton's interpreter truncates fp32 -> bf16 (GPUs round to nearest even): 1 ulp there."""
-    if _INTERPRET and actual.dtype == torch.bfloat16:
-        ulp = torch.finfo(torch.bfloat16).eps * ref.abs().double()
-        diff = (actual.double() - ref.double()).abs()
-        assert (diff <= ulp).all(), f"{what}: {int((diff > ulp).sum())} values off by more than 1 bf16 ulp"
-    else:
-        assert torch.equal(actual, ref.to(actual.dtype)), what
-
-
-FLOORS = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
-
-# (kernel, stride, padding, H, W): MAT's partial convs are 3x3 stride 1 (conv_first, every
-# stage's conv) and 3x3 stride 2 (enc_conv, PatchMerging), both padding 1.
-GEOMETRIES = [
-    pytest.param((3, 1, 1, 16, 16), id="k3s1p1-16x16"),  # MAT: same-size partial conv
-    pytest.param((3, 2, 1, 16, 16), id="k3s2p1-16x16"),  # MAT: downsampling partial conv
-    pytest.param((3, 1, 1, 13, 11), id="k3s1p1-13x11"),  # odd, non-square
-    pytest.param((3, 2, 1, 13, 11), id="k3s2p1-13x11"),  # odd sizes at stride 2
-    pytest.param((4, 2, 0, 13, 11), id="k4s2p0-13x11"),  # even kernel, no padding (generic)
-    pytest.param((5, 1, 2, 9, 7), id="k5s1p2-9x7"),  # wider window (generic)
-]
-MASKS = ["valid", "hole", "binary", "nonbinary"]
+from .partial_conv_cases import (_INTERPRET, ALPHA, DEVICE, DTYPE_IDS, DTYPES, FLOORS, GAIN, GEOMETRIES,
+                                 MASKS, assert_lowp_close, assert_rounded_from, epilogue_reference,
+                                 fused_reference, make_mask, make_x, out_size, pct, run_fused,
+                                 triton_env)  # noqa: F401 (autouse fixture)
 
 
 # ---------------------------------------------------------------------------------------
@@ -259,15 +155,6 @@ def test_epilogue_non_dense_x_and_mixed_dtypes():
 
 # ---------------------------------------------------------------------------------------
 # Fused: mask update + epilogue in one launch
-
-
-def run_fused(fn, x, bias, mask, geo, clamp, grad_seed=2):
-    x = x.detach().clone().requires_grad_(True)
-    bias = None if bias is None else bias.detach().clone().requires_grad_(True)
-    y, update = fn(x, bias, mask, *geo, GAIN, ALPHA, clamp)
-    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_seed)).to(y)
-    inputs = [t for t in (x, bias) if t is not None]
-    return y.detach(), update, torch.autograd.grad(y, inputs, g)
 
 
 @pytest.mark.parametrize("mask_kind", MASKS)
@@ -435,132 +322,3 @@ def test_partial_conv_layer_triton_matches_reference(down):
     assert_close_verbose(outs["triton"][0], outs["reference"][0], rtol=1e-5, what="layer out")
     assert torch.equal(outs["triton"][1], outs["reference"][1]), "layer mask"
     assert_close_verbose(outs["triton"][2], outs["reference"][2], rtol=1e-5, what="layer dx")
-
-
-# ---------------------------------------------------------------------------------------
-# Custom ops: fake implementations, opcheck, graph capture
-
-
-def test_fake_implementations_keep_shapes_dtypes_and_layout():
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    with FakeTensorMode():
-        x = torch.empty(2, 180, 32, 32, dtype=torch.float16, device=DEVICE).contiguous(
-            memory_format=torch.channels_last)
-        mask = torch.empty(2, 1, 64, 64, dtype=torch.float32, device=DEVICE)
-        update, ratio = torch.ops.mat_fast.partial_conv_mask(mask, 3, 2, 1)
-        assert update.shape == ratio.shape == (2, 1, 32, 32) and ratio.dtype == torch.float32
-        y = torch.ops.mat_fast.partial_conv_epilogue_fwd(x, None, ratio, GAIN, ALPHA, None)
-        assert y.shape == x.shape and y.dtype == x.dtype and y.stride() == x.stride()
-        dx = torch.ops.mat_fast.partial_conv_epilogue_bwd(y, x, None, ratio, GAIN, ALPHA, 1.0)
-        assert dx.stride() == x.stride()
-        y, update = torch.ops.mat_fast.partial_conv_fused_fwd(x, None, mask, 3, 2, 1, GAIN, ALPHA, None)
-        assert y.stride() == x.stride() and update.shape == (2, 1, 32, 32) and update.dtype == mask.dtype
-
-
-def test_opcheck():
-    mask = make_mask("binary", 1, 9, 8, seed=18)
-    torch.library.opcheck(torch.ops.mat_fast.partial_conv_mask.default, (mask, 3, 2, 1))
-    _, ratio = partial_conv_mask_reference(mask, 3, 1, 1)
-    for layout in ("nchw", "channels_last"):
-        x, bias = make_x(1, 6, 9, 8, seed=19, layout=layout)
-        torch.library.opcheck(torch.ops.mat_fast.partial_conv_epilogue_fwd.default,
-                              (x.requires_grad_(True), bias.requires_grad_(True),
-                               ratio.clone().requires_grad_(True), GAIN, ALPHA, 1.0))
-    x, bias = make_x(1, 6, 9, 8, seed=19)
-    torch.library.opcheck(torch.ops.mat_fast.partial_conv_epilogue_fwd.default,
-                          (x.requires_grad_(True), None, ratio, GAIN, ALPHA, None))
-    torch.library.opcheck(torch.ops.mat_fast.partial_conv_epilogue_bwd.default,
-                          (torch.randn_like(x), x.detach(), bias, ratio, GAIN, ALPHA, None))
-    x2, _ = make_x(1, 6, 5, 4, seed=20, layout="channels_last")
-    torch.library.opcheck(torch.ops.mat_fast.partial_conv_fused_fwd.default,
-                          (x2.requires_grad_(True), bias.requires_grad_(True), mask, 3, 2, 1, GAIN, ALPHA, None))
-
-
-def test_torch_compile_captures_the_ops():
-    # aot_eager traces through the fake implementations (no C++ compiler needed on CPU)
-    mask = make_mask("binary", 2, 13, 11, seed=21)
-    x, bias = make_x(2, 20, 7, 6, seed=22)
-
-    def f(x, bias, mask):
-        update, ratio = pct.partial_conv_mask_triton(mask, 3, 2, 1)
-        y = pct.partial_conv_epilogue_triton(x, bias, ratio, GAIN, ALPHA)
-        y2, update2 = pct.partial_conv_fused_triton(x, bias, mask, 3, 2, 1, GAIN, ALPHA, 1.0)
-        return y * 2 + y2, update + update2
-
-    def run(fn):
-        xg, bg = x.clone().requires_grad_(True), bias.clone().requires_grad_(True)
-        y, update = fn(xg, bg, mask)
-        return (y.detach(), update) + torch.autograd.grad(y.square().sum(), (xg, bg))
-
-    eager = run(f)
-    compiled = run(torch.compile(f, backend="aot_eager", fullgraph=True))
-    for a, b in zip(eager, compiled):
-        assert torch.equal(a, b)
-
-
-# ---------------------------------------------------------------------------------------
-# GPU only: MAT's real shapes, inductor + CUDA graphs
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("k,s,p,size", [(3, 1, 1, 512), (3, 2, 1, 512), (3, 2, 1, 64), (3, 1, 1, 33)])
-def test_gpu_real_shapes(k, s, p, size, layout, dtype):
-    B, C = 2, 180
-    mask = make_mask("binary", B, size, size, seed=23, dtype=dtype)
-    x, bias = make_x(B, C, out_size(size, k, s, p), out_size(size, k, s, p), seed=24, dtype=dtype, layout=layout)
-    y, update, grads = run_fused(pct.partial_conv_fused_triton, x, bias, mask, (k, s, p), None)
-    r_y, r_update, r_grads = run_fused(fused_reference, x.float(), bias.float(), mask.float(), (k, s, p), None)
-    assert torch.equal(update.float(), r_update)
-    if dtype == torch.float32:
-        assert_close_verbose(y, r_y, rtol=1e-6, what="y")
-        for g, rg in zip(grads, r_grads):
-            assert_close_verbose(g, rg, rtol=1e-5, what="grad")
-        return
-    lp_y, _, lp_grads = run_fused(fused_reference, x, bias, mask, (k, s, p), None)
-    assert_lowp_close(y, lp_y, r_y, "y", FLOORS[dtype])
-    for g, lg, rg in zip(grads, lp_grads, r_grads):
-        assert_lowp_close(g, lg, rg, "grad", FLOORS[dtype])
-
-
-@pytest.mark.gpu
-def test_gpu_inductor_and_cuda_graphs():
-    mask = make_mask("binary", 2, 128, 128, seed=25, dtype=torch.float16)
-    x, bias = make_x(2, 180, 64, 64, seed=26, dtype=torch.float16, layout="channels_last")
-
-    def f(x, bias, mask):
-        y, update = pct.partial_conv_fused_triton(x, bias, mask, 3, 2, 1, GAIN, ALPHA)
-        _, ratio = pct.partial_conv_mask_triton(mask, 3, 2, 1)
-        return y + pct.partial_conv_epilogue_triton(x, bias, ratio, GAIN, ALPHA), update
-
-    compiled = torch.compile(f, mode="reduce-overhead", fullgraph=True)
-    for _ in range(3):  # warm-up, record, replay
-        out, update = compiled(x, bias, mask)
-    ref, ref_update = f(x, bias, mask)
-    assert torch.equal(out, ref) and torch.equal(update, ref_update)
-
-
-# ---------------------------------------------------------------------------------------
-# Compiler check without a GPU: the interpreter accepts code the real compiler rejects, so
-# build the kernels for sm_90 through PTX and ptxas, in a subprocess without TRITON_INTERPRET.
-
-_BUILD_LOOP = r"""
-for dtype, mask_dtype, clamp in (("fp16", "fp16", False), ("bf16", "fp32", True), ("fp32", "fp64", False)):
-    types = {n: f"*{dtype}" for n in ("x", "y", "dy", "dx", "bias")}
-    types.update({n: f"*{mask_dtype}" for n in ("mask", "update", "ratio")})
-    types.update({n: "fp32" for n in ("gain", "alpha", "clamp")})
-    act = dict(HAS_BIAS=True, HAS_CLAMP=clamp, BLOCK_C=16, BLOCK_P=256)
-    acc = tl.float64 if mask_dtype == "fp64" else tl.float32
-    build(kernels.partial_conv_mask_kernel, types, dict(K=3, STRIDE=2, PAD=1, BLOCK_P=256, ACC=acc))
-    build(kernels.partial_conv_epilogue_fwd_kernel, types, act)
-    build(kernels.partial_conv_epilogue_bwd_kernel, types, act)
-    build(kernels.partial_conv_fused_fwd_kernel, types, dict(act, K=3, STRIDE=1, PAD=1, ACC=acc, C_SPLIT=2))
-"""
-
-
-def test_kernels_compile_for_cuda_target():
-    from pathlib import Path
-
-    compile_for_sm90(Path(pct.__file__).with_name("triton_kernels.py"), _BUILD_LOOP)
