@@ -16,11 +16,10 @@ import math
 import pytest
 import torch
 
-from mat_fast import backend
 from mat_fast.ops.bias_act.reference import bias_act_reference
 from mat_fast.ops.partial_conv.reference import partial_conv_fused_reference
 
-from .triton_interpreter import DEVICE, import_kernels
+from .triton_interpreter import DEVICE, import_kernels, kernel_test_env
 from .triton_interpreter import INTERPRET as _INTERPRET
 
 pct = import_kernels("mat_fast.ops.partial_conv.triton")
@@ -30,14 +29,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
 
 
-@pytest.fixture(autouse=True)
-def triton_env(monkeypatch):
-    """(Autouse in the modules that import it.) Interpreter on (without a GPU), no backend override, unwritten outputs poisoned."""
-    if _INTERPRET:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.delenv(backend.ENV_VAR, raising=False)
-    monkeypatch.setattr(pct, "POISON_OUTPUTS", True)  # unwritten outputs are NaN
-    yield
+triton_env = kernel_test_env(pct)  # autouse in the modules that import it
 
 
 

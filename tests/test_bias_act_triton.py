@@ -12,17 +12,12 @@ from mat_fast.ops.bias_act.reference import ACTIVATIONS, bias_act_reference
 
 from .conftest import assert_close_verbose
 from .sm90_compile import compile_for_sm90
-from .triton_interpreter import DEVICE, import_kernels
-from .triton_interpreter import INTERPRET as _INTERPRET
+from .triton_interpreter import DEVICE, import_kernels, kernel_test_env
 
 bat = import_kernels("mat_fast.ops.bias_act.triton")
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch):
-    if _INTERPRET:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(bat, "POISON_OUTPUTS", True)
+_triton_env = kernel_test_env(bat)
 
 
 def _grads(fn, x, b, **kw):

@@ -25,19 +25,13 @@ from mat_fast.ops.window_attention.reference import window_attention_reference
 
 from .conftest import assert_close_verbose
 from .sm90_compile import compile_for_sm90
-from .triton_interpreter import DEVICE, import_kernels
+from .triton_interpreter import DEVICE, import_kernels, kernel_test_env
 from .triton_interpreter import INTERPRET as _INTERPRET
 
 wat = import_kernels("mat_fast.ops.window_attention.triton")
 
 
-@pytest.fixture(autouse=True)
-def _triton_env(monkeypatch):
-    if _INTERPRET:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.delenv(backend.ENV_VAR, raising=False)
-    monkeypatch.setattr(wat, "POISON_OUTPUTS", True)  # unwritten outputs are NaN
-    yield
+_triton_env = kernel_test_env(wat)
 
 
 # ---------------------------------------------------------------------------------------

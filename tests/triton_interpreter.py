@@ -3,8 +3,8 @@ when no GPU is visible, compiled for CUDA otherwise.
 
 A kernel module reads ``TRITON_INTERPRET`` once, when it is imported, so the variable is
 set around that import only and then restored: other test modules see the environment
-they expect. Test modules set it again (a fixture) while their tests run, for the backend
-probe.
+they expect. :func:`kernel_test_env` makes the fixture that sets it again while a module's
+tests run (for the backend probe).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 
+import pytest
 import torch
 
 #: True when the kernels run in Triton's interpreter (no GPU, or TRITON_INTERPRET=1 given).
@@ -33,3 +34,21 @@ def import_kernels(module: str):
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = previous
+
+
+def kernel_test_env(kernels):
+    """An autouse fixture for the tests of kernel module ``kernels`` (assign it to a
+    module-level name): the interpreter on where :data:`INTERPRET` says, no backend override
+    from the environment, and every kernel output filled with NaN before the kernel writes
+    it, so an element it leaves unwritten fails the comparison."""
+    from mat_fast import backend
+
+    @pytest.fixture(autouse=True)
+    def triton_env(monkeypatch):
+        if INTERPRET:
+            monkeypatch.setenv("TRITON_INTERPRET", "1")
+        monkeypatch.delenv(backend.ENV_VAR, raising=False)
+        monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
+        yield
+
+    return triton_env
