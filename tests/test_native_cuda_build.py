@@ -102,7 +102,9 @@ def _parse_ptxas(log: str) -> Dict[str, Dict[str, int]]:
 
 def _demangle(symbols: List[str]) -> List[str]:
     cxxfilt = shutil.which("c++filt")
-    if cxxfilt is None or not symbols:
+    if cxxfilt is None:  # kernels are matched by their C++ names
+        pytest.skip("c++filt (binutils) is not installed")
+    if not symbols:
         return symbols
     result = subprocess.run([cxxfilt], input="\n".join(symbols), capture_output=True, text=True, check=True)
     return result.stdout.splitlines()
