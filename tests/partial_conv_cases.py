@@ -28,9 +28,7 @@ ALPHA = 0.2
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
 
-
 triton_env = kernel_test_env(pct)  # autouse in the modules that import it
-
 
 
 def epilogue_reference(x, bias, ratio, gain, alpha, clamp=None):
