@@ -299,8 +299,9 @@ class Inpainter:
                     known = torch.from_numpy(np.stack([j.known for j in batch]))[:, None]
                     images = (images * 2 - 1).to(self.device, self.dtype)
                     known = known.to(self.device, self.dtype)
-                    z = torch.randn(len(batch), G.z_dim).to(self.device, self.dtype)
-                    c = torch.zeros(len(batch), G.c_dim, device=self.device, dtype=self.dtype)
+                    # z and c stay fp32: the mapping network runs in fp32 in half models too
+                    z = torch.randn(len(batch), G.z_dim).to(self.device)
+                    c = torch.zeros(len(batch), G.c_dim, device=self.device)
                     mode = self._noise_mode(noise_mode, tuple(shape))
                     if self._forward is not None:
                         out = self._forward(images, known, z, c, truncation_psi, mode)

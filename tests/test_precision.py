@@ -240,3 +240,56 @@ def test_modulated_conv_fp16_demodulation_any_style_scale(name, style_scale):
     # 2x the input-rounding error plus fp16's unit roundoff (the output's own rounding)
     assert err <= 2 * floor + torch.finfo(torch.float16).eps / 2, (
         f"relative RMS error {err:.3g} vs {floor:.3g} from rounding the inputs to fp16")
+
+
+# ---------------------------------------------------------------------------------------
+# The style path (mapping network, style affines, global-style layers) stays fp32 when the
+# model is cast to half: its rounding would reach every modulated layer at once.
+
+def _style_path(name):
+    return (name.startswith("mapping.") or ".affine." in name
+            or any(part in name for part in ("first_stage.down_conv.", "first_stage.to_style.",
+                                             "first_stage.ws_style.", "to_square.", "synthesis.to_style.")))
+
+
+@pytest.mark.parametrize("cast", ["to", "half", "bfloat16"])
+def test_half_cast_keeps_the_style_path_fp32_bit_for_bit(cast):
+    from mat_fast.inpaint import random_generator
+
+    G = random_generator(seed=1, resolution=256)
+    fp32 = {k: v.clone() for k, v in G.state_dict().items()}
+    half = {"to": lambda m: m.to(torch.bfloat16), "half": lambda m: m.half(),
+            "bfloat16": lambda m: m.bfloat16()}[cast](G)
+    sd = half.state_dict()
+    style = [k for k in sd if _style_path(k) and fp32[k].is_floating_point()]
+    # mapping 8 fc + w_avg; 20 modulated convs' affines; first stage 4 down convs (weight,
+    # bias, filter) + 3 fc; second stage to_square + to_style's 3 convs and fc
+    assert len(style) == (8 * 2 + 1) + 20 * 2 + (4 * 3 + 3 * 2) + (2 + 3 * 3 + 2)
+    for k, v in sd.items():
+        if k in style:
+            assert v.dtype == torch.float32 and torch.equal(v, fp32[k]), f"{k} changed"
+        elif v.is_floating_point():
+            assert v.dtype in (torch.float16, torch.bfloat16), f"{k} stayed {v.dtype}"
+    # back to fp32 and on to fp64: every tensor follows again
+    assert {v.dtype for v in half.float().state_dict().values() if v.is_floating_point()} == {torch.float32}
+    assert {v.dtype for v in half.double().state_dict().values() if v.is_floating_point()} == {torch.float64}
+
+
+def test_half_model_loads_fp32_state_dict_and_runs_style_path_in_fp32():
+    from mat_fast.inpaint import random_generator
+
+    G = random_generator(seed=2, resolution=256).to(torch.bfloat16)
+    fresh = random_generator(seed=3, resolution=256)
+    G.load_state_dict(fresh.state_dict())  # casts into each parameter's own dtype
+    assert torch.equal(G.mapping.fc0.weight, fresh.mapping.fc0.weight)
+    seen = {}
+    hooks = [G.mapping.register_forward_hook(lambda m, i, o: seen.setdefault("ws", o)),
+             G.synthesis.to_style.register_forward_hook(lambda m, i, o: seen.setdefault("gs", o))]
+    images, masks = torch.zeros(1, 3, 256, 256), torch.ones(1, 1, 256, 256)
+    masks[..., 64:192, 64:192] = 0
+    with torch.no_grad():
+        out = G(images.bfloat16(), masks.bfloat16(), torch.randn(1, 512), None, noise_mode="const")
+    for h in hooks:
+        h.remove()
+    assert seen["ws"].dtype == seen["gs"].dtype == torch.float32
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()

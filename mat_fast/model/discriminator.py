@@ -105,7 +105,7 @@ class Discriminator(nn.Module):
         x_stg1 = self.Dis_stg1(torch.cat([masks_in - 0.5, images_stg1], dim=1))
         x_stg1 = self.fc1_stg1(self.fc0_stg1(x_stg1.flatten(start_dim=1)))
         if self.c_dim > 0:
-            cmap = self.mapping(None, c)
+            cmap = self.mapping(None, c).to(x.dtype)  # (the mapping stays fp32 in half models)
             x = (x * cmap).sum(dim=1, keepdim=True) * (1 / math.sqrt(self.cmap_dim))
             x_stg1 = (x_stg1 * cmap).sum(dim=1, keepdim=True) * (1 / math.sqrt(self.cmap_dim))
         return x, x_stg1

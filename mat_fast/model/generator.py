@@ -88,12 +88,13 @@ class FirstStage(nn.Module):
             self.tran.append(BasicLayer(dim, [res, res], depth, num_heads, window_sizes[i],
                                         downsample=merge))
 
-        # Global style from the transformer's bottleneck.
-        down_conv = [Conv2dLayer(dim, dim, kernel_size=3, down=2, activation=activation) for _ in range(4)]
+        # Global style from the transformer's bottleneck (style path: fp32 in half models).
+        down_conv = [Conv2dLayer(dim, dim, kernel_size=3, down=2, activation=activation, keep_fp32=True)
+                     for _ in range(4)]
         self.down_conv = nn.Sequential(*down_conv, nn.AdaptiveAvgPool2d((1, 1)))
-        self.to_style = FullyConnectedLayer(dim, dim * 2, activation=activation)
-        self.ws_style = FullyConnectedLayer(w_dim, dim, activation=activation)
-        self.to_square = FullyConnectedLayer(dim, 16 * 16, activation=activation)
+        self.to_style = FullyConnectedLayer(dim, dim * 2, activation=activation, keep_fp32=True)
+        self.ws_style = FullyConnectedLayer(w_dim, dim, activation=activation, keep_fp32=True)
+        self.to_square = FullyConnectedLayer(dim, 16 * 16, activation=activation, keep_fp32=True)
 
         style_dim = dim * 3
         self.dec_conv = nn.ModuleList()
@@ -129,7 +130,7 @@ class FirstStage(nn.Module):
                 ws = self.ws_style(ws[:, -1])
                 add_n = self.to_square(ws).unsqueeze(1)  # (B, 1, 256)
                 add_n = F.interpolate(add_n, size=x.size(1), mode="linear", align_corners=False)
-                add_n = add_n.squeeze(1).unsqueeze(-1)  # (B, L, 1)
+                add_n = add_n.squeeze(1).unsqueeze(-1).to(x.dtype)  # (B, L, 1)
                 x = x * mul_map + add_n * (1 - mul_map)
                 gs = self.to_style(self.down_conv(token2feature(x, x_size)).flatten(start_dim=1))
                 style = torch.cat([gs, ws], dim=1)
@@ -188,11 +189,12 @@ class ToStyle(nn.Module):
     def __init__(self, in_channels, out_channels, activation, drop_rate):
         super().__init__()
         self.conv = nn.Sequential(*[
-            Conv2dLayer(in_channels, in_channels, kernel_size=3, activation=activation, down=2)
+            Conv2dLayer(in_channels, in_channels, kernel_size=3, activation=activation, down=2,
+                        keep_fp32=True)
             for _ in range(3)
         ])
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = FullyConnectedLayer(in_channels, out_channels, activation=activation)
+        self.fc = FullyConnectedLayer(in_channels, out_channels, activation=activation, keep_fp32=True)
 
     def forward(self, x):
         return self.fc(self.pool(self.conv(x)).flatten(start_dim=1))
@@ -270,7 +272,8 @@ class SynthesisNet(nn.Module):
         self.first_stage = FirstStage(img_channels, img_resolution=img_resolution, w_dim=w_dim,
                                       use_noise=False, demodulate=demodulate)
         self.enc = Encoder(resolution_log2, img_channels, activation, patch_size=5, channels=16)
-        self.to_square = FullyConnectedLayer(w_dim, 16 * 16, activation=activation)
+        # Style path (fp32 in half models, see StyleCanStayFp32).
+        self.to_square = FullyConnectedLayer(w_dim, 16 * 16, activation=activation, keep_fp32=True)
         self.to_style = ToStyle(nf(4), nf(2) * 2, activation=activation, drop_rate=drop_rate)
         style_dim = w_dim + nf(2) * 2
         self.dec = Decoder(resolution_log2, activation, style_dim, use_noise, demodulate, img_channels)
@@ -286,6 +289,7 @@ class SynthesisNet(nn.Module):
         mul_map = _dropout_half(fea_16)
         add_n = self.to_square(ws[:, 0]).view(-1, 16, 16).unsqueeze(1)
         add_n = F.interpolate(add_n, size=fea_16.size()[-2:], mode="bilinear", align_corners=False)
+        add_n = add_n.to(fea_16.dtype)
         fea_16 = fea_16 * mul_map + add_n * (1 - mul_map)
         E_features[4] = fea_16
 
@@ -341,7 +345,7 @@ class Generator(nn.Module):
                 f"this Generator (img_resolution={r}) needs height and width that are positive "
                 f"multiples of {r}; got {H}x{W}. Pad the image first (mat_fast.Inpainter pads "
                 f"and crops for you)")
-        param = self.mapping.fc0.weight
+        param = self.synthesis.first_stage.conv_first.conv.weight  # (the style path stays fp32)
         for name, t in (("images_in", images), ("masks_in", masks)):
             if not t.is_floating_point():
                 raise TypeError(f"{name} must be a floating-point tensor; got {t.dtype}")

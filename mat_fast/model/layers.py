@@ -16,13 +16,43 @@ from torch import nn
 
 from .. import ops
 
+_HALF = (torch.float16, torch.bfloat16)
 
-class FullyConnectedLayer(nn.Module):
+
+class StyleCanStayFp32:
+    """Mixin for the style path: the mapping network, the style affines and the global-style
+    layers. With ``keep_fp32`` set, casting the model to fp16/bf16 (``.to``, ``.half()``,
+    ``.bfloat16()``) leaves this module's fp32 tensors in fp32; device moves still apply.
+
+    Why: every modulated conv is scaled by these styles, so their rounding error reaches all
+    ~50 synthesis layers at once; in bf16 it was half of the generator's error at 256. They
+    are ~0.1% of the FLOPs. The layers cast their input to their own dtype, and the model
+    casts style-path outputs back to the activations' dtype where they join the main path.
+    """
+
+    keep_fp32 = False
+
+    def _apply(self, fn, recurse=True):
+        if self.keep_fp32:
+            convert = fn
+
+            def fn(t):
+                # What does fn do to an fp32 tensor? If it would make it half, only move it.
+                probe = convert(torch.zeros((), dtype=torch.float32, device=t.device))
+                if t.dtype == torch.float32 and probe.dtype in _HALF:
+                    return t.to(device=probe.device)
+                return convert(t)
+
+        return super()._apply(fn, recurse)
+
+
+class FullyConnectedLayer(StyleCanStayFp32, nn.Module):
     """Linear layer with equalised learning rate and an optional fused activation."""
 
     def __init__(self, in_features, out_features, bias=True, activation="linear",
-                 lr_multiplier=1.0, bias_init=0.0):
+                 lr_multiplier=1.0, bias_init=0.0, keep_fp32=False):
         super().__init__()
+        self.keep_fp32 = keep_fp32
         self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
         self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
         self.activation = activation
@@ -34,18 +64,20 @@ class FullyConnectedLayer(nn.Module):
         b = self.bias
         if b is not None and self.bias_gain != 1:
             b = b * self.bias_gain
-        x = x.matmul(w.t())
+        x = x.to(w.dtype).matmul(w.t())
         if self.activation == "linear" and b is not None:
             return x + b
         return ops.bias_act(x, b, dim=x.ndim - 1, act=self.activation)
 
 
-class Conv2dLayer(nn.Module):
+class Conv2dLayer(StyleCanStayFp32, nn.Module):
     """Convolution with equalised learning rate, FIR up/down-sampling, bias and activation."""
 
     def __init__(self, in_channels, out_channels, kernel_size, bias=True, activation="linear",
-                 up=1, down=1, resample_filter=(1, 3, 3, 1), conv_clamp=None, trainable=True):
+                 up=1, down=1, resample_filter=(1, 3, 3, 1), conv_clamp=None, trainable=True,
+                 keep_fp32=False):
         super().__init__()
+        self.keep_fp32 = keep_fp32
         self.activation = activation
         self.up = up
         self.down = down
@@ -66,7 +98,7 @@ class Conv2dLayer(nn.Module):
     def convolve(self, x: torch.Tensor) -> torch.Tensor:
         """The (resampled) convolution alone, before bias and activation."""
         w = self.weight * self.weight_gain
-        return ops.conv2d_resample(x, w, self.resample_filter, up=self.up, down=self.down,
+        return ops.conv2d_resample(x.to(w.dtype), w, self.resample_filter, up=self.up, down=self.down,
                                    padding=self.padding)
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
@@ -124,7 +156,7 @@ class ModulatedConv2d(nn.Module):
         self.down = down
         self.register_buffer("resample_filter", ops.setup_filter(resample_filter))
         self.conv_clamp = conv_clamp
-        self.affine = FullyConnectedLayer(style_dim, in_channels, bias_init=1)
+        self.affine = FullyConnectedLayer(style_dim, in_channels, bias_init=1, keep_fp32=True)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         styles = self.affine(style)  # (B, Cin)
@@ -202,13 +234,14 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
-class MappingNet(nn.Module):
+class MappingNet(StyleCanStayFp32, nn.Module):
     """z (and label c) -> intermediate latent w, broadcast to ``num_ws`` layers, with
     truncation towards the tracked average ``w_avg``."""
 
     def __init__(self, z_dim, c_dim, w_dim, num_ws, num_layers=8, embed_features=None,
                  layer_features=None, activation="lrelu", lr_multiplier=0.01, w_avg_beta=0.995):
         super().__init__()
+        self.keep_fp32 = True  # (half models: w stays fp32, see StyleCanStayFp32)
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.num_ws = num_ws
         self.num_layers = num_layers
