@@ -20,6 +20,7 @@ two cores; cached afterwards in ~/.cache/mat_fast/ext or $MAT_FAST_CACHE/ext).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -415,6 +416,47 @@ def test_concurrent_builds_share_one_compile(tmp_path):
 @pytest.mark.slow
 def test_concurrent_builds_of_the_real_kernels(tmp_path):
     _build_twice_at_once("-", tmp_path / "cache")
+
+
+def test_jit_cache_keeps_the_most_recently_used_entries(tmp_path):
+    """After a build, entries past CACHE_ENTRIES_KEPT (oldest last use first) are removed
+    with their lock and failed-build files; builds in progress and other files stay."""
+    cache = tmp_path / "ext"
+    cache.mkdir()
+    lib = native_build._library_file(Path("."))
+    entries = []
+    for age in range(7):  # entry 0 is the newest
+        entry = cache / f"{native_build.LIBRARY}-{age:020x}"
+        entry.mkdir()
+        (entry / lib.name).write_bytes(b"")
+        (cache / f"{entry.name}.lock").write_bytes(b"")
+        os.utime(entry, (1e9 - age * 1000, 1e9 - age * 1000))
+        entries.append(entry)
+    (cache / f"{entries[6].name}.failed.log").write_text("old failure")
+    building = cache / f".{native_build.LIBRARY}-feedfacefeedfacefeed-tmp"  # a build in progress
+    building.mkdir()
+    (cache / "unrelated.txt").write_text("keep me")
+    just_built = entries[5]  # oldest mtime, but it is the one just built
+    native_build._prune_cache(cache, keep=just_built)
+    kept = {p.name for p in cache.iterdir()}
+    survivors = [just_built] + entries[:native_build.CACHE_ENTRIES_KEPT - 1]
+    assert {p.name for p in cache.iterdir() if p.name.startswith(native_build.LIBRARY) and p.is_dir()} == \
+        {e.name for e in survivors}
+    assert {e.name + ".lock" for e in survivors} <= kept
+    for gone in set(entries) - set(survivors):
+        assert not (cache / f"{gone.name}.lock").exists() and not (cache / f"{gone.name}.failed.log").exists()
+    assert building.is_dir() and (cache / "unrelated.txt").is_file()
+    assert not [p for p in cache.iterdir() if p.name.startswith(".trash")]
+
+
+def test_jit_cache_hit_marks_the_entry_used(tmp_path):
+    config = dataclasses.replace(native_build.BuildConfig.default(), cache=tmp_path)
+    entry = tmp_path / f"{native_build.LIBRARY}-{config.key()}"
+    entry.mkdir()
+    native_build._library_file(entry).write_bytes(b"")
+    os.utime(entry, (1e9, 1e9))
+    assert native_build.build(config) == native_build._library_file(entry)
+    assert entry.stat().st_mtime > 1e9 + 1000
 
 
 # ---------------------------------------------------------------------------------------

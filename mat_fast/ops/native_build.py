@@ -55,6 +55,9 @@ LIBRARY = "mat_fast_native"
 AOT_MODULE = "mat_fast._C"
 #: Lines of the compiler's output quoted in a failed build's reason.
 LOG_TAIL_LINES = 20
+#: JIT cache entries kept after a new build: the newest by last use (a cache hit touches
+#: its entry). Each source change or torch upgrade makes a new entry of ~0.5-1 MB.
+CACHE_ENTRIES_KEPT = 4
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # .../mat_fast
 _SOURCE_SUFFIXES = (".cpp", ".cu")
@@ -237,6 +240,8 @@ def build(config: Optional[BuildConfig] = None) -> Path:
     final = config.cache / f"{LIBRARY}-{key}"
     library = _library_file(final)
     if library.is_file():
+        with contextlib.suppress(OSError):
+            os.utime(final)  # last use, for _prune_cache
         return library
     reason = _preflight()
     if reason is not None:
@@ -280,6 +285,7 @@ def build(config: Optional[BuildConfig] = None) -> Path:
             except OSError:
                 if not library.is_file():  # (without flock another process may have won)
                     raise
+            _prune_cache(config.cache, keep=final)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -287,6 +293,26 @@ def build(config: Optional[BuildConfig] = None) -> Path:
         failed_log.unlink()
     log.info("mat_fast: native kernels built: %s", library)
     return library
+
+
+def _prune_cache(cache: Path, keep: Path) -> None:
+    """Remove all but the CACHE_ENTRIES_KEPT most recently used entries of the JIT cache
+    (``keep``, just built, counts as one). Builds in progress are hidden temporary
+    directories and are never touched; a process that already loaded a removed library
+    keeps its mapping, and one that needs it again rebuilds it."""
+    entries = [p for p in cache.glob(f"{LIBRARY}-*") if p.is_dir() and p != keep]
+    entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[CACHE_ENTRIES_KEPT - 1:]:
+        trash = cache / f".trash-{old.name}-{os.getpid()}"
+        try:
+            os.rename(old, trash)  # atomic: no one sees a half-deleted entry
+        except OSError:
+            continue
+        shutil.rmtree(trash, ignore_errors=True)
+        for leftover in (f"{old.name}.lock", f"{old.name}.failed.log"):
+            with contextlib.suppress(OSError):
+                (cache / leftover).unlink()
+        log.info("mat_fast: removed an old native build from the cache: %s", old)
 
 
 # ----------------------------------------------------------------------------------------
