@@ -64,7 +64,10 @@ def _shift_region_mask(H: int, W: int, window: int, shift: int, device: str, dty
 def shift_region_mask(H: int, W: int, window: int, shift: int, device, dtype) -> torch.Tensor:
     """(nW, N, N) additive mask of the shifted windows: 0 within a region, -100 across.
     Cached per shape, device and dtype; treat the result as read-only."""
-    return _shift_region_mask(H, W, window, shift, str(torch.device(device)), dtype)
+    key = (H, W, window, shift, str(torch.device(device)), dtype)
+    if torch.compiler.is_compiling():  # build it in the graph (Dynamo cannot use the cache)
+        return _shift_region_mask.__wrapped__(*key)
+    return _shift_region_mask(*key)
 
 
 def key_mask_bias(mask_windows: torch.Tensor) -> torch.Tensor:
