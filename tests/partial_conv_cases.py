@@ -74,17 +74,6 @@ def out_size(n, k, s, p):
     return (n + 2 * p - k) // s + 1
 
 
-def assert_lowp_close(actual, ref_lowp, ref32, what, floor):
-    """flash-attention's rule: error vs fp32 at most 2x the reference's own low-precision
-    error, plus ``floor`` x max|ref| for values where both round alike."""
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    scale = float(ref32.abs().max())
-    err = float((actual.double() - ref32.double()).abs().max())
-    ref_err = float((ref_lowp.double() - ref32.double()).nan_to_num(0, 0, 0).abs().max())
-    assert err <= 2 * ref_err + floor * scale, (
-        f"{what}: max error {err:.3g} vs fp32 exceeds 2 x reference's {ref_err:.3g} + {floor * scale:.3g}")
-
-
 def assert_rounded_from(actual, ref, what):
     """``actual`` is ``ref`` (fp32/fp64) rounded to actual's dtype: bit for bit, except that
     Triton's interpreter truncates fp32 -> bf16 (GPUs round to nearest even): 1 ulp there."""

@@ -17,9 +17,9 @@ from mat_fast import backend
 from mat_fast.ops.partial_conv.reference import (partial_conv_epilogue_reference,
                                                 partial_conv_fused_reference, partial_conv_mask_reference)
 
-from .conftest import assert_close_verbose
+from .conftest import assert_close_verbose, assert_lowp_close
 from .partial_conv_cases import (_INTERPRET, ALPHA, DEVICE, DTYPE_IDS, DTYPES, FLOORS, GAIN, GEOMETRIES,
-                                 MASKS, assert_lowp_close, assert_rounded_from, epilogue_reference,
+                                 MASKS, assert_rounded_from, epilogue_reference,
                                  fused_reference, make_mask, make_x, out_size, pct, run_fused,
                                  triton_env)  # noqa: F401 (autouse fixture)
 

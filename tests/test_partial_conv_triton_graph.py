@@ -13,8 +13,8 @@ import torch
 
 from mat_fast.ops.partial_conv.reference import partial_conv_mask_reference
 
-from .conftest import assert_close_verbose
-from .partial_conv_cases import (ALPHA, DEVICE, DTYPE_IDS, DTYPES, FLOORS, GAIN, assert_lowp_close,
+from .conftest import assert_close_verbose, assert_lowp_close
+from .partial_conv_cases import (ALPHA, DEVICE, DTYPE_IDS, DTYPES, FLOORS, GAIN,
                                  fused_reference, make_mask, make_x, out_size, pct, run_fused,
                                  triton_env)  # noqa: F401 (autouse fixture)
 from .sm90_compile import compile_for_sm90

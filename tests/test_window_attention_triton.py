@@ -23,7 +23,7 @@ from mat_fast import backend
 from mat_fast.ops.window_attention import window_attention
 from mat_fast.ops.window_attention.reference import window_attention_reference
 
-from .conftest import assert_close_verbose
+from .conftest import assert_close_verbose, assert_lowp_close
 from .sm90_compile import compile_for_sm90
 from .triton_interpreter import DEVICE, import_kernels, kernel_test_env
 from .triton_interpreter import INTERPRET as _INTERPRET
@@ -127,17 +127,6 @@ def test_real_head_dim_matches_reference(geometry, mask_kind):
     assert torch.equal(new_mask, r_mask)
     for name, g, rg in zip("qkv", grads, r_grads):
         assert_close_verbose(g, rg, rtol=2e-5, what=f"d{name}")
-
-
-def assert_lowp_close(actual, ref_lowp, ref32, what, floor):
-    """flash-attention's rule: error vs fp32 at most 2x the reference's own low-precision
-    error, plus ``floor`` x max|ref| for values where both round alike."""
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    scale = float(ref32.abs().max())
-    err = float((actual.double() - ref32.double()).abs().max())
-    ref_err = float((ref_lowp.double() - ref32.double()).abs().max())
-    assert err <= 2 * ref_err + floor * scale, (
-        f"{what}: max error {err:.3g} vs fp32 exceeds 2 x reference's {ref_err:.3g} + {floor * scale:.3g}")
 
 
 @pytest.mark.parametrize("dtype,floor", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3)], ids=["fp16", "bf16"])
