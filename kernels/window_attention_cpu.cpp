@@ -5,11 +5,12 @@
 // gradient), converted to fp32 (fp64 for double inputs) - straight from the (B, H*W, C)
 // tensors through WindowGeometry::token(): the roll and the partition are index
 // arithmetic, nothing is copied whole. Whole rows stream through the caches (per-head
-// slices of scattered rows do not: 3x slower). Per head, the tile math of
-// window_attention_cpu_core.inc works on the window buffers and small transposed tiles that
-// stay in L1/L2; results collect in a window output buffer written back row by row. The
-// tile math is compiled three times (AVX-512, AVX2+FMA, baseline) and picked from the
-// CPU's features at run time; MAT_FAST_CPU_ISA=avx2|base caps the choice.
+// slices of scattered rows do not: 3x slower); the forward transposes the window's keys
+// once, for all heads. Per head, the tile math of window_attention_cpu_core.inc works on
+// the window buffers and small tiles that stay in L1/L2; results collect in a window output
+// buffer written back row by row. The tile math is compiled three times (AVX-512,
+// AVX2+FMA, baseline) and picked from the CPU's features at run time;
+// MAT_FAST_CPU_ISA=avx2|base caps the choice.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -26,6 +27,12 @@
 #include <vector>
 
 #include "common.h"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define MAT_FAST_ALWAYS_INLINE __attribute__((always_inline)) inline
+#else
+#define MAT_FAST_ALWAYS_INLINE inline
+#endif
 
 namespace mat_fast {
 namespace cpu {
@@ -55,7 +62,8 @@ struct AttentionTile {
   const T* k = nullptr;             // [np, ld]
   const T* v = nullptr;             // [np, ld]
   const T* dout = nullptr;          // [np, ld]  (backward)
-  T* kt = nullptr;                  // [dp, np]  k transposed (scratch of the tile math)
+  T* kt = nullptr;                  // [d, np]   k transposed (forward: rows of the window's
+                                    //           transposed keys, backward: per-head scratch)
   T* vt = nullptr;                  // [dp, np]  v transposed (backward)
   T* s = nullptr;                   // [np, np]  logits / probabilities
   T* s2 = nullptr;                  // [np, np]  (backward)
@@ -88,7 +96,7 @@ struct AttentionTile {
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")
 #endif
 namespace avx512 {
-#define MAT_FAST_RB 4
+#define MAT_FAST_RB 8
 #define MAT_FAST_CB 32
 #include "window_attention_cpu_core.inc"
 #undef MAT_FAST_RB
@@ -177,6 +185,24 @@ TileFn<T> tile_fn(bool backward) {
                   : static_cast<TileFn<T>>(&base::tile_forward);
 }
 
+template <typename T>
+using TransposeFn = void (*)(const T*, int64_t, int64_t, int64_t, T*, int64_t);
+
+template <typename T>
+TransposeFn<T> transpose_keys_fn() {
+#if MAT_FAST_X86_MULTIVERSION
+  switch (current_isa()) {
+    case Isa::kAvx512:
+      return static_cast<TransposeFn<T>>(&avx512::transpose_keys);
+    case Isa::kAvx2:
+      return static_cast<TransposeFn<T>>(&avx2::transpose_keys);
+    default:
+      break;
+  }
+#endif
+  return static_cast<TransposeFn<T>>(&base::transpose_keys);
+}
+
 // ---------------------------------------------------------------------------------------
 // Per-thread scratch: one window's tokens (whole rows, all heads) in and out, and the
 // tiles of one head. Whole-row copies stream through the caches; per-head slices of
@@ -191,6 +217,7 @@ struct Scratch {
   std::vector<int64_t> token;   // b * L + token of each window position
   std::vector<T*> inputs;       // window buffers: q, k, v (forward) / q, k, v, dout
   std::vector<T*> outputs;      // window buffers: out (forward) / dq, dk, dv
+  T* keys_transposed = nullptr;  // forward: [round_up(C, 16), np]; backward: kt, vt tiles
   int64_t window = -1;          // window (b * nW + wi) held in the buffers
   int64_t head_lo = 0, head_hi = -1;  // heads of it computed so far
 
@@ -205,13 +232,17 @@ struct Scratch {
     t.shifted = g.shift > 0;
     const int64_t n_in = backward ? 4 : 3, n_out = backward ? 3 : 1, n_square = backward ? 3 : 1;
     const int64_t win = t.np * t.ld, nd = t.np * t.dp, nn = t.np * t.np;
-    buffer.reset(new T[(n_in + n_out) * win + 2 * nd + n_square * nn + t.np]);  // uninitialised
-    T* p = buffer.get();
+    // Forward: the whole window's keys transposed, channel rows rounded up to 16 (whole
+    // 16x16 blocks; ld > that, and the extra columns are zero). Backward: k and v of a head.
+    const int64_t n_transposed = backward ? 2 * nd : round_up(g.channels, 16) * t.np;
+    buffer.reset(new T[(n_in + n_out) * win + n_transposed + n_square * nn + t.np]);
+    T* p = buffer.get();  // uninitialised
     auto take = [&p](int64_t count) { T* r = p; p += count; return r; };
     for (int64_t i = 0; i < n_in; ++i) inputs.push_back(take(win));
     for (int64_t i = 0; i < n_out; ++i) outputs.push_back(take(win));
-    t.kt = take(nd);
-    t.vt = take(nd);
+    keys_transposed = take(n_transposed);
+    t.kt = keys_transposed;
+    t.vt = backward ? keys_transposed + nd : nullptr;
     t.s = take(nn);
     if (backward) {
       t.s2 = take(nn);
@@ -226,7 +257,7 @@ struct Scratch {
       }
       std::fill(in + t.n * t.ld, in + win, T(0));
     }
-    std::fill(t.kt, t.kt + 2 * nd, T(0));
+    std::fill(keys_transposed, keys_transposed + n_transposed, T(0));
     key_bias.assign(t.np, -std::numeric_limits<T>::infinity());
     region.assign(t.np, 0);
     token.assign(t.n, 0);
@@ -257,24 +288,32 @@ struct Scratch {
         }
       }
     }
-#if defined(__GNUC__) || defined(__clang__)
-    // Ask for the next window's rows (into L2) while this one's heads are computed: after
-    // that pause the hardware prefetchers have lost the streams. (Inline on purpose: GCC
-    // deems a function that only prefetches pure and drops its calls.)
-    if (win + 1 < g.num_windows()) {
-      const int64_t b1 = (win + 1) / g.windows_per_image();
-      const int64_t wi1 = (win + 1) % g.windows_per_image();
-      constexpr int64_t kLine = 64 / sizeof(scalar_t);
-      for (int64_t n = 0; n < g.tokens; ++n) {
-        const int64_t row = (b1 * L + g.token(wi1, n)) * C;
-        for (size_t i = 0; i < kInputs; ++i)
-          for (int64_t c = 0; c < C; c += kLine) __builtin_prefetch(x[i] + row + c, 0, 2);
-      }
-    }
-#endif
     window = win;
     head_lo = -1;
     head_hi = -1;
+  }
+
+  // Ask for part `part` of `parts` of the next window's rows (into L2), one part before
+  // each head is computed, so the loads from memory overlap the tile math (a few percent
+  // faster than asking for the whole window at once, and than not asking: after the
+  // window's pause the hardware prefetchers have lost the streams). Always inlined: GCC
+  // deems a function that only prefetches pure and drops its calls.
+  template <typename scalar_t, size_t kInputs>
+  MAT_FAST_ALWAYS_INLINE void prefetch_next(const WindowGeometry& g, int64_t part, int64_t parts,
+                                            const std::array<const scalar_t*, kInputs>& x) {
+#if defined(__GNUC__) || defined(__clang__)
+    const int64_t next = window + 1;
+    if (next >= g.num_windows()) return;
+    const int64_t b = next / g.windows_per_image(), wi = next % g.windows_per_image();
+    const int64_t L = g.height * g.width, C = g.channels;
+    constexpr int64_t kLine = 64 / sizeof(scalar_t);
+    const int64_t n0 = g.tokens * part / parts, n1 = g.tokens * (part + 1) / parts;
+    for (int64_t n = n0; n < n1; ++n) {
+      const int64_t row = (b * L + g.token(wi, n)) * C;
+      for (size_t i = 0; i < kInputs; ++i)
+        for (int64_t c = 0; c < C; c += kLine) __builtin_prefetch(x[i] + row + c, 0, 2);
+    }
+#endif
   }
 
   // Write the computed heads' channels of the output buffers to y (B*L, C).
@@ -304,6 +343,7 @@ struct Scratch {
     t.k = inputs[1] + c0;
     t.v = inputs[2] + c0;
     t.out = outputs[0] + c0;
+    if (!backward) t.kt = keys_transposed + c0 * t.np;
     if (backward) {
       t.dout = inputs[3] + c0;
       t.dk = outputs[1] + c0;
@@ -321,6 +361,7 @@ void forward_kernel(const WindowGeometry& g, const scalar_t* q, const scalar_t* 
                     const scalar_t* v, const at::opmath_type<scalar_t>* mask, scalar_t* out) {
   using T = at::opmath_type<scalar_t>;
   const TileFn<T> fn = tile_fn<T>(/*backward=*/false);
+  const TransposeFn<T> transpose_keys = transpose_keys_fn<T>();
   at::parallel_for(0, g.num_windows() * g.heads, 1, [&](int64_t begin, int64_t end) {
     Scratch<T> sc(g, /*backward=*/false);
     const std::array<scalar_t*, 1> outputs{out};
@@ -329,8 +370,13 @@ void forward_kernel(const WindowGeometry& g, const scalar_t* q, const scalar_t* 
       if (win != sc.window) {
         sc.flush(g, outputs);
         sc.load_window(g, win, mask, std::array<const scalar_t*, 3>{q, k, v});
+        // All heads' keys at once, in 16x16 register blocks (per head, with strided
+        // loads, this took a tenth of the forward).
+        transpose_keys(sc.inputs[1], sc.tile.np, round_up(g.channels, 16), sc.tile.ld,
+                       sc.keys_transposed, sc.tile.np);
       }
       sc.select_head(task % g.heads, /*backward=*/false);
+      sc.prefetch_next(g, task % g.heads, g.heads, std::array<const scalar_t*, 3>{q, k, v});
       fn(sc.tile);
     }
     sc.flush(g, outputs);
@@ -353,6 +399,7 @@ void backward_kernel(const WindowGeometry& g, const scalar_t* grad, const scalar
         sc.load_window(g, win, mask, std::array<const scalar_t*, 4>{q, k, v, grad});
       }
       sc.select_head(task % g.heads, /*backward=*/true);
+      sc.prefetch_next(g, task % g.heads, g.heads, std::array<const scalar_t*, 4>{q, k, v, grad});
       fn(sc.tile);
     }
     sc.flush(g, outputs);

@@ -181,6 +181,29 @@ def test_every_cpu_instruction_set_variant(native_ops, monkeypatch, isa, dtype):
         assert_close_verbose(g, r, rtol=rtol, what=f"d{name} ({isa})")
 
 
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+def test_softmax_underflow_and_nan_follow_the_reference(native_ops, monkeypatch, isa):
+    """The fp32 kernels' exp skips clamping and drops lanes below -87.3 at the end: logits
+    thousands apart must give exact zeros there (no garbage from the exponent bits), and a
+    NaN key must poison exactly its window's rows, as in the reference."""
+    wa_native, _ = native_ops
+    monkeypatch.setenv("MAT_FAST_CPU_ISA", isa)
+    g = torch.Generator().manual_seed(3)
+    # Integer-valued q and k: logits are exact whatever the summation order, so the
+    # comparison sees only the softmax. Spread up to thousands; v keeps outputs O(1).
+    q, k = (torch.randint(-40, 41, (2, 256, 60), generator=g).float() for _ in range(2))
+    v = torch.randn(2, 256, 60, generator=g)
+    k[1, 17, 35] = float("nan")  # image 1, window 0 (8x8 windows on the 16x16 grid), head 1
+    geometry = ((16, 16), 8, 0, 2)
+    out, _ = wa_native.window_attention_native(q, k, v, None, *geometry)
+    ref, _ = window_attention_reference(q, k, v, None, *geometry)
+    assert torch.equal(out.isnan(), ref.isnan()), "NaN rows differ from the reference"
+    nan_rows = out.isnan().any(-1)
+    assert nan_rows.sum() == 64 and nan_rows[1, :8].all(), "the NaN key must reach its window only"
+    finite = ~ref.isnan()
+    assert_close_verbose(out[finite], ref[finite], rtol=1e-5, what=f"out ({isa})")
+
+
 def test_window_attention_gradcheck(native_ops):
     wa_native, _ = native_ops
     g = torch.Generator().manual_seed(2)
