@@ -26,6 +26,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "common.h"
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -203,6 +207,29 @@ TransposeFn<T> transpose_keys_fn() {
   return static_cast<TransposeFn<T>>(&base::transpose_keys);
 }
 
+// dst[0, count) = src[0, count) for fp32 output rows, with streaming stores where it can:
+// the output is written once and not read back by this op, and ordinary stores would first
+// read every line of it from memory (a tenth of the forward at the 512 stage-1 shape, where
+// the output buffer is rarely in cache). Whole rows only: a window's rows of one grid row
+// are contiguous, so whole lines get written. Pair with stream_fence() before other
+// threads read the output.
+inline void copy_row_streaming(float* dst, const float* src, int64_t count) {
+#if defined(__SSE2__)
+  if (reinterpret_cast<uintptr_t>(dst) % 16 == 0 && count % 4 == 0) {
+    for (int64_t c = 0; c < count; c += 4) _mm_stream_ps(dst + c, _mm_loadu_ps(src + c));
+    return;
+  }
+#endif
+  std::memcpy(dst, src, count * sizeof(float));
+}
+
+// Orders this thread's streaming stores before what follows (the parallel region's end).
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
 // ---------------------------------------------------------------------------------------
 // Per-thread scratch: one window's tokens (whole rows, all heads) in and out, and the
 // tiles of one head. Whole-row copies stream through the caches; per-head slices of
@@ -221,7 +248,11 @@ struct Scratch {
   int64_t window = -1;          // window (b * nW + wi) held in the buffers
   int64_t head_lo = 0, head_hi = -1;  // heads of it computed so far
 
-  Scratch(const WindowGeometry& g, bool backward) {
+  const int64_t tokens, head_dim, channels;
+  const bool backward;
+
+  Scratch(const WindowGeometry& g, bool backward_)
+      : tokens(g.tokens), head_dim(g.head_dim), channels(g.channels), backward(backward_) {
     auto& t = tile;
     t.n = g.tokens;
     t.np = round_up(g.tokens, kTilePad);
@@ -325,7 +356,10 @@ struct Scratch {
       for (int64_t n = 0; n < g.tokens; ++n) {
         const T* src = outputs[i] + n * tile.ld;
         scalar_t* dst = y[i] + token[n] * g.channels;
-        if constexpr (std::is_same_v<scalar_t, T>) {
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (c_lo == 0 && c_hi == g.channels) copy_row_streaming(dst, src, c_hi);
+          else std::memcpy(dst + c_lo, src + c_lo, (c_hi - c_lo) * sizeof(T));
+        } else if constexpr (std::is_same_v<scalar_t, T>) {
           std::memcpy(dst + c_lo, src + c_lo, (c_hi - c_lo) * sizeof(T));
         } else {
           for (int64_t c = c_lo; c < c_hi; ++c) dst[c] = from_acc<scalar_t>(src[c]);
@@ -356,6 +390,35 @@ struct Scratch {
 
 // Tasks are (window, head) pairs, heads innermost; each thread takes a contiguous range
 // and loads each window it meets once.
+// This thread's scratch for g, ready for a call: kept across calls (a few per thread, for
+// the few window shapes a network has), so a call neither allocates nor faults in fresh
+// pages; that cost the 512 stage-1 forward a fifth of its time when other ops had
+// churned the heap. Everything a call relies on stays valid between calls: the padding
+// is never written, the rest is written before it is read.
+template <typename T>
+Scratch<T>& thread_scratch(const WindowGeometry& g, bool backward) {
+  constexpr size_t kKept = 4;
+  thread_local std::vector<std::unique_ptr<Scratch<T>>> kept;  // most recently used last
+  auto it = std::find_if(kept.begin(), kept.end(), [&](const std::unique_ptr<Scratch<T>>& s) {
+    return s->tokens == g.tokens && s->head_dim == g.head_dim && s->channels == g.channels &&
+           s->backward == backward;
+  });
+  std::unique_ptr<Scratch<T>> scratch;
+  if (it != kept.end()) {
+    scratch = std::move(*it);
+    kept.erase(it);
+  } else {
+    scratch = std::make_unique<Scratch<T>>(g, backward);
+    if (kept.size() >= kKept) kept.erase(kept.begin());
+  }
+  scratch->tile.shifted = g.shift > 0;
+  scratch->window = -1;
+  scratch->head_lo = 0;
+  scratch->head_hi = -1;
+  kept.push_back(std::move(scratch));
+  return *kept.back();
+}
+
 template <typename scalar_t>
 void forward_kernel(const WindowGeometry& g, const scalar_t* q, const scalar_t* k,
                     const scalar_t* v, const at::opmath_type<scalar_t>* mask, scalar_t* out) {
@@ -363,7 +426,7 @@ void forward_kernel(const WindowGeometry& g, const scalar_t* q, const scalar_t* 
   const TileFn<T> fn = tile_fn<T>(/*backward=*/false);
   const TransposeFn<T> transpose_keys = transpose_keys_fn<T>();
   at::parallel_for(0, g.num_windows() * g.heads, 1, [&](int64_t begin, int64_t end) {
-    Scratch<T> sc(g, /*backward=*/false);
+    Scratch<T>& sc = thread_scratch<T>(g, /*backward=*/false);
     const std::array<scalar_t*, 1> outputs{out};
     for (int64_t task = begin; task < end; ++task) {
       const int64_t win = task / g.heads;
@@ -380,6 +443,7 @@ void forward_kernel(const WindowGeometry& g, const scalar_t* q, const scalar_t* 
       fn(sc.tile);
     }
     sc.flush(g, outputs);
+    stream_fence();
   });
 }
 
@@ -390,7 +454,7 @@ void backward_kernel(const WindowGeometry& g, const scalar_t* grad, const scalar
   using T = at::opmath_type<scalar_t>;
   const TileFn<T> fn = tile_fn<T>(/*backward=*/true);
   at::parallel_for(0, g.num_windows() * g.heads, 1, [&](int64_t begin, int64_t end) {
-    Scratch<T> sc(g, /*backward=*/true);
+    Scratch<T>& sc = thread_scratch<T>(g, /*backward=*/true);
     const std::array<scalar_t*, 3> outputs{dq, dk, dv};
     for (int64_t task = begin; task < end; ++task) {
       const int64_t win = task / g.heads;
@@ -403,6 +467,7 @@ void backward_kernel(const WindowGeometry& g, const scalar_t* grad, const scalar
       fn(sc.tile);
     }
     sc.flush(g, outputs);
+    stream_fence();
   });
 }
 

@@ -204,6 +204,33 @@ def test_softmax_underflow_and_nan_follow_the_reference(native_ops, monkeypatch,
     assert_close_verbose(out[finite], ref[finite], rtol=1e-5, what=f"out ({isa})")
 
 
+def test_scratch_kept_between_calls_never_leaks_state(native_ops):
+    """Each thread keeps scratch buffers for 4 window shapes across calls. Cycle through 6
+    geometries (evictions), with and without shift and mask, grids of different sizes sharing
+    one window shape, and a backward in between: every call must match the reference."""
+    wa_native, _ = native_ops
+    geometries = [  # (H, W, C, heads, window, shift, mask_kind)
+        (32, 16, 180, 6, 8, 0, "none"),
+        (16, 16, 180, 6, 8, 4, "invalid_windows"),  # same window shape, other grid, shifted
+        (16, 16, 32, 2, 16, 8, "binary"),
+        (6, 9, 12, 2, 3, 0, "non_binary"),
+        (8, 8, 60, 2, 4, 2, "binary"),
+        (16, 16, 64, 4, 8, 0, "non_binary"),
+    ]
+    for round_ in range(2):
+        for i, (H, W, C, heads, window, shift, mask_kind) in enumerate(geometries):
+            q, k, v, mask, grad = window_inputs(2, H, W, C, torch.float32, mask_kind, seed=10 * round_ + i)
+            geometry = ((H, W), window, shift, heads)
+            if i == 2:  # a backward call in the middle uses (and keeps) its own scratch
+                _, _, grads = run_with_grads(wa_native.window_attention_native, q, k, v, mask, grad, *geometry)
+                _, _, ref_grads = run_with_grads(window_attention_reference, q, k, v, mask, grad, *geometry)
+                for name, g_, r in zip("qkv", grads, ref_grads):
+                    assert_close_verbose(g_, r, rtol=1e-5, what=f"d{name}, geometry {i}, round {round_}")
+            out, _ = wa_native.window_attention_native(q, k, v, mask, *geometry)
+            ref, _ = window_attention_reference(q, k, v, mask, *geometry)
+            assert_close_verbose(out, ref, rtol=1e-5, what=f"out, geometry {i}, round {round_}")
+
+
 def test_window_attention_gradcheck(native_ops):
     wa_native, _ = native_ops
     g = torch.Generator().manual_seed(2)
