@@ -2,8 +2,9 @@
 
 Layers:
 
-* kernels: ``kernels/window_attention_cpu.cpp`` (+ ``window_attention_cpu_core.inc``) and
-  ``kernels/window_attention_cuda.cu``, built by :mod:`mat_fast.ops.native_build`;
+* kernels: ``kernels/window_attention_cpu.cpp`` (+ ``window_attention_cpu_window.h``,
+  ``window_attention_cpu_core.inc``) and ``kernels/window_attention_cuda.cu``, built by
+  :mod:`mat_fast.ops.native_build`;
 * custom ops ``torch.ops.mat_fast_native.window_attention`` / ``window_attention_backward``
   / ``window_mask_update`` (schemas in ``kernels/mat_fast_ops.cpp``), given fake
   implementations and an autograd formula here, so ``torch.compile`` can trace them and
