@@ -35,11 +35,6 @@ namespace cpu {
 // ---------------------------------------------------------------------------------------
 // The tile math, once per instruction set.
 
-#if defined(__GNUC__) && !defined(__clang__)
-// 64-byte vector types by value in the baseline variant: internal (inlined) functions only.
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define MAT_FAST_X86_MULTIVERSION 1
 #else
@@ -56,9 +51,11 @@ namespace cpu {
 namespace avx512 {
 #define MAT_FAST_RB 8
 #define MAT_FAST_CB 32
+#define MAT_FAST_VL 16
 #include "window_attention_cpu_core.inc"
 #undef MAT_FAST_RB
 #undef MAT_FAST_CB
+#undef MAT_FAST_VL
 }  // namespace avx512
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -71,9 +68,11 @@ namespace avx512 {
 namespace avx2 {
 #define MAT_FAST_RB 4
 #define MAT_FAST_CB 16
+#define MAT_FAST_VL 8
 #include "window_attention_cpu_core.inc"
 #undef MAT_FAST_RB
 #undef MAT_FAST_CB
+#undef MAT_FAST_VL
 }  // namespace avx2
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -85,9 +84,11 @@ namespace avx2 {
 namespace base {
 #define MAT_FAST_RB 2
 #define MAT_FAST_CB 16
+#define MAT_FAST_VL 4
 #include "window_attention_cpu_core.inc"
 #undef MAT_FAST_RB
 #undef MAT_FAST_CB
+#undef MAT_FAST_VL
 }  // namespace base
 
 enum class Isa { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
