@@ -163,52 +163,29 @@ TransposeFn<T> transpose_keys_fn() {
 }
 
 // Tasks are (window, head) pairs, heads innermost; each thread takes a contiguous range
-// and loads each window it meets once.
-template <typename scalar_t>
-void forward_kernel(const WindowGeometry& g, const scalar_t* q, const scalar_t* k,
-                    const scalar_t* v, const at::opmath_type<scalar_t>* mask, scalar_t* out) {
+// and loads each window it meets once. The forward then transposes the window's keys for
+// all heads (transpose_keys; the backward transposes per head in its tile math).
+template <typename scalar_t, size_t kIn, size_t kOut>
+void run_tasks(const WindowGeometry& g, bool backward, const at::opmath_type<scalar_t>* mask,
+               const std::array<const scalar_t*, kIn>& inputs,
+               const std::array<scalar_t*, kOut>& outputs) {
   using T = at::opmath_type<scalar_t>;
-  const TileFn<T> fn = tile_fn<T>(/*backward=*/false);
+  const TileFn<T> fn = tile_fn<T>(backward);
   const TransposeFn<T> transpose_keys = transpose_keys_fn<T>();
   at::parallel_for(0, g.num_windows() * g.heads, 1, [&](int64_t begin, int64_t end) {
-    Scratch<T>& sc = thread_scratch<T>(g, /*backward=*/false);
-    const std::array<scalar_t*, 1> outputs{out};
+    Scratch<T>& sc = thread_scratch<T>(g, backward);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t win = task / g.heads;
       if (win != sc.window) {
         sc.flush(g, outputs);
-        sc.load_window(g, win, mask, std::array<const scalar_t*, 3>{q, k, v});
-        // All heads' keys at once, in 16x16 register blocks (per head, with strided
-        // loads, this took a tenth of the forward).
-        transpose_keys(sc.inputs[1], sc.tile.np, round_up(g.channels, 16), sc.tile.ld,
-                       sc.keys_transposed, sc.tile.np);
+        sc.load_window(g, win, mask, inputs);
+        if (!backward) {  // all heads' keys at once (per head, strided: a tenth of the forward)
+          transpose_keys(sc.inputs[1], sc.tile.np, round_up(g.channels, 16), sc.tile.ld,
+                         sc.keys_transposed, sc.tile.np);
+        }
       }
-      sc.select_head(task % g.heads, /*backward=*/false);
-      sc.prefetch_next(g, task % g.heads, g.heads, std::array<const scalar_t*, 3>{q, k, v});
-      fn(sc.tile);
-    }
-    sc.flush(g, outputs);
-    stream_fence();
-  });
-}
-
-template <typename scalar_t>
-void backward_kernel(const WindowGeometry& g, const scalar_t* grad, const scalar_t* q,
-                     const scalar_t* k, const scalar_t* v, const at::opmath_type<scalar_t>* mask,
-                     scalar_t* dq, scalar_t* dk, scalar_t* dv) {
-  using T = at::opmath_type<scalar_t>;
-  const TileFn<T> fn = tile_fn<T>(/*backward=*/true);
-  at::parallel_for(0, g.num_windows() * g.heads, 1, [&](int64_t begin, int64_t end) {
-    Scratch<T>& sc = thread_scratch<T>(g, /*backward=*/true);
-    const std::array<scalar_t*, 3> outputs{dq, dk, dv};
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t win = task / g.heads;
-      if (win != sc.window) {
-        sc.flush(g, outputs);
-        sc.load_window(g, win, mask, std::array<const scalar_t*, 4>{q, k, v, grad});
-      }
-      sc.select_head(task % g.heads, /*backward=*/true);
-      sc.prefetch_next(g, task % g.heads, g.heads, std::array<const scalar_t*, 4>{q, k, v, grad});
+      sc.select_head(task % g.heads);
+      sc.prefetch_next(g, task % g.heads, g.heads, inputs);
       fn(sc.tile);
     }
     sc.flush(g, outputs);
@@ -236,9 +213,10 @@ at::Tensor window_attention_cpu(const at::Tensor& q, const at::Tensor& k, const 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(),
                                   "mat_fast_native::window_attention", [&] {
     using T = at::opmath_type<scalar_t>;
-    forward_kernel<scalar_t>(g, qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(),
-                             vc.data_ptr<scalar_t>(), m.defined() ? m.data_ptr<T>() : nullptr,
-                             out.data_ptr<scalar_t>());
+    run_tasks<scalar_t, 3, 1>(
+        g, /*backward=*/false, m.defined() ? m.data_ptr<T>() : nullptr,
+        {qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), vc.data_ptr<scalar_t>()},
+        {out.data_ptr<scalar_t>()});
   });
   return out;
 }
@@ -259,10 +237,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(),
                                   "mat_fast_native::window_attention_backward", [&] {
     using T = at::opmath_type<scalar_t>;
-    backward_kernel<scalar_t>(g, gc.data_ptr<scalar_t>(), qc.data_ptr<scalar_t>(),
-                              kc.data_ptr<scalar_t>(), vc.data_ptr<scalar_t>(),
-                              m.defined() ? m.data_ptr<T>() : nullptr, dq.data_ptr<scalar_t>(),
-                              dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>());
+    run_tasks<scalar_t, 4, 3>(
+        g, /*backward=*/true, m.defined() ? m.data_ptr<T>() : nullptr,
+        {qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), vc.data_ptr<scalar_t>(),
+         gc.data_ptr<scalar_t>()},
+        {dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>()});
   });
   return {dq, dk, dv};
 }

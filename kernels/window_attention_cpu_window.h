@@ -230,8 +230,16 @@ struct Scratch {
     head_hi = -1;
   }
 
+  // Ready for a call with geometry g (same window shape; shift and grid may differ).
+  void begin_call(const WindowGeometry& g) {
+    tile.shifted = g.shift > 0;
+    window = -1;
+    head_lo = 0;
+    head_hi = -1;
+  }
+
   // Point the tile at head h's channels.
-  void select_head(int64_t h, bool backward) {
+  void select_head(int64_t h) {
     auto& t = tile;
     const int64_t c0 = h * t.d;
     t.q = inputs[0] + c0;
@@ -277,10 +285,7 @@ Scratch<T>& thread_scratch(const WindowGeometry& g, bool backward) {
     bytes -= kept.front()->bytes;
     kept.erase(kept.begin());
   }
-  scratch->tile.shifted = g.shift > 0;
-  scratch->window = -1;
-  scratch->head_lo = 0;
-  scratch->head_hi = -1;
+  scratch->begin_call(g);
   kept.push_back(std::move(scratch));
   return *kept.back();
 }
