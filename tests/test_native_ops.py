@@ -120,7 +120,7 @@ def run_with_grads(fn, q, k, v, mask, grad, *geometry):
     return out.detach(), new_mask, (dq, dk, dv)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("mask_kind", MASKS)
 @pytest.mark.parametrize("shifted", [False, True], ids=["shift0", "shifthalf"])
 @pytest.mark.parametrize("case", WINDOW_CASES, ids=lambda c: "B{}_{}x{}_C{}_h{}_w{}".format(*c))
@@ -150,7 +150,7 @@ def test_window_attention_matches_reference(native_ops, case, shifted, mask_kind
                 (f"d{n}", a, b, c) for n, a, b, c in zip("qkv", grads, low_grads, ref_grads)]:
             mine_err, low_err = rel_err(mine, ref), rel_err(low, ref)
             assert mine_err <= 2 * low_err + 2e-3, (
-                f"{name}: native bf16 error {mine_err:.3g} vs reference-in-bf16 error {low_err:.3g}")
+                f"{name}: native {dtype} error {mine_err:.3g} vs reference-in-{dtype} error {low_err:.3g}")
 
     if mask is None:
         assert new_mask is None
