@@ -160,8 +160,10 @@ inline WindowGeometry check_mask_update_args(const at::Tensor& mask, int64_t hei
               mask.sizes());
   TORCH_CHECK(at::isFloatingType(mask.scalar_type()),
               "mat_fast_native::window_mask_update: mask must be a floating tensor");
-  TORCH_CHECK(window > 0 && height % window == 0 && width % window == 0 && shift >= 0 &&
-                  shift < window,
+  // height and width checked positive too: a negative grid passes the products and
+  // divisibility checks and would index before the tensor.
+  TORCH_CHECK(window > 0 && height > 0 && width > 0 && height % window == 0 &&
+                  width % window == 0 && shift >= 0 && shift < window,
               "mat_fast_native::window_mask_update: bad window ", window, " / shift ", shift,
               " for the grid ", height, "x", width);
   WindowGeometry g;

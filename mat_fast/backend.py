@@ -142,11 +142,12 @@ def _check_name(name: str, allow_auto: bool = True) -> str:
     return name.lower()
 
 
-def set_backend(name: Optional[str]) -> None:
+def set_backend(name: Optional[str], device=None) -> None:
     """Set the process-wide backend ('auto', 'reference', ...). ``None`` clears it.
 
-    An explicit name is checked at once for the default device, so a typo or an
-    unavailable backend fails here rather than deep inside a forward pass.
+    An explicit name is checked at once for ``device`` (default: CUDA when a GPU is
+    visible, else CPU), so a typo or an unavailable backend fails here rather than deep
+    inside a forward pass.
     """
     global _global_choice
     if name is None:
@@ -154,7 +155,7 @@ def set_backend(name: Optional[str]) -> None:
         return
     name = _check_name(name)
     if name != "auto":
-        _raise_if_unavailable(name, _device_type(None))
+        _raise_if_unavailable(name, _device_type(device))
     _global_choice = name
 
 

@@ -253,7 +253,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(args, "backend", None):
             from .backend import set_backend
 
-            set_backend(args.backend)
+            # checked for the device the command will run on, not the default one
+            device = getattr(args, "device", "auto")
+            set_backend(args.backend, None if device == "auto" else device)
         command = {"inpaint": cmd_inpaint, "convert": cmd_convert, "info": cmd_info}[args.command]
         return command(args)
     except (CliError, InputError, CheckpointError, BackendUnavailableError, ValueError, OSError) as err:

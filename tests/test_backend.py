@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
+
 import mat_fast
 from mat_fast import backend
 
@@ -43,6 +45,30 @@ def test_explicit_unavailable_backend_raises_with_reason(monkeypatch):
             pass
     with pytest.raises(mat_fast.BackendUnavailableError, match="triton is not installed"):
         backend.resolve("cpu", explicit="triton")
+
+
+def test_set_backend_checks_the_device_it_is_given(monkeypatch):
+    """The CLI's --device cpu --backend cpu must be checked for CPU even on a GPU machine."""
+    seen = []
+    monkeypatch.setitem(backend._PROBES, "triton",
+                        lambda device_type: seen.append(device_type) or f"not on {device_type}")
+    with pytest.raises(mat_fast.BackendUnavailableError, match="cannot run on cuda: not on cuda"):
+        mat_fast.set_backend("triton", device="cuda")
+    with pytest.raises(mat_fast.BackendUnavailableError, match="cannot run on cpu: not on cpu"):
+        mat_fast.set_backend("triton", device=torch.device("cpu"))
+    assert seen == ["cuda", "cpu"]
+
+
+def test_cli_checks_the_backend_for_its_device(monkeypatch, capsys):
+    from mat_fast import cli
+
+    checked = []
+    monkeypatch.setattr(backend, "_raise_if_unavailable",
+                        lambda name, device_type: checked.append((name, device_type)))
+    monkeypatch.setattr(cli, "cmd_info", lambda args: 0)
+    monkeypatch.setattr(cli, "cmd_inpaint", lambda args: 0)
+    assert cli.main(["inpaint", "in.png", "--device", "cuda:1", "--backend", "reference"]) == 0
+    assert checked == [("reference", "cuda")]
 
 
 def test_unknown_names_are_rejected(monkeypatch):

@@ -273,6 +273,26 @@ def test_window_attention_rejects_bad_arguments(native_ops):
         ops.window_attention(q, q, q, None, 8, 8, 3, 0, 2)
     with pytest.raises(RuntimeError, match="do not split into"):
         ops.window_attention(q, q, q, None, 8, 8, 4, 0, 5)
+    # A negative grid passes the product and divisibility checks; it must not index memory.
+    with pytest.raises(RuntimeError, match="not a multiple of the window"):
+        ops.window_attention(q, q, q, None, -8, -8, 4, 0, 2)
+    with pytest.raises(RuntimeError, match="bad window"):
+        ops.window_mask_update(torch.ones(1, 16, 1), -4, -4, 4, 0)
+
+
+def test_window_attention_has_no_silent_second_derivative(native_ops):
+    """First-order gradients with create_graph=True work; differentiating them again raises
+    (torch's fallback for a C++ op without an autograd formula would return zeros)."""
+    wa_native, _ = native_ops
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, 16, 4, generator=g, requires_grad=True) for _ in range(3))
+    out, _ = wa_native.window_attention_native(q, k, v, None, (4, 4), 4, 0, 2)
+    dq, = torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
+    ref_out, _ = window_attention_reference(q, k, v, None, (4, 4), 4, 0, 2)
+    ref_dq, = torch.autograd.grad(ref_out.pow(2).sum(), q, create_graph=True)
+    assert_close_verbose(dq, ref_dq, rtol=1e-5, what="dq")
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        dq.pow(2).sum().backward()
 
 
 # ---------------------------------------------------------------------------------------
@@ -334,6 +354,43 @@ def test_partial_conv_epilogue_matches_reference(native_ops, dtype, with_bias):
     assert_close_verbose(out, ref_out, rtol=rtol, what="epilogue")
     for i, (a, r) in enumerate(zip(grads, ref_grads)):
         assert_close_verbose(a, r, rtol=1e-5 if dtype == torch.float32 else 2e-2, what=f"grad {i}")
+
+
+def test_partial_conv_epilogue_gradcheck_fp64(native_ops):
+    """fp64 gradients pass gradcheck and match the reference's autograd to fp64 rounding
+    (a slope of alpha rounded through fp32 would be 1.5e-8 off)."""
+    _, pc_native = native_ops
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(1, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    ratio = (torch.rand(1, 1, 4, 5, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
+    fn = lambda a, b, r: pc_native.partial_conv_epilogue_native(a, b, r, 1.41, 0.2)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, bias, ratio))
+    grad = torch.randn(1, 3, 4, 5, generator=g, dtype=torch.float64)
+    ours = torch.autograd.grad(fn(x, bias, ratio), (x, bias, ratio), grad)
+    ref = torch.autograd.grad(partial_conv_epilogue_reference(x, bias, ratio, 1.41, 0.2),
+                              (x, bias, ratio), grad)
+    for name, a, r in zip(("dx", "dbias", "dratio"), ours, ref):
+        torch.testing.assert_close(a, r, rtol=1e-13, atol=1e-13, msg=name)
+
+
+def test_partial_conv_epilogue_in_place_bumps_the_version(native_ops):
+    """The in-place path writes x; an op that saved x for its backward must notice, as it
+    would after any torch in-place op."""
+    _, pc_native = native_ops
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(1, 3, 4, 5, generator=g)
+    w = torch.randn(1, 3, 4, 5, generator=g, requires_grad=True)
+    ratio = torch.rand(1, 1, 4, 5, generator=g)
+    y = (w * x).sum()  # saves x
+    before = x._version
+    assert pc_native.partial_conv_epilogue_native_(x, None, ratio, 1.0, 0.2) is x  # in place
+    assert x._version > before
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+    with torch.inference_mode():  # inference tensors have no version counter: no error
+        xi = torch.randn(1, 3, 4, 5)
+        assert pc_native.partial_conv_epilogue_native_(xi, None, ratio, 1.0, 0.2) is xi
 
 
 def test_partial_conv_opcheck(native_ops):
@@ -402,6 +459,10 @@ def test_broken_build_falls_back_under_auto_and_raises_when_explicit(native_ops,
     monkeypatch.setattr(native_build, "kernel_dir", lambda: kernels)
     monkeypatch.setattr(native_build, "AOT_MODULE", "")
     monkeypatch.setenv("MAT_FAST_CACHE", str(tmp_path / "cache"))
+    # As in a fresh process: this one has the real library loaded already.
+    monkeypatch.setattr(native_build, "_loaded", None)
+    monkeypatch.setattr(native_build, "_failures", {})
+    monkeypatch.setattr(native_build, "_ready", set())
     backend._logged_fallbacks.clear()
 
     with caplog.at_level(logging.INFO, logger="mat_fast"):
@@ -411,6 +472,12 @@ def test_broken_build_falls_back_under_auto_and_raises_when_explicit(native_ops,
     assert len(records) == 1, records
     logs = list((tmp_path / "cache" / "ext").glob("*.failed.log"))
     assert len(logs) == 1 and str(logs[0]) in records[0]
+    # Seen with default logging (WARNING), once, naming the log that exists.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    unavailable = [m for m in warnings if "native kernels" in m and "unavailable" in m]
+    assert len(unavailable) == 1 and str(logs[0]) in unavailable[0], warnings
+    compiling = [m for m in warnings if m.startswith("mat_fast: compiling the native kernels (")]
+    assert len(compiling) == 1 and str(logs[0]) in compiling[0], compiling
     assert "mat_fast broken-build probe" in logs[0].read_text()
     assert not [p for p in (tmp_path / "cache" / "ext").iterdir() if p.is_dir()], "temp build dirs left"
 
@@ -419,6 +486,22 @@ def test_broken_build_falls_back_under_auto_and_raises_when_explicit(native_ops,
             pass
     message = str(info.value)
     assert "mat_fast broken-build probe" in message and str(logs[0]) in message
+
+
+def test_loaded_library_survives_a_changed_cache_setting(native_ops, tmp_path, monkeypatch):
+    """Once the operators are registered, pointing MAT_FAST_CACHE elsewhere neither builds
+    again nor turns the backend off (a process cannot load a second copy anyway)."""
+    def no_build(*args, **kwargs):
+        raise AssertionError("built again although the library is loaded")
+
+    monkeypatch.setattr(native_build, "build", no_build)
+    monkeypatch.setenv("MAT_FAST_CACHE", str(tmp_path / "elsewhere"))
+    monkeypatch.setattr(native_build, "_ready", set())
+    assert native_build.probe("cpu", "cpu") is None
+    q = torch.randn(1, 16, 12)
+    out, _ = mat_fast.ops.window_attention(q, q, q, None, (4, 4), 4, 0, 2, backend_name="cpu")
+    torch.testing.assert_close(out, window_attention_reference(q, q, q, None, (4, 4), 4, 0, 2)[0])
+    assert not (tmp_path / "elsewhere").exists()
 
 
 _BUILD_ONE = textwrap.dedent("""

@@ -254,7 +254,8 @@ def build(config: Optional[BuildConfig] = None) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{LIBRARY}-{key}-", dir=config.cache))
         log_path = tmp / "build.log"
         log.warning("mat_fast: compiling the native kernels (once per machine and torch "
-                    "version, about a minute); log: %s", final / "build.log")
+                    "version, about a minute); log: %s (%s if it fails)",
+                    final / "build.log", failed_log)
         try:
             src = tmp / "src"
             src.mkdir()
@@ -300,8 +301,16 @@ def _prune_cache(cache: Path, keep: Path) -> None:
     (``keep``, just built, counts as one). Builds in progress are hidden temporary
     directories and are never touched; a process that already loaded a removed library
     keeps its mapping, and one that needs it again rebuilds it."""
-    entries = [p for p in cache.glob(f"{LIBRARY}-*") if p.is_dir() and p != keep]
-    entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    def last_use(path: Path) -> Optional[float]:
+        try:
+            return path.stat().st_mtime
+        except OSError:  # another process removed it meanwhile
+            return None
+
+    # Best effort throughout: the build has succeeded, and another process pruning at the
+    # same time may remove entries under our feet.
+    used = [(last_use(p), p) for p in cache.glob(f"{LIBRARY}-*") if p.is_dir() and p != keep]
+    entries = [p for t, p in sorted((u for u in used if u[0] is not None), reverse=True)]
     for old in entries[CACHE_ENTRIES_KEPT - 1:]:
         trash = cache / f".trash-{old.name}-{os.getpid()}"
         try:
@@ -320,7 +329,6 @@ def _prune_cache(cache: Path, keep: Path) -> None:
 
 _lock = threading.RLock()
 _loaded: Optional[str] = None  # what was loaded: AOT module name or library path
-_loaded_key: Optional[str] = None
 _failures: Dict[tuple, str] = {}  # config identity -> reason it cannot load
 
 
@@ -330,7 +338,8 @@ def is_loaded() -> bool:
 
 
 def _config_identity() -> tuple:
-    # What selects the library, cheaply (no hashing, no paths): probe() runs on every op call.
+    # What selects the library before one is loaded, cheaply (no hashing): a failure is
+    # remembered per identity, so pointing MAT_FAST_CACHE elsewhere retries.
     env = os.environ
     return (kernel_dir(), env.get("MAT_FAST_CACHE"), env.get("XDG_CACHE_HOME"), AOT_MODULE)
 
@@ -351,39 +360,41 @@ def _load_aot() -> bool:
 def load() -> str:
     """Register the operators in this process (AOT build, else JIT build); returns what was
     loaded. Raises :class:`NativeBuildError` with the reason it cannot."""
-    global _loaded, _loaded_key
+    global _loaded
     with _lock:
-        identity = _config_identity()
-        if _loaded is not None and _loaded_key in (None, identity):
+        if _loaded is not None:
+            # Whatever the environment says now (say MAT_FAST_CACHE changed): the operators
+            # are registered, and a process cannot register a second copy of them.
             return _loaded
+        identity = _config_identity()
         if identity in _failures:
             raise NativeBuildError(_failures[identity])
         try:
-            if _loaded is None and _load_aot():
-                _loaded, _loaded_key = AOT_MODULE, None
+            if _load_aot():
+                _loaded = AOT_MODULE
                 return _loaded
             library = build()
-            if _loaded is not None:
-                raise NativeBuildError(
-                    f"another build of {LIBRARY} ({_loaded}) is already loaded in this process; "
-                    "restart Python to use a different one")
             torch.ops.load_library(str(library))
-            _loaded, _loaded_key = str(library), identity
+            _loaded = str(library)
             return _loaded
         except NativeBuildError as err:
-            _failures[identity] = err.reason
-            raise
+            error = err
         except Exception as err:  # noqa: BLE001 - loading must fail with a reason, not a crash
-            reason = f"loading {LIBRARY} failed: {type(err).__name__}: {err}"
-            _failures[identity] = reason
-            raise NativeBuildError(reason) from err
+            error = NativeBuildError(f"loading {LIBRARY} failed: {type(err).__name__}: {err}")
+            error.__cause__ = err
+        _failures[identity] = error.reason
+        # Once per configuration, where default logging shows it: under 'auto' the backend
+        # falls back without raising, and this is how users learn why it is slow.
+        log.warning("mat_fast: the native kernels ('cpu'/'cuda' backends) are unavailable: %s",
+                    error.reason)
+        raise error
 
 
 def _has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"{LIBRARY}::{op}", dispatch_key)
 
 
-_ready: set = set()  # (identity, name) pairs known to work: the fast path
+_ready: set = set()  # backend names known to work: the fast path
 
 
 def probe(name: str, device_type: str) -> Optional[str]:
@@ -394,8 +405,7 @@ def probe(name: str, device_type: str) -> Optional[str]:
     """
     if name not in ("cpu", "cuda"):
         return f"{LIBRARY} implements the 'cpu' and 'cuda' backends, not {name!r}"
-    ready_key = (_config_identity(), name)
-    if ready_key in _ready and _loaded is not None:
+    if name in _ready and _loaded is not None:
         return None
     try:
         load()
@@ -405,7 +415,7 @@ def probe(name: str, device_type: str) -> Optional[str]:
     if not _has_kernel("window_attention", dispatch_key):
         hint = " (torch without CUDA, or no CUDA toolkit: set CUDA_HOME)" if name == "cuda" else ""
         return f"{LIBRARY} was built without {dispatch_key} kernels{hint}"
-    _ready.add(ready_key)
+    _ready.add(name)
     return None
 
 

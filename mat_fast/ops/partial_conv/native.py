@@ -61,7 +61,8 @@ def _epilogue_setup_context(ctx, inputs, output):
 def _epilogue_backward(ctx, grad):
     x, bias, ratio = ctx.saved_tensors
     pre = x if bias is None else x + bias.to(x.dtype).view(1, -1, 1, 1)
-    slope = torch.where(pre > 0, 1.0, ctx.alpha).to(grad.dtype)
+    # In grad's dtype from the start: Python scalars would make an fp32 slope (fp64 loses).
+    slope = torch.where(pre > 0, grad.new_ones(()), grad.new_full((), ctx.alpha))
     needs = ctx.needs_input_grad
     d_pre = grad * slope * (ratio * ctx.gain).to(grad.dtype) if needs[0] or needs[1] else None
     dx = d_pre if needs[0] else None
@@ -128,6 +129,10 @@ def partial_conv_epilogue_native_(x: torch.Tensor, bias: Optional[torch.Tensor],
     if tracked or not layout_ok or x.device.type != "cpu" or (clamp is not None and clamp >= 0):
         return partial_conv_epilogue_native(x, bias, ratio, gain, alpha, clamp)
     _ops(x.device.type).partial_conv_epilogue_(x, bias, ratio, float(gain), float(alpha))
+    if not x.is_inference() and not torch.compiler.is_compiling():
+        # A C++ op's in-place write does not bump x's version: without this, autograd would
+        # not notice when an earlier op saved x for its backward.
+        torch.autograd.graph.increment_version(x)
     return x
 
 

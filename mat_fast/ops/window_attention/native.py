@@ -56,6 +56,12 @@ def _backward(ctx, grad_out):
             None, None, None, None, None, None)
 
 
+def _no_second_derivative(ctx, *grads):
+    raise RuntimeError(
+        "mat_fast's native window attention has no second derivative (a backward through "
+        "gradients taken with create_graph=True); run that part with backend 'reference'")
+
+
 def _register_python_side() -> None:
     """Fake implementations and the autograd formula; once, after the library loaded."""
     torch.library.register_fake(_OPS + "window_attention")(_fake_forward)
@@ -63,6 +69,8 @@ def _register_python_side() -> None:
     torch.library.register_fake(_OPS + "window_mask_update")(_fake_mask_update)
     torch.library.register_autograd(_OPS + "window_attention", _backward,
                                     setup_context=_setup_context)
+    # Without a formula torch's fallback warns and then differentiates it as zero.
+    torch.library.register_autograd(_OPS + "window_attention_backward", _no_second_derivative)
 
 
 def _ops(device_type: str):
