@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs mat_fast and what its tests need into the current Python, without pulling GBs of
-# CUDA wheels on machines that have no GPU: torch is installed only if missing.
+# Installs mat_fast and what its tests need into the current Python. torch is installed
+# only if missing, from pip's configured index: on a machine without a GPU install a CPU
+# wheel first to skip GBs of CUDA wheels, e.g.
+#   pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
