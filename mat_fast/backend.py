@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import threading
 from typing import Callable, Dict, Iterator, Optional
 
 import torch
@@ -262,15 +263,25 @@ def register_lazy(op: str, backend: str, target: str) -> None:
     _LAZY.setdefault(op, {})[backend] = target
 
 
+_lazy_lock = threading.RLock()  # re-entrant: an import may register or resolve ops
+
+
 def _load_lazy(op: str, name: str) -> Optional[Callable]:
-    target = _LAZY.get(op, {}).pop(name, None)
-    if target is None:
-        return None
-    module, _, attr = target.partition(":")
-    if importlib.util.find_spec(module) is None:
-        return None  # this backend has no kernel for this op: the reference runs
-    fn = getattr(importlib.import_module(module), attr)
-    return register(op, name, fn)
+    # Under a lock, and the entry dropped only once imported: a second thread must not see
+    # "no kernel" (and run the reference) while the first is still importing.
+    with _lazy_lock:
+        if name in _REGISTRY.get(op, {}):
+            return _REGISTRY[op][name]
+        target = _LAZY.get(op, {}).get(name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        if importlib.util.find_spec(module) is None:
+            _LAZY[op].pop(name)
+            return None  # this backend has no kernel for this op: the reference runs
+        fn = getattr(importlib.import_module(module), attr)
+        _LAZY[op].pop(name)
+        return register(op, name, fn)
 
 
 @_constant_under_compile

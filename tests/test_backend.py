@@ -121,6 +121,28 @@ def test_a_backend_without_a_kernel_for_an_op_runs_the_reference(monkeypatch):
     assert fn is only_reference
 
 
+def test_lazy_kernels_import_once_even_from_two_threads(monkeypatch, tmp_path):
+    """While one thread imports a backend's module, another asking for the same op must
+    wait for it, not conclude there is no kernel and run the reference."""
+    import sys
+    import threading
+
+    (tmp_path / "slow_kernel_module.py").write_text(
+        "import time\ntime.sleep(0.3)\ndef kernel(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "slow_kernel_module", raising=False)
+    monkeypatch.setitem(backend._REGISTRY, "test_lazy_op", {})
+    monkeypatch.setitem(backend._LAZY, "test_lazy_op", {"cpu": "slow_kernel_module:kernel"})
+    found = []
+    threads = [threading.Thread(target=lambda: found.append(backend._load_lazy("test_lazy_op", "cpu")))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(found) == 2 and all(fn is not None and fn.__name__ == "kernel" for fn in found), found
+
+
 def test_import_pulls_in_neither_triton_nor_dynamo():
     """``import mat_fast`` stays cheap and leaves Triton unimported (Triton imported before
     TRITON_INTERPRET=1 is set cannot run kernels in its interpreter)."""

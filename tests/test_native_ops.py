@@ -582,6 +582,37 @@ def test_jit_cache_keeps_the_most_recently_used_entries(tmp_path):
     assert not [p for p in cache.iterdir() if p.name.startswith(".trash")]
 
 
+def test_build_compiles_the_very_sources_its_key_hashed(tmp_path, monkeypatch):
+    """A source edited between hashing and compiling must not land under the old key:
+    the build compiles the bytes it hashed (the compiler is faked here)."""
+    kernels = tmp_path / "kernels"
+    kernels.mkdir()
+    (kernels / "mat_fast_ops.cpp").write_text("// version 1\n")
+    config = dataclasses.replace(native_build.BuildConfig.default(), kernels=kernels,
+                                 cache=tmp_path / "cache", with_cuda=False)
+    hashed = config.read_sources()
+    read_sources = native_build.BuildConfig.read_sources
+
+    def read_then_edit(self):  # someone saves the file right after the build read it
+        result = read_sources(self)
+        (kernels / "mat_fast_ops.cpp").write_text("// version 2\n")
+        return result
+
+    compiled = {}
+
+    def fake_compiler(cmd, cwd, **kwargs):
+        compiled.update({p.name: p.read_bytes() for p in (Path(cwd) / "src").iterdir()})
+        native_build._library_file(Path(cwd)).write_bytes(b"")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(native_build.BuildConfig, "read_sources", read_then_edit)
+    monkeypatch.setattr(native_build, "_preflight", lambda: None)
+    monkeypatch.setattr(native_build.subprocess, "run", fake_compiler)
+    library = native_build.build(config)
+    assert compiled == hashed
+    assert library.parent.name == f"{native_build.LIBRARY}-{config.key(hashed)}"
+
+
 def test_jit_cache_hit_marks_the_entry_used(tmp_path):
     config = dataclasses.replace(native_build.BuildConfig.default(), cache=tmp_path)
     entry = tmp_path / f"{native_build.LIBRARY}-{config.key()}"

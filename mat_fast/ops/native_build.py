@@ -145,10 +145,15 @@ class BuildConfig:
         wanted = _SOURCE_SUFFIXES if self.with_cuda else (".cpp",)
         return [p.name for p in self.files() if p.suffix in wanted]
 
-    def key(self) -> str:
+    def read_sources(self) -> Dict[str, bytes]:
+        """File name -> contents of :meth:`files`, read once: the key and the build's
+        snapshot come from the same bytes even if someone edits the sources meanwhile."""
+        return {path.name: path.read_bytes() for path in self.files()}
+
+    def key(self, sources: Optional[Dict[str, bytes]] = None) -> str:
         h = hashlib.sha256()
-        for path in self.files():
-            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        for name, data in sorted((sources or self.read_sources()).items()):
+            h.update(name.encode() + b"\0" + data + b"\0")
         meta = [torch.__version__, str(torch.version.cuda), self.with_cuda, self.cuda_arch_list,
                 self.cflags, self.cuda_cflags, self.ldflags, sys.version_info[:2],
                 platform.machine(), sys.platform, os.environ.get("CXX", "")]
@@ -236,7 +241,8 @@ def build(config: Optional[BuildConfig] = None) -> Path:
     """Build the library for ``config`` (default: this machine) unless it is cached;
     return the path of the shared library. Raises :class:`NativeBuildError`."""
     config = config or BuildConfig.default()
-    key = config.key()
+    snapshot = config.read_sources()
+    key = config.key(snapshot)
     final = config.cache / f"{LIBRARY}-{key}"
     library = _library_file(final)
     if library.is_file():
@@ -259,8 +265,8 @@ def build(config: Optional[BuildConfig] = None) -> Path:
         try:
             src = tmp / "src"
             src.mkdir()
-            for path in config.files():  # build from a snapshot that matches the key
-                shutil.copy2(path, src / path.name)
+            for name, data in snapshot.items():  # the very bytes the key hashed
+                (src / name).write_bytes(data)
             spec = dict(name=LIBRARY, sources=[str(src / name) for name in config.sources()],
                         build_directory=str(tmp), extra_include_paths=[str(src)],
                         extra_cflags=list(config.cflags), extra_ldflags=list(config.ldflags),

@@ -129,7 +129,7 @@ def partial_conv_epilogue_native_(x: torch.Tensor, bias: Optional[torch.Tensor],
     if tracked or not layout_ok or x.device.type != "cpu" or (clamp is not None and clamp >= 0):
         return partial_conv_epilogue_native(x, bias, ratio, gain, alpha, clamp)
     _ops(x.device.type).partial_conv_epilogue_(x, bias, ratio, float(gain), float(alpha))
-    if not x.is_inference() and not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and not x.is_inference():  # (Dynamo rejects is_inference)
         # A C++ op's in-place write does not bump x's version: without this, autograd would
         # not notice when an earlier op saved x for its backward.
         torch.autograd.graph.increment_version(x)
