@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -568,6 +569,12 @@ def test_jit_cache_keeps_the_most_recently_used_entries(tmp_path):
     (cache / f"{entries[6].name}.failed.log").write_text("old failure")
     building = cache / f".{native_build.LIBRARY}-feedfacefeedfacefeed-tmp"  # a build in progress
     building.mkdir()
+    abandoned = [cache / f".{native_build.LIBRARY}-deadbeefdeadbeefdead-old",  # killed builds
+                 cache / f".trash-{native_build.LIBRARY}-0123-999"]
+    for path in abandoned:
+        (path / "src").mkdir(parents=True)
+        old = time.time() - native_build.ABANDONED_AFTER_S - 60
+        os.utime(path, (old, old))
     (cache / "unrelated.txt").write_text("keep me")
     just_built = entries[5]  # oldest mtime, but it is the one just built
     native_build._prune_cache(cache, keep=just_built)
@@ -580,6 +587,7 @@ def test_jit_cache_keeps_the_most_recently_used_entries(tmp_path):
         assert not (cache / f"{gone.name}.lock").exists() and not (cache / f"{gone.name}.failed.log").exists()
     assert building.is_dir() and (cache / "unrelated.txt").is_file()
     assert not [p for p in cache.iterdir() if p.name.startswith(".trash")]
+    assert not [p for p in abandoned if p.exists()]
 
 
 def test_build_compiles_the_very_sources_its_key_hashed(tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -58,6 +59,9 @@ LOG_TAIL_LINES = 20
 #: JIT cache entries kept after a new build: the newest by last use (a cache hit touches
 #: its entry). Each source change or torch upgrade makes a new entry of ~0.5-1 MB.
 CACHE_ENTRIES_KEPT = 4
+#: Temporary build and trash directories older than this were left by killed processes (a
+#: build takes minutes): the next pruning removes them.
+ABANDONED_AFTER_S = 24 * 3600
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # .../mat_fast
 _SOURCE_SUFFIXES = (".cpp", ".cu")
@@ -304,9 +308,10 @@ def build(config: Optional[BuildConfig] = None) -> Path:
 
 def _prune_cache(cache: Path, keep: Path) -> None:
     """Remove all but the CACHE_ENTRIES_KEPT most recently used entries of the JIT cache
-    (``keep``, just built, counts as one). Builds in progress are hidden temporary
-    directories and are never touched; a process that already loaded a removed library
-    keeps its mapping, and one that needs it again rebuilds it."""
+    (``keep``, just built, counts as one), and hidden temporary directories left for
+    ABANDONED_AFTER_S by killed builds. Builds in progress are hidden temporary directories
+    younger than that and are never touched; a process that already loaded a removed
+    library keeps its mapping, and one that needs it again rebuilds it."""
     def last_use(path: Path) -> Optional[float]:
         try:
             return path.stat().st_mtime
@@ -328,6 +333,12 @@ def _prune_cache(cache: Path, keep: Path) -> None:
             with contextlib.suppress(OSError):
                 (cache / leftover).unlink()
         log.info("mat_fast: removed an old native build from the cache: %s", old)
+    now = time.time()
+    for hidden in list(cache.glob(f".{LIBRARY}-*")) + list(cache.glob(".trash-*")):
+        mtime = last_use(hidden)
+        if hidden.is_dir() and mtime is not None and now - mtime > ABANDONED_AFTER_S:
+            shutil.rmtree(hidden, ignore_errors=True)
+            log.info("mat_fast: removed an abandoned build directory: %s", hidden)
 
 
 # ----------------------------------------------------------------------------------------
