@@ -554,7 +554,8 @@ def test_concurrent_builds_of_the_real_kernels(tmp_path):
 
 def test_jit_cache_keeps_the_most_recently_used_entries(tmp_path):
     """After a build, entries past CACHE_ENTRIES_KEPT (oldest last use first) are removed
-    with their lock and failed-build files; builds in progress and other files stay."""
+    with their lock and failed-build files, and so are temporary directories abandoned by
+    killed builds; builds in progress and other files stay."""
     cache = tmp_path / "ext"
     cache.mkdir()
     lib = native_build._library_file(Path("."))
