@@ -18,10 +18,12 @@ import io
 import logging
 import os
 import pickle
+import pickletools
 import re
 import sys
 import uuid
 import warnings
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Optional, Union
@@ -96,7 +98,12 @@ def _load_storage(data):
     # legacy torch.save of one storage, which the weights-only loader reads fine.
     if not isinstance(data, (bytes, bytearray)):
         raise pickle.UnpicklingError("storage payload is not bytes")
-    storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    try:
+        storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # Not torch's message: it advises weights_only=False, which would run the payload.
+        raise pickle.UnpicklingError("a storage payload holds objects other than tensor "
+                                     "data (refused by torch.load(weights_only=True))") from e
     if not isinstance(storage, torch.TypedStorage):
         raise pickle.UnpicklingError(f"storage payload decoded to {type(storage).__name__}")
     return storage
@@ -144,6 +151,52 @@ _SAFE_GLOBALS = {
 for _np_mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
     _SAFE_GLOBALS[(_np_mod, "scalar")] = _np_core.multiarray.scalar
     _SAFE_GLOBALS[(_np_mod, "_reconstruct")] = _np_reconstruct
+
+
+#: Deepest container nesting a network pickle may have. Upstream's nest a few dozen levels;
+#: CPython builds and hashes nested tuples recursively in C, so a crafted chain some
+#: hundred thousand deep crashes the process outright (no exception to catch).
+MAX_PICKLE_NESTING = 1000
+
+
+def _check_pickle_nesting(file, source: str) -> None:
+    """Walk the pickle's opcodes (nothing is built) tracking how deeply each stack item
+    nests; refuse the file past MAX_PICKLE_NESTING. Rewinds ``file``."""
+    stack: list = []  # nesting depth of each stack item; None marks a MARK
+    memo: dict = {}
+    for opcode, arg, _pos in pickletools.genops(file):
+        popped = [0]
+        for item in reversed(opcode.stack_before):
+            if item is pickletools.stackslice:
+                continue  # popped with its mark below
+            if item is pickletools.markobject:
+                while stack and stack[-1] is not None:
+                    popped.append(stack.pop())
+                if stack:
+                    stack.pop()
+            elif stack:
+                top = stack.pop()
+                popped.append(top or 0)
+        depth = max(popped) + 1
+        if depth > MAX_PICKLE_NESTING:
+            raise CheckpointError(
+                f"{source}: the pickle nests objects more than {MAX_PICKLE_NESTING} levels "
+                f"deep; no MAT checkpoint does, so it was refused unread (it may be "
+                f"malicious). {_EXPECTED}.")
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and stack:
+            memo[arg] = stack[-1]
+        elif opcode.name == "MEMOIZE" and stack:
+            memo[len(memo)] = stack[-1]
+        for item in opcode.stack_after:
+            if item is pickletools.markobject:
+                stack.append(None)
+            elif opcode.name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(arg, 0))
+            elif opcode.name == "DUP" and popped[1:]:
+                stack.append(popped[-1])
+            else:
+                stack.append(depth)
+    file.seek(0)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -208,13 +261,19 @@ def _flatten(node: _Stub, source: str) -> dict:
         if depth > 64 or visits[0] > 100_000 or "_modules" not in state:
             raise CheckpointError(f"{source}: malformed network '{prefix or node.class_name}' "
                                   f"in the pickle (no module state or nesting too deep)")
-        skip = state.get("_non_persistent_buffers_set") or ()
+        skip = state.get("_non_persistent_buffers_set", ())
+        groups = {g: state.get(g, {}) for g in ("_parameters", "_buffers", "_modules")}
+        if not isinstance(skip, (set, frozenset, list, tuple)) or not all(
+                isinstance(v, Mapping) and all(isinstance(k, str) for k in v)
+                for v in groups.values()):
+            raise CheckpointError(f"{source}: malformed network '{prefix or node.class_name}' "
+                                  f"in the pickle (module state of the wrong types)")
         for group in ("_parameters", "_buffers"):
-            for name, tensor in (state.get(group) or {}).items():
+            for name, tensor in groups[group].items():
                 if tensor is None or (group == "_buffers" and name in skip):
                     continue
                 out[prefix + name] = tensor
-        for name, child in (state.get("_modules") or {}).items():
+        for name, child in groups["_modules"].items():
             if child is None:
                 continue
             if not isinstance(child, _Stub):
@@ -272,9 +331,12 @@ def _read_file(path: str):
             return load_file(path, device="cpu")
         if kind == "pickle":
             with open(path, "rb") as f, warnings.catch_warnings():
+                _check_pickle_nesting(f, path)
                 # Old-style typed storages are deprecated, but they are what the file holds.
                 warnings.simplefilter("ignore", UserWarning)
                 return _RestrictedUnpickler(f, path).load()
+        if kind == "zip":
+            _check_zip_entries(path)
         return _torch_load(path)
     except CheckpointError:
         raise
@@ -284,6 +346,17 @@ def _read_file(path: str):
         raise CheckpointError(f"{path}: corrupt or unsupported checkpoint "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                               f"{_EXPECTED}.") from e
+
+
+def _check_zip_entries(path: str) -> None:
+    """torch.save stores its zip entries uncompressed; a compressed entry means the file
+    was made by something else, and deflate turns a small file into gigabytes."""
+    with zipfile.ZipFile(path) as archive:
+        packed = [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise CheckpointError(
+            f"{path}: compressed entries ({_listing(packed, 3)}), which torch.save never "
+            f"writes; refused unread (re-save it with torch.save). {_EXPECTED}.")
 
 
 def _torch_load(path: str):
@@ -328,15 +401,27 @@ def _extract(obj, source: str) -> dict:
     raise CheckpointError(f"{source}: state dict nested too deeply in wrapper dicts")
 
 
+def _key_text(k) -> str:
+    # Bounded: a crafted key (a tuple nested 100000 deep) must not blow the recursion limit.
+    return repr(k)[:80] if isinstance(k, str) else f"<{type(k).__name__} key>"
+
+
 def _check_tensors(sd: dict, source: str) -> dict:
-    bad = [f"{k!r} ({type(v).__name__})" for k, v in sd.items()
+    bad = [f"{_key_text(k)} ({type(v).__name__})" for k, v in sd.items()
            if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    bad += [f"{k!r} ({v.dtype})" for k, v in sd.items()
+    bad += [f"{_key_text(k)} ({v.dtype})" for k, v in sd.items()
             if isinstance(v, torch.Tensor) and not v.is_floating_point()]
+    # Weights are plain dense tensors with their own data; a stride-0 view lets a tiny file
+    # claim a huge shape (and then a huge network).
+    bad += [f"{_key_text(k)} ({'meta' if v.is_meta else v.layout} tensor)" for k, v in sd.items()
+            if isinstance(v, torch.Tensor) and (v.is_meta or v.layout != torch.strided)]
+    bad += [f"{_key_text(k)} (expanded: a stride-0 view)" for k, v in sd.items()
+            if isinstance(v, torch.Tensor) and not v.is_meta and v.layout == torch.strided
+            and any(st == 0 and n > 1 for st, n in zip(v.stride(), v.shape))]
 
     if bad:
-        raise CheckpointError(f"{source}: entries that are not floating-point tensors: "
-                              f"{_listing(bad)}")
+        raise CheckpointError(f"{source}: entries that are not dense floating-point "
+                              f"tensors: {_listing(bad)}")
     if sd and all(k.startswith("module.") for k in sd):  # saved from DataParallel/DDP
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
@@ -398,7 +483,20 @@ def infer_generator_kwargs(state_dict: Mapping) -> dict:
         mapping_kwargs["layer_features"] = fc0_out
     if "mapping.w_avg" not in state_dict:
         mapping_kwargs["w_avg_beta"] = None
-    return dict(z_dim=fc0_in - embed, c_dim=c_dim, w_dim=w_dim, img_resolution=max(res),
+    # Bounds before anything is built: the network's size follows from these numbers, and
+    # a crafted file could otherwise ask for terabytes. MAT's own are 256/512 and 512.
+    resolution = max(res)
+    limits = dict(img_resolution=(resolution, 512), w_dim=(w_dim, 4096),
+                  z_dim=(fc0_in - embed, 4096), c_dim=(c_dim, 100_000), mapping_layers=(n_fc, 64),
+                  layer_features=(fc0_out, 4096))
+    too_big = [f"{name} {value} (at most {limit})" for name, (value, limit) in limits.items()
+               if value > limit]
+    if resolution & (resolution - 1):
+        too_big.append(f"img_resolution {resolution} (not a power of two)")
+    if too_big:
+        raise CheckpointError(f"not a MAT generator this package can build: "
+                              f"{', '.join(too_big)}")
+    return dict(z_dim=fc0_in - embed, c_dim=c_dim, w_dim=w_dim, img_resolution=resolution,
                 img_channels=shape("synthesis.dec.Dec_16x16.toRGB.bias")[0],
                 synthesis_kwargs=dict(use_noise=any(k.endswith("noise_strength") for k in keys)),
                 mapping_kwargs=mapping_kwargs)

@@ -373,7 +373,7 @@ def test_partial_and_mismatched_checkpoint_named(sd256):
 
 def test_non_tensor_and_non_float_values(sd256):
     with pytest.raises(CheckpointError,
-                       match=r"not floating-point tensors.*'mapping.w_avg' \(str\)"):
+                       match=r"not dense floating-point tensors.*'mapping.w_avg' \(str\)"):
         read_state_dict(dict(sd256, **{"mapping.w_avg": "oops"}))
     with pytest.raises(CheckpointError, match=r"'mapping.w_avg' \(torch.int64\)"):
         read_state_dict(dict(sd256, **{"mapping.w_avg": torch.zeros(512, dtype=torch.long)}))
@@ -383,6 +383,66 @@ def test_non_tensor_and_non_float_values(sd256):
         load_generator({"Dis.0.weight": torch.zeros(1), "Dis.0.bias": torch.zeros(1)})
     with pytest.raises(TypeError):
         read_state_dict(42)
+
+
+def test_pickle_nested_too_deeply_is_refused_unread(tmp_path):
+    """A 300000-deep tuple chain added to a set crashes CPython while unpickling (C
+    recursion in tuple hashing, uncatchable): the opcode scan refuses it first."""
+    path = tmp_path / "deep.pkl"
+    path.write_bytes(b"\x80\x04\x8f(" + b")" + b"\x85" * 300_000 + b"\x90.")
+    with pytest.raises(CheckpointError, match="nests objects more than 1000 levels"):
+        read_state_dict(path)
+    # a legitimately nested pickle (deep, but far below the limit) still loads its data
+    nested: object = {"G_ema": {"w": torch.zeros(2)}}
+    for _ in range(50):
+        nested = [nested]
+    ok = tmp_path / "ok.pkl"
+    ok.write_bytes(pickle.dumps((nested,), protocol=4))
+    with pytest.raises(CheckpointError, match="expected a dict of tensors, found a tuple"):
+        read_state_dict(ok)  # refused for its content, not for its nesting
+
+
+def test_crafted_sizes_are_refused_before_building(tmp_path, sd256):
+    """Shapes that would build an enormous network, stride-0 views that fake large
+    tensors, meta/sparse tensors and deflated zip entries are refused with a reason."""
+    big = dict(sd256)
+    big["mapping.fc0.weight"] = torch.zeros(1).expand(131072, 131072)
+    with pytest.raises(CheckpointError, match=r"'mapping.fc0.weight' \(expanded"):
+        load_generator(big)
+    wide = dict(sd256, **{"mapping.fc7.weight": torch.zeros(8192, 512)})
+    with pytest.raises(CheckpointError, match=r"w_dim 8192 \(at most 4096\)"):
+        load_generator(wide)
+    odd = dict(sd256, **{"synthesis.dec.Dec_1000x1000.x": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match=r"img_resolution 1000 \(not a power of two\)"):
+        load_generator(odd)
+    huge = dict(sd256, **{f"synthesis.dec.Dec_{2**40}x{2**40}.x": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match=r"img_resolution 1099511627776 \(at most 512\)"):
+        load_generator(huge)
+    with pytest.raises(CheckpointError, match=r"'mapping.w_avg' \(meta tensor\)"):
+        read_state_dict(dict(sd256, **{"mapping.w_avg": torch.empty(512, device="meta")}))
+    with pytest.raises(CheckpointError, match=r"'mapping.w_avg' \(torch.sparse_coo tensor\)"):
+        read_state_dict(dict(sd256, **{"mapping.w_avg": torch.zeros(512).to_sparse()}))
+    import zipfile
+    plain = tmp_path / "plain.pth"
+    torch.save({"mapping.w_avg": torch.zeros(1000)}, plain)
+    packed = tmp_path / "packed.pth"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    with pytest.raises(CheckpointError, match="compressed entries"):
+        read_state_dict(packed)
+    assert read_state_dict(plain)["mapping.w_avg"].shape == (1000,)
+
+
+def test_malformed_module_state_gives_a_checkpoint_error(tmp_path):
+    """Module state of the wrong types inside a network pickle: a CheckpointError, not a
+    raw AttributeError/TypeError from deep inside."""
+    from mat_fast.checkpoints import _Stub, _flatten
+
+    for state in ({"_parameters": 5, "_modules": {}}, {"_parameters": {1: torch.zeros(1)}, "_modules": {}},
+                  {"_non_persistent_buffers_set": 5, "_modules": {}}, {"_modules": []}):
+        with pytest.raises(CheckpointError, match="module state of the wrong types"):
+            _flatten(_Stub("Generator", state), "x.pkl")
 
 
 def test_bad_paths(tmp_path):
