@@ -18,7 +18,7 @@ import torch
 
 from . import __version__
 from .backend import BackendUnavailableError, available_backends, get_backend, resolve
-from .image_io import InputError, load_image, save_image
+from .image_io import InputError, load_image, output_extension_error, save_image
 
 WEIGHTS_HELP = (
     "no checkpoint given. MAT's weights are not shipped (CC BY-NC): download upstream's "
@@ -106,9 +106,21 @@ def _pair_folders(input_dir: str, mask_dir: str) -> List[Tuple[str, str]]:
     def listing(folder):
         return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
 
+    if os.path.samefile(input_dir, mask_dir):
+        raise CliError(f"--input-dir and --mask-dir are the same folder ({input_dir}); keep "
+                       f"the masks in a folder of their own")
     images, masks = listing(input_dir), listing(mask_dir)
     if not images:
         raise CliError(f"no images ({', '.join(IMAGE_EXTS)}) in {input_dir}")
+    for names, folder in ((images, input_dir), (masks, mask_dir)):
+        # photo.jpg and photo.png would both be written to photo.png (or match one mask)
+        by_stem: dict = {}
+        for name in names:
+            by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
+        clashes = [" and ".join(group) for group in by_stem.values() if len(group) > 1]
+        if clashes:
+            raise CliError(f"files in {folder} share a name apart from the extension: "
+                           f"{'; '.join(clashes[:5])}; rename them")
     mask_by_stem = {os.path.splitext(m)[0]: m for m in masks}
     stems = [os.path.splitext(i)[0] for i in images]
     if any(s in mask_by_stem for s in stems):
@@ -137,14 +149,14 @@ def _comparison(image, mask, result, convention: str):
     import numpy as np
     from PIL import Image
 
-    from .image_io import to_hole_mask
+    from .image_io import eight_bit_rgb, to_hole_mask
 
     hole = to_hole_mask(mask, (image.size[1], image.size[0]), convention)
-    left = np.asarray(image.convert("RGB")).astype(np.float32)
+    left = np.asarray(eight_bit_rgb(image)).astype(np.float32)
     left[hole] = 0.45 * left[hole] + 0.55 * np.array([230, 40, 40], dtype=np.float32)
     canvas = Image.new("RGB", (image.size[0] * 2 + 8, image.size[1]), (255, 255, 255))
     canvas.paste(Image.fromarray(left.astype(np.uint8)), (0, 0))
-    canvas.paste(result.convert("RGB"), (image.size[0] + 8, 0))
+    canvas.paste(eight_bit_rgb(result), (image.size[0] + 8, 0))
     return canvas
 
 
@@ -160,6 +172,12 @@ def cmd_inpaint(args) -> int:
             raise CliError("folder mode needs --input-dir, --mask-dir and --out-dir "
                            "(and no IMAGE MASK or --comparison)")
         pairs = _pair_folders(args.input_dir, args.mask_dir)
+        if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+            raise CliError(f"--out-dir {args.out_dir} exists and is not a folder")
+        for folder, what in ((args.input_dir, "--input-dir"), (args.mask_dir, "--mask-dir")):
+            if os.path.isdir(args.out_dir) and os.path.samefile(args.out_dir, folder):
+                raise CliError(f"--out-dir is the same folder as {what} ({folder}); results "
+                               f"would overwrite the inputs: choose another folder")
         outputs = [os.path.join(args.out_dir, os.path.splitext(os.path.basename(i))[0] + ".png")
                    for i, _ in pairs]
         for image_path, mask_path in pairs:  # check everything before writing anything
@@ -170,6 +188,12 @@ def cmd_inpaint(args) -> int:
         out = args.output
         if os.path.isdir(out):
             out = os.path.join(out, os.path.splitext(os.path.basename(args.image))[0] + ".png")
+        elif out.endswith((os.sep, "/")):
+            raise CliError(f"output folder does not exist: {out}")
+        for path in (out, args.comparison):  # before any work: a bad name would lose it
+            error = path and output_extension_error(path)
+            if error:
+                raise CliError(error)
         _load_pair(args.image, args.mask)
         pairs, outputs = [(args.image, args.mask)], [out]
         if args.comparison and not os.path.isdir(os.path.dirname(os.path.abspath(args.comparison))):

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # ITU-R 601 luma, what PIL uses for RGB -> L: fills of grayscale images use it.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -42,7 +42,9 @@ class ImageData:
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file fully (so errors surface here) with a clear error."""
+    """Open an image file fully (so errors surface here) with a clear error, turned upright
+    as viewers show it (EXIF orientation applied: phone photos are often stored sideways,
+    and a mask is drawn on the picture people see)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"image file not found: {path}")
@@ -51,7 +53,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
-            return im.copy() if im.mode != "P" else im.convert("RGBA" if "transparency" in im.info else "RGB")
+            im = ImageOps.exif_transpose(im)  # a copy, upright (unchanged without EXIF)
+            return im if im.mode != "P" else im.convert("RGBA" if "transparency" in im.info else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise InputError(f"cannot read {path} as an image ({err}); use PNG, JPEG, WebP, TIFF or BMP") from None
 
@@ -72,7 +75,8 @@ def _pil_to_array(im: Image.Image):
             raise InputError("32-bit integer images must hold values in [0, 65535]")
         return arr.astype(np.uint16), 65535.0, mode
     if mode == "F":
-        return np.asarray(im).astype(np.float32), 1.0, mode
+        arr = np.asarray(im).astype(np.float32)
+        return arr, _array_scale(arr, "image"), mode  # the [0, 1] check of float arrays
     raise InputError(f"unsupported image mode {mode!r}; convert it to RGB first")
 
 
@@ -202,18 +206,47 @@ def compose(data: ImageData, filled_rgb: np.ndarray, hole: np.ndarray):
     return t.to(dtype=like.dtype, device=like.device)
 
 
+#: Formats that hold only 8 bits per channel.
+_EIGHT_BIT_FORMATS = ("JPEG", "BMP", "WEBP", "GIF")
+
+
+def _eight_bit_for(fmt: str, image: Image.Image) -> Image.Image:
+    """``image`` as ``fmt`` can store it. PIL's own conversion of 16-bit and float images
+    to 8 bits clips instead of scaling (most pixels turn white), so scale here."""
+    if fmt not in _EIGHT_BIT_FORMATS or image.mode in ("RGB", "RGBA", "L", "LA"):
+        return image if fmt != "JPEG" or image.mode in ("RGB", "L") else image.convert("RGB")
+    if image.mode.startswith("I") or image.mode == "F":
+        arr = np.asarray(image).astype(np.float64)
+        scale = 255.0 if image.mode == "F" else 255.0 / 65535.0
+        return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8))  # L
+    return image.convert("RGB")
+
+
+def eight_bit_rgb(image: Image.Image) -> Image.Image:
+    """An RGB picture of ``image`` for display (16-bit and float images scaled, not clipped)."""
+    return _eight_bit_for("JPEG", image).convert("RGB")
+
+
+def output_extension_error(path: str | os.PathLike) -> Optional[str]:
+    """Why ``path`` cannot be written as an image (by its extension), or None."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if Image.registered_extensions().get(ext) is None:
+        return (f"unknown output image extension {ext!r} in {os.fspath(path)}; use .png, .jpg, "
+                f".webp, .tif or .bmp")
+    return None
+
+
 def save_image(image: Image.Image, path: str | os.PathLike) -> None:
     """Save atomically (temp file + rename) so a failed write leaves nothing half-written."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise InputError(f"output folder does not exist: {directory}")
-    ext = os.path.splitext(path)[1].lower()
-    fmt = Image.registered_extensions().get(ext)
-    if fmt is None:
-        raise InputError(f"unknown output image extension {ext!r}; use .png, .jpg, .webp, .tif or .bmp")
-    if fmt == "JPEG" and image.mode not in ("RGB", "L"):
-        image = image.convert("RGB")
+    error = output_extension_error(path)
+    if error is not None:
+        raise InputError(error)
+    fmt = Image.registered_extensions()[os.path.splitext(path)[1].lower()]
+    image = _eight_bit_for(fmt, image)
     tmp = f"{path}.partial-{os.getpid()}"
     try:
         image.save(tmp, format=fmt)

@@ -139,3 +139,99 @@ def test_module_entry_point_and_console_script():
         pytest.skip("console script not installed (pip install -e . installs it)")
     out = subprocess.run([script, "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("mat_fast ")
+
+
+# ---------------------------------------------------------------------------------------
+# Checked before any work (the model is never built), and file handling
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if the command gets as far as building a network."""
+    from mat_fast import cli
+
+    def refuse(args):
+        raise AssertionError("the model was built although the arguments are wrong")
+
+    monkeypatch.setattr(cli, "_make_inpainter", refuse)
+
+
+def _tiny_pair(folder, name="a", ext=".png", size=(24, 16)):
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (90, 120, 200)).save(folder / f"{name}{ext}")
+    return folder / f"{name}{ext}"
+
+
+def test_bad_output_names_are_refused_before_inference(tmp_path, capsys, no_model):
+    image = _tiny_pair(tmp_path / "in")
+    mask = _tiny_pair(tmp_path / "masks")
+    for argv, expect in ((["-o", tmp_path / "out.xyz"], "unknown output image extension '.xyz'"),
+                         (["-o", tmp_path / "result"], "unknown output image extension ''"),
+                         (["-o", f"{tmp_path / 'newdir'}/"], "output folder does not exist"),
+                         (["-o", tmp_path / "ok.png", "--comparison", tmp_path / "cmp.xyz"],
+                          "unknown output image extension '.xyz'")):
+        code, _, err = run(["inpaint", image, mask, *argv, *FAST], capsys)
+        assert code == 2 and expect in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "masks"]  # nothing written
+
+
+def test_folder_mode_refuses_clashing_names_and_overwriting_inputs(tmp_path, capsys, no_model):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    for ext in (".jpg", ".png"):
+        _tiny_pair(images, "a", ext)
+    _tiny_pair(masks, "a")
+    code, _, err = run(["inpaint", "--input-dir", images, "--mask-dir", masks, "--out-dir",
+                        tmp_path / "out", *FAST], capsys)
+    assert code == 2 and "a.jpg and a.png" in err and "rename" in err, err
+    (images / "a.jpg").unlink()
+    before = (images / "a.png").read_bytes()
+    for out_dir, what in ((images, "--input-dir"), (masks, "--mask-dir")):
+        code, _, err = run(["inpaint", "--input-dir", images, "--mask-dir", masks,
+                            "--out-dir", out_dir, *FAST], capsys)
+        assert code == 2 and f"same folder as {what}" in err, err
+    code, _, err = run(["inpaint", "--input-dir", images, "--mask-dir", images,
+                        "--out-dir", tmp_path / "out", *FAST], capsys)
+    assert code == 2 and "are the same folder" in err, err
+    assert (images / "a.png").read_bytes() == before and not (tmp_path / "out").exists()
+
+
+def test_exif_orientation_is_applied_on_load(tmp_path):
+    """A JPEG stored 60x40 with Orientation=6 is shown 40x60: that is what load_image
+    returns, so a mask drawn on the displayed picture fits it."""
+    from mat_fast.cli import _load_pair
+    from mat_fast.image_io import load_image
+
+    stored = np.zeros((40, 60, 3), np.uint8)
+    stored[:, :10] = 255  # a white band on the stored left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", exif=exif.tobytes(), quality=95)
+    shown = load_image(tmp_path / "photo.jpg")
+    assert shown.size == (40, 60)
+    assert np.asarray(shown)[:10].mean() > 200  # the stored left edge is now the top
+    Image.new("L", (40, 60), 0).save(tmp_path / "mask.png")
+    image, mask = _load_pair(str(tmp_path / "photo.jpg"), str(tmp_path / "mask.png"))
+    assert image.size == mask.size == (40, 60)
+
+
+def test_sixteen_bit_results_saved_as_eight_bit_are_scaled_not_clipped(tmp_path):
+    from mat_fast.image_io import save_image
+
+    ramp = (np.arange(64 * 32, dtype=np.uint32).reshape(32, 64) * 32).astype(np.uint16)
+    image = Image.fromarray(ramp)
+    assert image.mode.startswith("I;16")
+    for ext in (".jpg", ".bmp"):
+        save_image(image, tmp_path / f"out{ext}")
+        back = np.asarray(Image.open(tmp_path / f"out{ext}").convert("L")).astype(np.float64)
+        assert abs(back.mean() - ramp.mean() / 257) < 2, (ext, back.mean(), ramp.mean() / 257)
+    save_image(image, tmp_path / "out.png")  # PNG keeps all 16 bits
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")).astype(np.uint16), ramp)
+
+
+def test_float_pil_images_must_hold_values_in_0_1():
+    from mat_fast.image_io import InputError, _pil_to_array
+
+    with pytest.raises(InputError, match=r"must hold values in \[0, 1\]"):
+        _pil_to_array(Image.fromarray(np.full((4, 4), 200.0, np.float32)))
+    arr, scale, mode = _pil_to_array(Image.fromarray(np.full((4, 4), 0.5, np.float32)))
+    assert scale == 1.0 and mode == "F" and float(arr.max()) == 0.5
