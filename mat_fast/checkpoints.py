@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 
 PathOrStateDict = Union[str, os.PathLike, Mapping]
 
-_EXPECTED = ("expected an upstream MAT network pickle (.pkl), a torch state dict (.pth/.pt) "
-             "or a .safetensors file")
+_FORMATS = ("an upstream MAT network pickle (.pkl), a torch state dict (.pth/.pt) or a "
+            ".safetensors file")
+_EXPECTED = "expected " + _FORMATS
 _WHERE = ("Pretrained weights are not shipped with mat_fast (upstream's license is CC BY-NC): "
           "get Places_512_FullData.pkl or CelebA-HQ_512.pkl from the links in "
           "https://github.com/fenglinglwb/MAT's README, or IOPaint's converted "
@@ -343,9 +344,9 @@ def _read_file(path: str):
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read the file: {e}") from e
     except Exception as e:  # truncated/corrupt files raise all sorts of things
+        detail = " ".join(str(e).split())[:300]  # whole, on one line
         raise CheckpointError(f"{path}: corrupt or unsupported checkpoint "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                              f"{_EXPECTED}.") from e
+                              f"({type(e).__name__}: {detail}); {_EXPECTED}.") from e
 
 
 def _check_zip_entries(path: str) -> None:
@@ -365,11 +366,15 @@ def _torch_load(path: str):
     except pickle.UnpicklingError as e:
         # torch's message advises weights_only=False, which would run the file's code.
         found = re.search(r"unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)", str(e), re.I)
-        what = f"the global '{found.group(1)}'" if found else "objects other than tensors"
+        if found is None:  # a damaged file, more likely than a hostile one
+            raise CheckpointError(
+                f"{path}: corrupt, or not a plain state dict: torch.load(weights_only=True) "
+                f"could not read it and nothing in it was executed. Expected {_FORMATS}."
+            ) from e
         raise CheckpointError(
-            f"{path}: this torch file contains {what}, so it is not a plain state dict; it "
-            f"was refused by torch.load(weights_only=True) and nothing in it was executed. "
-            f"It may be malicious. {_EXPECTED}.") from e
+            f"{path}: this torch file contains the global '{found.group(1)}', so it is not a "
+            f"plain state dict; it was refused by torch.load(weights_only=True) and nothing "
+            f"in it was executed. It may be malicious. Expected {_FORMATS}.") from e
 
 
 def _is_tensor_dict(obj) -> bool:
@@ -535,6 +540,21 @@ def load_generator(path_or_state_dict: PathOrStateDict, *, device="cpu",
     return G.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it where the OS allows (os.umask can
+    only be read by setting it, which races with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_generator(G: torch.nn.Module, path: Union[str, os.PathLike], *,
                    format: Optional[str] = None) -> None:
     """Save ``G``'s state dict: safetensors unless ``path`` ends in ``.pth``/``.pt`` or
@@ -566,6 +586,8 @@ def save_generator(G: torch.nn.Module, path: Union[str, os.PathLike], *,
             save_file(sd, tmp, metadata=meta)
         else:
             torch.save(OrderedDict(sd), tmp)
+        # safetensors creates its file 0600; give it the mode any new file would get
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

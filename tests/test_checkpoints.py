@@ -521,3 +521,23 @@ def test_failed_save_keeps_old_file(tmp_path, gen256, monkeypatch):
     assert target.read_bytes() == b"previous checkpoint"
     with pytest.raises(ValueError, match="format"):
         save_generator(gen256, tmp_path / "g.onnx", format="onnx")
+
+
+def test_saved_checkpoints_get_the_usual_file_mode(tmp_path, gen256):
+    """safetensors writes its files 0600; a saved checkpoint gets the mode of any new file
+    (0666 minus the umask), like torch.save's."""
+    old = os.umask(0o022)
+    try:
+        for name in ("g.safetensors", "g.pth"):
+            save_generator(gen256, tmp_path / name)
+            assert oct((tmp_path / name).stat().st_mode & 0o777) == oct(0o644), name
+    finally:
+        os.umask(old)
+
+
+def test_corrupt_torch_file_is_not_called_malicious(tmp_path):
+    path = tmp_path / "legacy.pth"
+    path.write_bytes(b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19" + b"\x00" * 64)
+    with pytest.raises(CheckpointError) as info:
+        read_state_dict(path)
+    assert "malicious" not in str(info.value) and "corrupt" in str(info.value)
