@@ -210,9 +210,13 @@ def compose(data: ImageData, filled_rgb: np.ndarray, hole: np.ndarray):
 _EIGHT_BIT_FORMATS = ("JPEG", "BMP", "WEBP", "GIF")
 
 
-def _eight_bit_for(fmt: str, image: Image.Image) -> Image.Image:
+def _storable(fmt: str, image: Image.Image) -> Image.Image:
     """``image`` as ``fmt`` can store it. PIL's own conversion of 16-bit and float images
-    to 8 bits clips instead of scaling (most pixels turn white), so scale here."""
+    to 8 bits clips instead of scaling (most pixels turn white), so scale here; PNG takes
+    float images as 16-bit."""
+    if fmt == "PNG" and image.mode == "F":
+        arr = np.asarray(image).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(arr * 65535.0), 0, 65535).astype(np.uint16))
     if fmt not in _EIGHT_BIT_FORMATS or image.mode in ("RGB", "RGBA", "L", "LA"):
         return image if fmt != "JPEG" or image.mode in ("RGB", "L") else image.convert("RGB")
     if image.mode.startswith("I") or image.mode == "F":
@@ -224,7 +228,7 @@ def _eight_bit_for(fmt: str, image: Image.Image) -> Image.Image:
 
 def eight_bit_rgb(image: Image.Image) -> Image.Image:
     """An RGB picture of ``image`` for display (16-bit and float images scaled, not clipped)."""
-    return _eight_bit_for("JPEG", image).convert("RGB")
+    return _storable("JPEG", image).convert("RGB")
 
 
 def output_extension_error(path: str | os.PathLike) -> Optional[str]:
@@ -246,7 +250,7 @@ def save_image(image: Image.Image, path: str | os.PathLike) -> None:
     if error is not None:
         raise InputError(error)
     fmt = Image.registered_extensions()[os.path.splitext(path)[1].lower()]
-    image = _eight_bit_for(fmt, image)
+    image = _storable(fmt, image)
     tmp = f"{path}.partial-{os.getpid()}"
     try:
         image.save(tmp, format=fmt)

@@ -228,6 +228,15 @@ def test_sixteen_bit_results_saved_as_eight_bit_are_scaled_not_clipped(tmp_path)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")).astype(np.uint16), ramp)
 
 
+def test_float_results_saved_as_png_become_16_bit(tmp_path):
+    from mat_fast.image_io import save_image
+
+    values = np.linspace(0, 1, 64 * 8, dtype=np.float32).reshape(8, 64)
+    save_image(Image.fromarray(values), tmp_path / "out.png")  # PNG has no float mode
+    back = np.asarray(Image.open(tmp_path / "out.png")).astype(np.float64) / 65535
+    assert np.abs(back - values).max() <= 1 / 65535
+
+
 def test_float_pil_images_must_hold_values_in_0_1():
     from mat_fast.image_io import InputError, _pil_to_array
 
