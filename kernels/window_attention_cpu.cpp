@@ -10,7 +10,7 @@
 // the window buffers and small tiles that stay in L1/L2; results collect in a window output
 // buffer written back row by row (the buffers: window_attention_cpu_window.h). The tile
 // math is compiled three times (AVX-512, AVX2+FMA, baseline) and picked from the CPU's
-// features at run time; MAT_FAST_CPU_ISA=avx2|base caps the choice.
+// features at run time; MAT_FAST_CPU_ISA=avx512|avx2|base caps the choice.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -125,42 +125,38 @@ inline Isa current_isa() {
 
 template <typename T>
 using TileFn = void (*)(const AttentionTile<T>&);
-
-template <typename T>
-TileFn<T> tile_fn(bool backward) {
-#if MAT_FAST_X86_MULTIVERSION
-  switch (current_isa()) {
-    case Isa::kAvx512:
-      return backward ? static_cast<TileFn<T>>(&avx512::tile_backward)
-                      : static_cast<TileFn<T>>(&avx512::tile_forward);
-    case Isa::kAvx2:
-      return backward ? static_cast<TileFn<T>>(&avx2::tile_backward)
-                      : static_cast<TileFn<T>>(&avx2::tile_forward);
-    default:
-      break;
-  }
-#endif
-  return backward ? static_cast<TileFn<T>>(&base::tile_backward)
-                  : static_cast<TileFn<T>>(&base::tile_forward);
-}
-
 template <typename T>
 using TransposeFn = void (*)(const T*, int64_t, int64_t, int64_t, T*, int64_t);
 
+// One instruction set's compiled variant of the tile math.
 template <typename T>
-TransposeFn<T> transpose_keys_fn() {
+struct TileKernels {
+  TileFn<T> forward, backward;
+  TransposeFn<T> transpose_keys;
+};
+
+#define MAT_FAST_TILE_KERNELS(ns)                                    \
+  TileKernels<T> {                                                   \
+    static_cast<TileFn<T>>(&ns::tile_forward),                       \
+        static_cast<TileFn<T>>(&ns::tile_backward),                  \
+        static_cast<TransposeFn<T>>(&ns::transpose_keys)             \
+  }
+
+template <typename T>
+TileKernels<T> tile_kernels() {
 #if MAT_FAST_X86_MULTIVERSION
   switch (current_isa()) {
     case Isa::kAvx512:
-      return static_cast<TransposeFn<T>>(&avx512::transpose_keys);
+      return MAT_FAST_TILE_KERNELS(avx512);
     case Isa::kAvx2:
-      return static_cast<TransposeFn<T>>(&avx2::transpose_keys);
+      return MAT_FAST_TILE_KERNELS(avx2);
     default:
       break;
   }
 #endif
-  return static_cast<TransposeFn<T>>(&base::transpose_keys);
+  return MAT_FAST_TILE_KERNELS(base);
 }
+#undef MAT_FAST_TILE_KERNELS
 
 // Tasks are (window, head) pairs, heads innermost; each thread takes a contiguous range
 // and loads each window it meets once. The forward then transposes the window's keys for
@@ -170,8 +166,9 @@ void run_tasks(const WindowGeometry& g, bool backward, const at::opmath_type<sca
                const std::array<const scalar_t*, kIn>& inputs,
                const std::array<scalar_t*, kOut>& outputs) {
   using T = at::opmath_type<scalar_t>;
-  const TileFn<T> fn = tile_fn<T>(backward);
-  const TransposeFn<T> transpose_keys = transpose_keys_fn<T>();
+  const TileKernels<T> kernels = tile_kernels<T>();
+  const TileFn<T> fn = backward ? kernels.backward : kernels.forward;
+  const TransposeFn<T> transpose_keys = kernels.transpose_keys;
   at::parallel_for(0, g.num_windows() * g.heads, 1, [&](int64_t begin, int64_t end) {
     Scratch<T>& sc = thread_scratch<T>(g, backward);
     for (int64_t task = begin; task < end; ++task) {

@@ -332,6 +332,8 @@ def _read_file(path: str):
             return load_file(path, device="cpu")
         if kind == "pickle":
             with open(path, "rb") as f, warnings.catch_warnings():
+                # Read twice (scan, then unpickle) rather than held in memory: upstream's
+                # pickles are hundreds of MB, and the second read comes from the page cache.
                 _check_pickle_nesting(f, path)
                 # Old-style typed storages are deprecated, but they are what the file holds.
                 warnings.simplefilter("ignore", UserWarning)

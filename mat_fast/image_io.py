@@ -214,16 +214,19 @@ def _storable(fmt: str, image: Image.Image) -> Image.Image:
     """``image`` as ``fmt`` can store it. PIL's own conversion of 16-bit and float images
     to 8 bits clips instead of scaling (most pixels turn white), so scale here; PNG takes
     float images as 16-bit."""
-    if fmt == "PNG" and image.mode == "F":
+    mode = image.mode
+    if fmt == "PNG" and mode == "F":
         arr = np.asarray(image).astype(np.float64)
         return Image.fromarray(np.clip(np.rint(arr * 65535.0), 0, 65535).astype(np.uint16))
-    if fmt not in _EIGHT_BIT_FORMATS or image.mode in ("RGB", "RGBA", "L", "LA"):
-        return image if fmt != "JPEG" or image.mode in ("RGB", "L") else image.convert("RGB")
-    if image.mode.startswith("I") or image.mode == "F":
+    if fmt not in _EIGHT_BIT_FORMATS:
+        return image
+    if mode.startswith("I") or mode == "F":
         arr = np.asarray(image).astype(np.float64)
-        scale = 255.0 if image.mode == "F" else 255.0 / 65535.0
+        scale = 255.0 if mode == "F" else 255.0 / 65535.0
         return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8))  # L
-    return image.convert("RGB")
+    if mode in ("RGB", "L") or (fmt != "JPEG" and mode in ("RGBA", "LA")):
+        return image
+    return image.convert("RGB")  # JPEG has no alpha; other modes as RGB
 
 
 def eight_bit_rgb(image: Image.Image) -> Image.Image:
