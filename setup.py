@@ -5,9 +5,11 @@
   ``mat_fast/ops/native_build.py``).
 * ``MAT_FAST_BUILD_EXT=1 pip install --no-build-isolation .`` also compiles them ahead of
   time into ``mat_fast._C`` (a CUDAExtension when torch has CUDA and a toolkit is found,
-  else a CppExtension). A plain install never needs a compiler.
+  else a CppExtension), with the digest of the sources it came from beside it, so that
+  the package ignores it once those sources change. A plain install never needs a compiler.
 """
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -46,11 +48,31 @@ def native_extension():
                 extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]} if with_cuda else cxx)
 
 
+def native_build_module():
+    """mat_fast/ops/native_build.py on its own (importing the package is not needed, and
+    must not be, while it is being built): the one definition of the source digest."""
+    spec = importlib.util.spec_from_file_location(
+        "_mat_fast_native_build", ROOT / "mat_fast" / "ops" / "native_build.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 ext_modules, cmdclass = [], {"build_py": build_py_with_kernels}
 if os.environ.get("MAT_FAST_BUILD_EXT") == "1":
     from torch.utils.cpp_extension import BuildExtension
 
+    class build_ext_with_digest(BuildExtension):
+        def run(self):
+            super().run()
+            native_build = native_build_module()
+            for ext in self.extensions:
+                # get_ext_fullpath honours --inplace (editable installs) and build_lib (wheels)
+                digest = Path(self.get_ext_fullpath(ext.name)).with_name(native_build.AOT_DIGEST_FILE)
+                digest.write_text(native_build.source_digest(KERNELS) + "\n")
+
     ext_modules.append(native_extension())
-    cmdclass["build_ext"] = BuildExtension
+    cmdclass["build_ext"] = build_ext_with_digest
 
 setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -4,7 +4,8 @@ backends.
 The library registers ``torch.ops.mat_fast_native.*`` (schemas in
 ``kernels/mat_fast_ops.cpp``). It comes from, in order:
 
-1. an ahead-of-time build, the module ``mat_fast._C`` (``MAT_FAST_BUILD_EXT=1 pip install``);
+1. an ahead-of-time build, the module ``mat_fast._C`` (``MAT_FAST_BUILD_EXT=1 pip install``),
+   unless the kernel sources beside the package differ from those it was built from;
 2. a just-in-time build with :func:`torch.utils.cpp_extension.load`, cached in
    ``$MAT_FAST_CACHE/ext`` (else ``$XDG_CACHE_HOME/mat_fast/ext``, else
    ``~/.cache/mat_fast/ext``) under a key that hashes the kernel sources, the torch, CUDA
@@ -54,6 +55,10 @@ log = logging.getLogger("mat_fast")
 LIBRARY = "mat_fast_native"
 #: Module name of the ahead-of-time build (setup.py with MAT_FAST_BUILD_EXT=1).
 AOT_MODULE = "mat_fast._C"
+#: Written by setup.py beside the ahead-of-time build: the :func:`source_digest` of the
+#: kernels it was compiled from. An editable install whose kernels were edited since would
+#: otherwise run the old kernels without a word.
+AOT_DIGEST_FILE = "_C.sources.sha256"
 #: Lines of the compiler's output quoted in a failed build's reason.
 LOG_TAIL_LINES = 20
 #: JIT cache entries kept after a new build: the newest by last use (a cache hit touches
@@ -155,14 +160,26 @@ class BuildConfig:
         return {path.name: path.read_bytes() for path in self.files()}
 
     def key(self, sources: Optional[Dict[str, bytes]] = None) -> str:
-        h = hashlib.sha256()
-        for name, data in sorted((sources or self.read_sources()).items()):
-            h.update(name.encode() + b"\0" + data + b"\0")
+        h = _hash_sources(sources or self.read_sources())
         meta = [torch.__version__, str(torch.version.cuda), self.with_cuda, self.cuda_arch_list,
                 self.cflags, self.cuda_cflags, self.ldflags, sys.version_info[:2],
                 platform.machine(), sys.platform, os.environ.get("CXX", "")]
         h.update(json.dumps(meta, default=str).encode())
         return h.hexdigest()[:20]
+
+
+def _hash_sources(sources: Dict[str, bytes]):  # -> a hashlib sha256 object
+    h = hashlib.sha256()
+    for name, data in sorted(sources.items()):
+        h.update(name.encode() + b"\0" + data + b"\0")
+    return h
+
+
+def source_digest(kernels: Path) -> str:
+    """sha256 of every kernel source in ``kernels`` (names and bytes, CUDA ones included):
+    what :data:`AOT_DIGEST_FILE` records for an ahead-of-time build."""
+    files = {p.name: p.read_bytes() for p in kernels.iterdir() if p.suffix in _HASHED_SUFFIXES}
+    return _hash_sources(files).hexdigest()
 
 
 def _cuda_arch_list() -> str:
@@ -361,9 +378,34 @@ def _config_identity() -> tuple:
     return (kernel_dir(), env.get("MAT_FAST_CACHE"), env.get("XDG_CACHE_HOME"), AOT_MODULE)
 
 
+def _aot_staleness(origin: Optional[str]) -> Optional[str]:
+    """Why the ahead-of-time build at ``origin`` does not match the kernel sources beside
+    the package, or None when it does (or when there are no sources to compare with)."""
+    kernels = kernel_dir()
+    if kernels is None or origin is None:
+        return None  # nothing to build from instead: the prebuilt library is all there is
+    recorded = Path(origin).with_name(AOT_DIGEST_FILE)
+    try:
+        built_from = recorded.read_text().strip()
+    except OSError:
+        return f"it has no record of the sources it was built from ({recorded} is missing)"
+    if built_from != source_digest(kernels):
+        return f"the kernel sources in {kernels} changed after it was built"
+    return None
+
+
 def _load_aot() -> bool:
-    """Import the ahead-of-time build if one is installed; whether that worked."""
-    if not AOT_MODULE or importlib.util.find_spec(AOT_MODULE) is None:
+    """Import the ahead-of-time build if one is installed and matches the kernel sources;
+    whether that worked."""
+    spec = importlib.util.find_spec(AOT_MODULE) if AOT_MODULE else None
+    if spec is None:
+        return False
+    stale = _aot_staleness(spec.origin)
+    if stale is not None:
+        # Checked before importing: an imported library's operators cannot be replaced.
+        log.warning("mat_fast: ignoring the prebuilt %s: %s. The kernels are built just in "
+                    "time instead; to prebuild them again, reinstall with MAT_FAST_BUILD_EXT=1 "
+                    "(see the README)", AOT_MODULE, stale)
         return False
     try:
         importlib.import_module(AOT_MODULE)
