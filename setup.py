@@ -48,11 +48,11 @@ def native_extension():
                 extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]} if with_cuda else cxx)
 
 
-def native_build_module():
-    """mat_fast/ops/native_build.py on its own (importing the package is not needed, and
-    must not be, while it is being built): the one definition of the source digest."""
+def native_sources_module():
+    """mat_fast/ops/native_sources.py on its own (the package is not importable while it is
+    being built): the one definition of the source digest."""
     spec = importlib.util.spec_from_file_location(
-        "_mat_fast_native_build", ROOT / "mat_fast" / "ops" / "native_build.py")
+        "_mat_fast_native_sources", ROOT / "mat_fast" / "ops" / "native_sources.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -66,11 +66,11 @@ if os.environ.get("MAT_FAST_BUILD_EXT") == "1":
     class build_ext_with_digest(BuildExtension):
         def run(self):
             super().run()
-            native_build = native_build_module()
+            native_sources = native_sources_module()
             for ext in self.extensions:
                 # get_ext_fullpath honours --inplace (editable installs) and build_lib (wheels)
-                digest = Path(self.get_ext_fullpath(ext.name)).with_name(native_build.AOT_DIGEST_FILE)
-                digest.write_text(native_build.source_digest(KERNELS) + "\n")
+                digest = Path(self.get_ext_fullpath(ext.name)).with_name(native_sources.AOT_DIGEST_FILE)
+                digest.write_text(native_sources.source_digest(KERNELS) + "\n")
 
     ext_modules.append(native_extension())
     cmdclass["build_ext"] = build_ext_with_digest

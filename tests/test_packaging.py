@@ -26,13 +26,13 @@ from pathlib import Path
 
 import pytest
 
-from mat_fast.ops import native_build
+from mat_fast.ops import native_build, native_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 # What MANIFEST.in and pyproject.toml put in a source distribution, and nothing built.
 SDIST_FILES = ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE")
 SDIST_DIRS = ("mat_fast", "kernels")
-BUILT = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", native_build.AOT_DIGEST_FILE)
+BUILT = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", native_sources.AOT_DIGEST_FILE)
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                                 reason="no C++ compiler")
@@ -71,7 +71,7 @@ def _run_installed(site: Path, code: str, tmp_path: Path) -> dict:
         import mat_fast
         from pathlib import Path
         assert Path(mat_fast.__file__).is_relative_to({str(site)!r}), mat_fast.__file__
-        from mat_fast.ops import native_build
+        from mat_fast.ops import native_build, native_sources
     """)
     proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env,
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -139,8 +139,8 @@ def test_prebuilt_wheel_loads_its_library_and_ignores_it_once_sources_change(tmp
     site = _build_wheel(tmp_path, prebuild=True)
     package = site / "mat_fast"
     assert len(list(package.glob("_C*.so")) + list(package.glob("_C*.pyd"))) == 1
-    digest = package / native_build.AOT_DIGEST_FILE
-    assert digest.read_text().strip() == native_build.source_digest(ROOT / "kernels")
+    digest = package / native_sources.AOT_DIGEST_FILE
+    assert digest.read_text().strip() == native_sources.source_digest(ROOT / "kernels")
 
     seen = _run_installed(site, PARITY_AND_STALENESS, tmp_path)
     assert seen["loaded"] == native_build.AOT_MODULE

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -42,6 +41,9 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from .native_sources import (AOT_DIGEST_FILE, HASHED_SUFFIXES, cuda_arch_list, hash_sources,
+                             source_digest)
+
 try:  # POSIX; elsewhere the atomic rename alone keeps concurrent builds safe
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -55,10 +57,6 @@ log = logging.getLogger("mat_fast")
 LIBRARY = "mat_fast_native"
 #: Module name of the ahead-of-time build (setup.py with MAT_FAST_BUILD_EXT=1).
 AOT_MODULE = "mat_fast._C"
-#: Written by setup.py beside the ahead-of-time build: the :func:`source_digest` of the
-#: kernels it was compiled from. An editable install whose kernels were edited since would
-#: otherwise run the old kernels without a word.
-AOT_DIGEST_FILE = "_C.sources.sha256"
 #: Lines of the compiler's output quoted in a failed build's reason.
 LOG_TAIL_LINES = 20
 #: JIT cache entries kept after a new build: the newest by last use (a cache hit touches
@@ -70,7 +68,6 @@ ABANDONED_AFTER_S = 24 * 3600
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # .../mat_fast
 _SOURCE_SUFFIXES = (".cpp", ".cu")
-_HASHED_SUFFIXES = (".cpp", ".cu", ".h", ".cuh", ".inc")
 
 
 class NativeBuildError(RuntimeError):
@@ -139,7 +136,7 @@ class BuildConfig:
             cflags.append("-fopenmp")
             ldflags.append("-fopenmp")
         return cls(kernels=kernels, cache=cache_root(), with_cuda=with_cuda,
-                   cuda_arch_list=_cuda_arch_list() if with_cuda else "",
+                   cuda_arch_list=cuda_arch_list() if with_cuda else "",
                    cflags=tuple(cflags), cuda_cflags=("-O3",) if with_cuda else (),
                    ldflags=tuple(ldflags))
 
@@ -147,7 +144,7 @@ class BuildConfig:
         """The sources the build reads (CUDA ones only when building with CUDA)."""
         skip = () if self.with_cuda else (".cu", ".cuh")
         return sorted(p for p in self.kernels.iterdir()
-                      if p.suffix in _HASHED_SUFFIXES and p.suffix not in skip)
+                      if p.suffix in HASHED_SUFFIXES and p.suffix not in skip)
 
     def sources(self) -> List[str]:
         """Translation units (file names): the .cpp files, plus the .cu files with CUDA."""
@@ -160,39 +157,12 @@ class BuildConfig:
         return {path.name: path.read_bytes() for path in self.files()}
 
     def key(self, sources: Optional[Dict[str, bytes]] = None) -> str:
-        h = _hash_sources(sources or self.read_sources())
+        h = hash_sources(sources or self.read_sources())
         meta = [torch.__version__, str(torch.version.cuda), self.with_cuda, self.cuda_arch_list,
                 self.cflags, self.cuda_cflags, self.ldflags, sys.version_info[:2],
                 platform.machine(), sys.platform, os.environ.get("CXX", "")]
         h.update(json.dumps(meta, default=str).encode())
         return h.hexdigest()[:20]
-
-
-def _hash_sources(sources: Dict[str, bytes]):  # -> a hashlib sha256 object
-    h = hashlib.sha256()
-    for name, data in sorted(sources.items()):
-        h.update(name.encode() + b"\0" + data + b"\0")
-    return h
-
-
-def source_digest(kernels: Path) -> str:
-    """sha256 of every kernel source in ``kernels`` (names and bytes, CUDA ones included):
-    what :data:`AOT_DIGEST_FILE` records for an ahead-of-time build."""
-    files = {p.name: p.read_bytes() for p in kernels.iterdir() if p.suffix in _HASHED_SUFFIXES}
-    return _hash_sources(files).hexdigest()
-
-
-def _cuda_arch_list() -> str:
-    """TORCH_CUDA_ARCH_LIST if set, else the visible GPUs' architectures, else '' (then
-    torch builds for every architecture it knows)."""
-    env = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
-    if env:
-        return env
-    if torch.cuda.is_available():
-        caps = sorted({torch.cuda.get_device_capability(i)
-                       for i in range(torch.cuda.device_count())})
-        return ";".join(f"{major}.{minor}" for major, minor in caps)
-    return ""
 
 
 # ----------------------------------------------------------------------------------------
