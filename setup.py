@@ -54,7 +54,6 @@ def native_sources_module():
     spec = importlib.util.spec_from_file_location(
         "_mat_fast_native_sources", ROOT / "mat_fast" / "ops" / "native_sources.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
