@@ -265,6 +265,12 @@ def cmd_info(args) -> int:
         print(f"  on {device}: runs {chosen}")
         for name, reason in available_backends(device).items():
             print(f"    {name:<10} {'ok' if reason is None else reason}")
+    from .ops import native_build
+
+    if native_build.is_loaded():  # the probes above load it when it can be had
+        library = native_build.load()
+        origin = "prebuilt" if library == native_build.AOT_MODULE else "built just in time"
+        print(f"native   {library} ({origin})")
     return 0
 
 

@@ -129,6 +129,13 @@ def test_info_lists_backends_with_reasons(capsys):
     from mat_fast.backend import resolve
 
     assert f"on cpu: runs {resolve('cpu')}" in stdout
+    from mat_fast.ops import native_build
+
+    # which native library runs, so a stale or unexpected one can be spotted
+    if native_build.is_loaded():
+        assert f"native   {native_build.load()} (" in stdout
+    else:
+        assert "native   " not in stdout
 
 
 def test_module_entry_point_and_console_script():
