@@ -34,8 +34,8 @@ SDIST_FILES = ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENS
 SDIST_DIRS = ("mat_fast", "kernels")
 BUILT = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", native_sources.AOT_DIGEST_FILE)
 
-pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                                reason="no C++ compiler")
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                    reason="no C++ compiler")
 
 
 def _build_wheel(tmp_path: Path, prebuild: bool) -> Path:
@@ -135,6 +135,7 @@ STALE_CHECK = """
 
 
 @pytest.mark.slow
+@needs_compiler
 def test_prebuilt_wheel_loads_its_library_and_ignores_it_once_sources_change(tmp_path):
     site = _build_wheel(tmp_path, prebuild=True)
     package = site / "mat_fast"
