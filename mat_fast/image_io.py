@@ -234,10 +234,15 @@ def eight_bit_rgb(image: Image.Image) -> Image.Image:
     return _storable("JPEG", image).convert("RGB")
 
 
+def _output_format(path: str | os.PathLike) -> Optional[str]:
+    """PIL's format name for ``path``'s extension, or None if PIL cannot write it."""
+    return Image.registered_extensions().get(os.path.splitext(os.fspath(path))[1].lower())
+
+
 def output_extension_error(path: str | os.PathLike) -> Optional[str]:
     """Why ``path`` cannot be written as an image (by its extension), or None."""
-    ext = os.path.splitext(os.fspath(path))[1].lower()
-    if Image.registered_extensions().get(ext) is None:
+    if _output_format(path) is None:
+        ext = os.path.splitext(os.fspath(path))[1].lower()
         return (f"unknown output image extension {ext!r} in {os.fspath(path)}; use .png, .jpg, "
                 f".webp, .tif or .bmp")
     return None
@@ -249,10 +254,9 @@ def save_image(image: Image.Image, path: str | os.PathLike) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise InputError(f"output folder does not exist: {directory}")
-    error = output_extension_error(path)
-    if error is not None:
-        raise InputError(error)
-    fmt = Image.registered_extensions()[os.path.splitext(path)[1].lower()]
+    fmt = _output_format(path)
+    if fmt is None:
+        raise InputError(output_extension_error(path))
     image = _storable(fmt, image)
     tmp = f"{path}.partial-{os.getpid()}"
     try:
