@@ -53,7 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mat_fast  # noqa: E402
-from benchmarks.common import device_name, draw_chart, git_commit, time_group, triton_version  # noqa: E402
+from benchmarks.common import (add_malloc_option, apply_malloc, device_name, draw_chart, git_commit,  # noqa: E402
+                               time_group, triton_version)
 from mat_fast.ops.window_attention import window_attention, window_attention_qkv  # noqa: E402
 from mat_fast.ops.window_attention.reference import (shift_region_mask, window_attention_reference,  # noqa: E402
                                                      window_partition, window_reverse)
@@ -265,6 +266,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="default: float16 on GPU, float32 on CPU")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--budget", type=float, default=1.0, help="CPU seconds per implementation and shape (after warm-up)")
+    add_malloc_option(parser)
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -273,6 +275,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     batches = (1,) if args.quick else (1, 8)
     name = device_name(device)
     peak = peak_tbps(name) if device.type == "cuda" else None
+    malloc = apply_malloc(device, args.malloc)
 
     backends = mat_fast.available_backends(device)
     skipped = {f"backend {b}": why for b, why in backends.items() if why is not None}
@@ -298,7 +301,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     w_qkv = torch.cat(weights)
     rows: List[dict] = []
     print(f"device: {name} ({device}), dtype {str(dtype).replace('torch.', '')}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads() if device.type == 'cpu' else '-'}")
+          f"threads {torch.get_num_threads() if device.type == 'cpu' else '-'}" + (f", malloc: {malloc}" if malloc else ""))
     header = f"{'config':<34} {'impl':<14} {'median ms':>10} {'p20':>9} {'p80':>9} {'speedup':>8} {'GB/s':>8} {'%peak':>6}"
     print(header)
     print("-" * len(header))
@@ -372,7 +375,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     slug = "cpu" if device.type == "cpu" else "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
     meta = dict(
         device=name, device_type=device.type, dtype=str(dtype).replace("torch.", ""),
-        peak_tbps=peak, cpu_threads=torch.get_num_threads() if device.type == "cpu" else None,
+        peak_tbps=peak, cpu_threads=torch.get_num_threads() if device.type == "cpu" else None, malloc=malloc,
         versions=dict(python=platform.python_version(), torch=torch.__version__,
                       triton=triton_version(), mat_fast=mat_fast.__version__),
         git_commit=git_commit(), command=" ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),

@@ -46,6 +46,25 @@ def time_group(fns: Dict[str, Callable], device: torch.device, budget_s: float) 
     return stats
 
 
+def add_malloc_option(parser) -> None:
+    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                        help="CPU: 'keep' freed memory for reuse, as mat_fast.Inpainter does "
+                             "(mat_fast.cpu_memory), or glibc's 'default', which maps and zeroes "
+                             "every large block afresh (page faults on each call)")
+
+
+def apply_malloc(device: torch.device, mode: str) -> Optional[str]:
+    """Set up CPU memory reuse for every implementation alike; what the JSON records."""
+    if device.type != "cpu":
+        return None
+    if mode == "default":
+        return "glibc default (freed large blocks returned to the system)"
+    from mat_fast.cpu_memory import keep_freed_memory
+
+    return "freed memory kept (mat_fast.cpu_memory)" if keep_freed_memory() else \
+        "malloc default (keeping freed memory is not available here)"
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mat_fast  # noqa: E402
-from benchmarks.common import device_name, draw_chart, git_commit, time_group, triton_version  # noqa: E402
+from benchmarks.common import (add_malloc_option, apply_malloc, device_name, draw_chart, git_commit,  # noqa: E402
+                               time_group, triton_version)
 from mat_fast.inpaint import random_generator  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -88,6 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--backends", help="comma list (default: every available one)")
     parser.add_argument("--budget", type=float, default=20.0, help="CPU seconds per configuration")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    add_malloc_option(parser)
     args = parser.parse_args(argv)
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -99,7 +101,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     backends = args.backends.split(",") if args.backends else [b for b, why in status.items() if why is None]
     skipped = {b: why for b, why in status.items() if why is not None and b not in backends}
     name = device_name(device)
-    print(f"device: {name}; backends: {', '.join(backends)}")
+    malloc = apply_malloc(device, args.malloc)
+    print(f"device: {name}; backends: {', '.join(backends)}" + (f"; malloc: {malloc}" if malloc else ""))
     for b, why in skipped.items():
         print(f"  skipped {b}: {why}")
 
@@ -158,7 +161,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 commit=git_commit(), timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 versions=dict(python=platform.python_version(), torch=torch.__version__,
                               triton=triton_version(), mat_fast=mat_fast.__version__),
-                threads=torch.get_num_threads(), skipped=skipped)
+                threads=torch.get_num_threads(), malloc=malloc, skipped=skipped)
     tag = "cuda" if gpu else "cpu"
     json_path, png_path = out / f"generator_{tag}.json", out / f"generator_{tag}.png"
     json_path.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
