@@ -8,10 +8,11 @@ faults per forward. On the 2-core development box that was a third of the 'cpu' 
 forward (2.5-3.0 s -> 1.8-1.9 s with freed memory kept) and over half of the reference's
 (6.2-9.0 s -> 2.5-2.6 s).
 
-:func:`keep_freed_memory` raises both of malloc's thresholds (``mallopt``) so that large
-blocks come from the heap and freed ones stay there for the next request. The cost is the
+:func:`keep_freed_memory` raises malloc's mmap threshold and turns heap trimming off
+(``mallopt``), so large blocks come from the heap and freed ones stay there for the next
+request. The cost is the
 one torch's CUDA caching allocator has: the process holds on to its peak (measured at
-512 px: peak RSS 1.29 -> 1.55 GB, and that much stays resident after the forward) until
+512 px: peak RSS 1.29 -> 1.36 GB, and that much stays resident after the forward) until
 :func:`release_freed_memory` or exit.
 
 :class:`mat_fast.Inpainter` turns it on for CPU devices (``MAT_FAST_KEEP_FREED_MEMORY=0``
@@ -38,9 +39,13 @@ ENV_VAR = "MAT_FAST_KEEP_FREED_MEMORY"
 # mallopt parameters (glibc's malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-# Blocks up to this size come from the heap (larger ones, rare here, keep their own
-# mapping), and the heap's free top is never returned below it. An int: mallopt's type.
-_LIMIT_BYTES = 1 << 30
+# Blocks up to this size (mallopt takes an int) come from the heap; larger ones, rare
+# here, keep their own mapping.
+_MMAP_THRESHOLD_BYTES = (1 << 31) - 1
+# -1 turns trimming off (mallopt(3)): a finite threshold (1 GiB was tried) still hands the
+# heap's free top back after the reference's forward, whose peak is higher, and the next
+# forward faults it all in again.
+_TRIM_THRESHOLD_OFF = -1
 
 _log = logging.getLogger("mat_fast")
 _lock = threading.Lock()
@@ -69,8 +74,8 @@ def keep_freed_memory() -> bool:
         libc = _libc()
         if libc is None:
             return False
-        mmap_ok = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(_LIMIT_BYTES)) == 1
-        trim_ok = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(_LIMIT_BYTES)) == 1
+        mmap_ok = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(_MMAP_THRESHOLD_BYTES)) == 1
+        trim_ok = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(_TRIM_THRESHOLD_OFF)) == 1
         _kept = mmap_ok and trim_ok
         if not _kept:
             _log.info("mat_fast: glibc refused mallopt (mmap threshold %s, trim threshold %s); "

@@ -114,8 +114,8 @@ def fake_libc(monkeypatch):
 def test_keep_sets_both_thresholds_once(fake_libc):
     libc = fake_libc()
     assert cpu_memory.keep_freed_memory() is True
-    assert sorted(libc.calls) == sorted([(cpu_memory._M_MMAP_THRESHOLD, cpu_memory._LIMIT_BYTES),
-                                         (cpu_memory._M_TRIM_THRESHOLD, cpu_memory._LIMIT_BYTES)])
+    assert sorted(libc.calls) == sorted([(cpu_memory._M_MMAP_THRESHOLD, (1 << 31) - 1),
+                                         (cpu_memory._M_TRIM_THRESHOLD, -1)])
     assert cpu_memory.keep_freed_memory() is True and len(libc.calls) == 2  # no second call
     assert cpu_memory.freed_memory_kept() is True
 
