@@ -4,16 +4,15 @@ Why: glibc's malloc gives every request above its mmap threshold (32 MB at most 
 default) fresh pages of its own and hands them back to the kernel on free. A CPU forward of
 the generator at 512 px allocates and frees 190 MB feature maps (180 channels x 512 x 512,
 fp32) over and over, so the kernel maps and zeroes them again each time: about 440,000 page
-faults per forward. On the 2-core development box that was a third of the 'cpu' backend's
-forward (2.5-3.0 s -> 1.8-1.9 s with freed memory kept) and over half of the reference's
-(6.2-9.0 s -> 2.5-2.6 s).
+faults per forward. On the 2-core development box that cost the 'cpu' backend's 512 px
+forward a quarter to a third of its time (2.4-3.0 s -> 1.8-1.9 s with freed memory kept) and
+the reference's over half (6.2-9.0 s -> 2.5-2.7 s).
 
 :func:`keep_freed_memory` raises malloc's mmap threshold and turns heap trimming off
 (``mallopt``), so large blocks come from the heap and freed ones stay there for the next
-request. The cost is the
-one torch's CUDA caching allocator has: the process holds on to its peak (measured at
-512 px: peak RSS 1.29 -> 1.36 GB, and that much stays resident after the forward) until
-:func:`release_freed_memory` or exit.
+request. The cost is the one torch's CUDA caching allocator has: the process holds on to
+its peak (measured at 512 px: peak RSS 1.29 -> 1.36 GB, and that much stays resident after
+the forward) until :func:`release_freed_memory` or exit.
 
 :class:`mat_fast.Inpainter` turns it on for CPU devices (``MAT_FAST_KEEP_FREED_MEMORY=0``
 opts out); the benchmarks turn it on for every implementation they time. Only glibc (Linux)
