@@ -73,14 +73,16 @@ def keep_freed_memory() -> bool:
         libc = _libc()
         if libc is None:
             return False
-        mmap_ok = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(_MMAP_THRESHOLD_BYTES)) == 1
-        trim_ok = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(_TRIM_THRESHOLD_OFF)) == 1
-        _kept = mmap_ok and trim_ok
-        if not _kept:
-            _log.info("mat_fast: glibc refused mallopt (mmap threshold %s, trim threshold %s); "
-                      "freed CPU memory is returned to the system as usual",
-                      "ok" if mmap_ok else "refused", "ok" if trim_ok else "refused")
-        return _kept
+        # The threshold first: if glibc refuses it, nothing has changed. (glibc accepts any
+        # trim threshold, so the second call does not fail in practice.)
+        for name, param, value in (("mmap threshold", _M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES),
+                                   ("trim threshold", _M_TRIM_THRESHOLD, _TRIM_THRESHOLD_OFF)):
+            if libc.mallopt(param, ctypes.c_int(value)) != 1:
+                _log.info("mat_fast: glibc refused mallopt(%s, %d); freed CPU memory is returned "
+                          "to the system as usual", name, value)
+                return False
+        _kept = True
+        return True
 
 
 def keep_freed_memory_for(device: torch.device) -> bool:

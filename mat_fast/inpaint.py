@@ -194,7 +194,7 @@ class Inpainter:
                              f"{self.device.type} (drop --cuda-graphs or use --device cuda)")
         self.dtype = dtype
         # On CPU, reuse freed memory instead of page-faulting every large activation anew
-        # each forward (a third of a 512 px forward; see mat_fast.cpu_memory).
+        # each forward (a quarter to a third of a 512 px forward; see mat_fast.cpu_memory).
         keep_freed_memory_for(self.device)
         self.generator = generator.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
         self.batch_size = batch_size

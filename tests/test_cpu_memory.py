@@ -120,12 +120,13 @@ def test_keep_sets_both_thresholds_once(fake_libc):
     assert cpu_memory.freed_memory_kept() is True
 
 
-def test_a_refused_threshold_is_reported_not_raised(fake_libc, caplog):
-    fake_libc({cpu_memory._M_MMAP_THRESHOLD: 0})
+def test_a_refused_threshold_is_reported_not_raised_and_changes_nothing_more(fake_libc, caplog):
+    libc = fake_libc({cpu_memory._M_MMAP_THRESHOLD: 0})
     with caplog.at_level("INFO", logger="mat_fast"):
         assert cpu_memory.keep_freed_memory() is False
     assert cpu_memory.freed_memory_kept() is False
-    assert "mmap threshold refused" in caplog.text
+    assert "refused mallopt(mmap threshold" in caplog.text
+    assert [param for param, _ in libc.calls] == [cpu_memory._M_MMAP_THRESHOLD]  # trim untouched
 
 
 def test_without_glibc_nothing_happens(monkeypatch):
