@@ -6,32 +6,29 @@ torch state dicts (``.pth``/``.pt``, zip or legacy ``torch.save``, e.g. IOPaint'
 ``Places_512_FullData_G.pth``) and safetensors files. The network pickles are read without
 running any of their code: upstream's format embeds the full Python source of its network
 modules and executes it on load, so a file from an untrusted source could do anything.
-Here a restricted unpickler only rebuilds tensors, containers and inert stand-ins for the
-modules, and refuses every other global. The generator's constructor arguments are then
-inferred from the state dict's keys and shapes, so no metadata is needed.
+Here they go through ``network_pickle``'s restricted unpickler, which only rebuilds
+tensors, containers and inert stand-ins for the modules, and refuses every other global.
+The generator's constructor arguments are then inferred from the state dict's keys and
+shapes, so no metadata is needed.
 """
 
 from __future__ import annotations
 
-import functools
-import io
 import logging
 import os
 import pickle
-import pickletools
 import re
-import sys
 import uuid
-import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
-import numpy as np
 import torch
 
 from .model import Generator
+from .network_pickle import (ModuleStub, RefusedPickle, load_network_pickle,
+                             network_state_dict)
 
 __all__ = ["CheckpointError", "CheckpointNotFoundError", "infer_generator_kwargs",
            "load_generator", "read_state_dict", "save_generator"]
@@ -55,235 +52,6 @@ class CheckpointError(ValueError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint path does not exist (also catchable as ``FileNotFoundError``)."""
-
-
-# ---------------------------------------------------------------------------------------
-# Restricted unpickler for upstream's network pickles.
-
-class _Stub:
-    """Inert stand-in for a pickled module: its class name and its ``__dict__`` state."""
-
-    def __init__(self, class_name: str = "?", state: Any = None):
-        self.class_name, self.state = class_name, state
-
-    def __setstate__(self, state):  # BUILD opcode for plainly pickled torch.nn modules
-        self.state = state[0] if isinstance(state, tuple) and len(state) == 2 else state
-
-
-class _EasyDict(dict):
-    """Stand-in for ``dnnlib.util.EasyDict``; a plain dict is all we need."""
-
-
-@functools.lru_cache(maxsize=None)
-def _torch_module_stub(module: str, name: str):
-    """A stub class for a ``torch.nn.modules.*`` class (ModuleList, Sequential, ...).
-    Only names of real ``nn.Module`` subclasses qualify, so no other torch callable can
-    be smuggled in; the real class is never instantiated."""
-    cls = getattr(sys.modules.get(module), name, None)
-    if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
-        return type(name, (_Stub,), {"class_name": name})
-    return None
-
-
-def _persistent_obj(meta):
-    # Upstream would exec(meta['module_src']) here; we keep only the class name and state.
-    if not (isinstance(meta, dict) and isinstance(meta.get("class_name"), str)
-            and isinstance(meta.get("state"), dict)):
-        raise pickle.UnpicklingError("malformed persistent object (expected a dict with "
-                                     "'class_name' and 'state')")
-    return _Stub(meta["class_name"], meta["state"])
-
-
-def _load_storage(data):
-    # torch.storage._load_from_bytes runs torch.load(weights_only=False); the bytes are a
-    # legacy torch.save of one storage, which the weights-only loader reads fine.
-    if not isinstance(data, (bytes, bytearray)):
-        raise pickle.UnpicklingError("storage payload is not bytes")
-    try:
-        storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # Not torch's message: it advises weights_only=False, which would run the payload.
-        raise pickle.UnpicklingError("a storage payload holds objects other than tensor "
-                                     "data (refused by torch.load(weights_only=True))") from e
-    if not isinstance(storage, torch.TypedStorage):
-        raise pickle.UnpicklingError(f"storage payload decoded to {type(storage).__name__}")
-    return storage
-
-
-def _rebuild_parameter(data, *_ignored):
-    if not isinstance(data, torch.Tensor):
-        raise pickle.UnpicklingError("parameter without tensor data")
-    return data  # requires_grad, hooks and extra state are irrelevant for loading weights
-
-
-_np_core = getattr(np, "_core", None) or np.core  # numpy >= 2 moved np.core there
-
-
-def _np_reconstruct(subtype, shape, dtype):
-    if subtype is not np.ndarray:
-        raise pickle.UnpicklingError(f"numpy array subtype {subtype!r} is not allowed")
-    return _np_core.multiarray._reconstruct(subtype, shape, dtype)
-
-
-def _latin1_encode(text, encoding="utf-8"):
-    # Protocol-2 pickles spell bytes as _codecs.encode(str, 'latin1').
-    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not allowed")
-    return text.encode("latin1")
-
-
-_SAFE_GLOBALS = {
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_obj,
-    ("dnnlib.util", "EasyDict"): _EasyDict,
-    ("dnnlib", "EasyDict"): _EasyDict,
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch.storage", "_load_from_bytes"): _load_storage,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch", "device"): torch.device,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy", "ndarray"): np.ndarray,
-    ("_codecs", "encode"): _latin1_encode,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "slice"): slice,
-    ("builtins", "complex"): complex,
-}
-for _np_mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    _SAFE_GLOBALS[(_np_mod, "scalar")] = _np_core.multiarray.scalar
-    _SAFE_GLOBALS[(_np_mod, "_reconstruct")] = _np_reconstruct
-
-
-#: Deepest container nesting a network pickle may have. Upstream's nest a few dozen levels;
-#: CPython builds and hashes nested tuples recursively in C, so a crafted chain some
-#: hundred thousand deep crashes the process outright (no exception to catch).
-MAX_PICKLE_NESTING = 1000
-
-
-def _check_pickle_nesting(file, source: str) -> None:
-    """Walk the pickle's opcodes (nothing is built) tracking how deeply each stack item
-    nests; refuse the file past MAX_PICKLE_NESTING. Rewinds ``file``."""
-    stack: list = []  # nesting depth of each stack item; None marks a MARK
-    memo: dict = {}
-    for opcode, arg, _pos in pickletools.genops(file):
-        popped = [0]
-        for item in reversed(opcode.stack_before):
-            if item is pickletools.stackslice:
-                continue  # popped with its mark below
-            if item is pickletools.markobject:
-                while stack and stack[-1] is not None:
-                    popped.append(stack.pop())
-                if stack:
-                    stack.pop()
-            elif stack:
-                top = stack.pop()
-                popped.append(top or 0)
-        depth = max(popped) + 1
-        if depth > MAX_PICKLE_NESTING:
-            raise CheckpointError(
-                f"{source}: the pickle nests objects more than {MAX_PICKLE_NESTING} levels "
-                f"deep; no MAT checkpoint does, so it was refused unread (it may be "
-                f"malicious). {_EXPECTED}.")
-        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and stack:
-            memo[arg] = stack[-1]
-        elif opcode.name == "MEMOIZE" and stack:
-            memo[len(memo)] = stack[-1]
-        for item in opcode.stack_after:
-            if item is pickletools.markobject:
-                stack.append(None)
-            elif opcode.name in ("GET", "BINGET", "LONG_BINGET"):
-                stack.append(memo.get(arg, 0))
-            elif opcode.name == "DUP" and popped[1:]:
-                stack.append(popped[-1])
-            else:
-                stack.append(depth)
-    file.seek(0)
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose globals are limited to ``_SAFE_GLOBALS`` and inert module stubs."""
-
-    def __init__(self, file, source: str):
-        super().__init__(file)
-        self.source = source
-        self.tensors: list = []  # (tensor, storage bytes when rebuilt)
-
-    def _rebuild_tensor(self, storage, offset, size, stride, *_ignored):
-        # torch's rebuilders silently grow a storage that is too small for the view, with
-        # uninitialised memory; a correct file never needs that.
-        if not isinstance(storage, torch.TypedStorage):
-            raise pickle.UnpicklingError("tensor without a typed storage")
-        nbytes = storage.nbytes()
-        t = torch._utils._rebuild_tensor(storage, offset, tuple(size), tuple(stride))
-        if t.untyped_storage().nbytes() != nbytes:
-            raise pickle.UnpicklingError("tensor view extends past its stored data")
-        self.tensors.append((t, nbytes))
-        return t
-
-    def load(self):
-        data = super().load()
-        # A BUILD opcode can call Tensor.__setstate__, which re-points a tensor at a new,
-        # possibly grown storage: refuse files whose tensors changed after being rebuilt.
-        for t, nbytes in self.tensors:
-            if t.untyped_storage().nbytes() != nbytes:
-                raise pickle.UnpicklingError("a tensor was modified after it was rebuilt")
-        return data
-
-    def find_class(self, module, name):
-        # Protocol-2 pickles written by Python 3 use the Python 2 name of builtins.
-        module = "builtins" if module == "__builtin__" else module
-        if module == "torch._utils" and name in ("_rebuild_tensor", "_rebuild_tensor_v2"):
-            return self._rebuild_tensor
-        found = _SAFE_GLOBALS.get((module, name))
-        if found is None and module.startswith("torch.nn.modules."):
-            found = _torch_module_stub(module, name)
-        if found is None and module == "torch" and isinstance(getattr(torch, name, None),
-                                                              torch.dtype):
-            found = getattr(torch, name)
-        if found is None:
-            raise CheckpointError(
-                f"{self.source}: refused to load global '{module}.{name}'. This file is not "
-                f"a MAT checkpoint this loader understands and may be malicious; nothing in "
-                f"it was executed. ({_EXPECTED}.)")
-        return found
-
-
-def _flatten(node: _Stub, source: str) -> dict:
-    """Walk a stub module tree like ``nn.Module.state_dict()``: parameters, persistent
-    buffers, then submodules, with dotted names."""
-    out: dict = {}
-
-    visits = [0]  # bounds the work on crafted pickles that share submodules many times
-
-    def walk(node, prefix, depth):
-        state = getattr(node, "state", None)
-        state = state if isinstance(state, dict) else {}
-        visits[0] += 1
-        if depth > 64 or visits[0] > 100_000 or "_modules" not in state:
-            raise CheckpointError(f"{source}: malformed network '{prefix or node.class_name}' "
-                                  f"in the pickle (no module state or nesting too deep)")
-        skip = state.get("_non_persistent_buffers_set", ())
-        groups = {g: state.get(g, {}) for g in ("_parameters", "_buffers", "_modules")}
-        if not isinstance(skip, (set, frozenset, list, tuple)) or not all(
-                isinstance(v, Mapping) and all(isinstance(k, str) for k in v)
-                for v in groups.values()):
-            raise CheckpointError(f"{source}: malformed network '{prefix or node.class_name}' "
-                                  f"in the pickle (module state of the wrong types)")
-        for group in ("_parameters", "_buffers"):
-            for name, tensor in groups[group].items():
-                if tensor is None or (group == "_buffers" and name in skip):
-                    continue
-                out[prefix + name] = tensor
-        for name, child in groups["_modules"].items():
-            if child is None:
-                continue
-            if not isinstance(child, _Stub):
-                raise CheckpointError(f"{source}: submodule '{prefix + name}' is a "
-                                      f"{type(child).__name__}, not a module")
-            walk(child, f"{prefix}{name}.", depth + 1)
-
-    walk(node, "", 0)
-    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -331,18 +99,15 @@ def _read_file(path: str):
             from safetensors.torch import load_file
             return load_file(path, device="cpu")
         if kind == "pickle":
-            with open(path, "rb") as f, warnings.catch_warnings():
-                # Read twice (scan, then unpickle) rather than held in memory: upstream's
-                # pickles are hundreds of MB, and the second read comes from the page cache.
-                _check_pickle_nesting(f, path)
-                # Old-style typed storages are deprecated, but they are what the file holds.
-                warnings.simplefilter("ignore", UserWarning)
-                return _RestrictedUnpickler(f, path).load()
+            with open(path, "rb") as f:
+                return load_network_pickle(f)
         if kind == "zip":
             _check_zip_entries(path)
         return _torch_load(path)
     except CheckpointError:
         raise
+    except RefusedPickle as e:
+        raise CheckpointError(f"{path}: {e}. ({_EXPECTED}.)") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read the file: {e}") from e
     except Exception as e:  # truncated/corrupt files raise all sorts of things
@@ -387,8 +152,11 @@ def _is_tensor_dict(obj) -> bool:
 def _extract(obj, source: str) -> dict:
     """Unwrap common containers around a generator state dict; prefer EMA weights."""
     for _ in range(4):
-        if isinstance(obj, _Stub):
-            return _flatten(obj, source)
+        if isinstance(obj, ModuleStub):
+            try:
+                return network_state_dict(obj)
+            except RefusedPickle as e:
+                raise CheckpointError(f"{source}: {e}") from None
         if not isinstance(obj, Mapping):
             raise CheckpointError(f"{source}: expected a dict of tensors, found a "
                                   f"{type(obj).__name__}; {_EXPECTED}.")

@@ -74,3 +74,20 @@ def generator_256():
     from mat_fast.inpaint import random_generator
 
     return random_generator(seed=3, resolution=256)
+
+
+@pytest.fixture(scope="module")
+def native_ops():
+    """The native extension's Python modules (window attention, partial convolution), built
+    or loaded once; skipped only where this machine has no toolchain at all."""
+    from mat_fast.ops import native_build
+
+    reason = native_build.probe("cpu", "cpu")
+    if reason is not None:
+        if "needs ninja" in reason or "needs a C++ compiler" in reason:
+            pytest.skip(reason)
+        pytest.fail(f"the native extension does not build: {reason}")
+    from mat_fast.ops.partial_conv import native as pc_native
+    from mat_fast.ops.window_attention import native as wa_native
+
+    return wa_native, pc_native

@@ -437,12 +437,13 @@ def test_crafted_sizes_are_refused_before_building(tmp_path, sd256):
 def test_malformed_module_state_gives_a_checkpoint_error(tmp_path):
     """Module state of the wrong types inside a network pickle: a CheckpointError, not a
     raw AttributeError/TypeError from deep inside."""
-    from mat_fast.checkpoints import _Stub, _flatten
+    from mat_fast.network_pickle import ModuleStub
 
     for state in ({"_parameters": 5, "_modules": {}}, {"_parameters": {1: torch.zeros(1)}, "_modules": {}},
                   {"_non_persistent_buffers_set": 5, "_modules": {}}, {"_modules": []}):
-        with pytest.raises(CheckpointError, match="module state of the wrong types"):
-            _flatten(_Stub("Generator", state), "x.pkl")
+        # as unpickled from a network pickle, under its usual 'G_ema' key
+        with pytest.raises(CheckpointError, match="'Generator' in the pickle .module state of the wrong types"):
+            read_state_dict({"G_ema": ModuleStub("Generator", state)})
 
 
 def test_bad_paths(tmp_path):
