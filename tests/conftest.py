@@ -23,6 +23,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def default_backend(monkeypatch):
+    """Each test starts and ends on backend 'auto' with nothing remembered from the others
+    (no MAT_FAST_BACKEND, no fallback already logged)."""
+    from mat_fast import backend
+
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    backend.set_backend(None)
+    backend._logged_fallbacks.clear()
+    yield
+    backend.set_backend(None)
+
+
 @pytest.fixture(scope="session")
 def test_sets() -> Path:
     if not TEST_SETS.is_dir():

@@ -11,13 +11,7 @@ import mat_fast
 from mat_fast import backend
 
 
-@pytest.fixture(autouse=True)
-def clean_backend_state(monkeypatch):
-    monkeypatch.delenv(backend.ENV_VAR, raising=False)
-    backend.set_backend(None)
-    backend._logged_fallbacks.clear()
-    yield
-    backend.set_backend(None)
+pytestmark = pytest.mark.usefixtures("default_backend")
 
 
 def test_default_is_auto_and_picks_the_first_usable_cpu_backend():

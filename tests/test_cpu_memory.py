@@ -13,14 +13,14 @@ import platform
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
 from mat_fast import cpu_memory
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT
+
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 needs_glibc = pytest.mark.skipif(not GLIBC, reason="the malloc knobs are glibc's (Linux)")
 MIB = 1 << 20

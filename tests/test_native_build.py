@@ -32,14 +32,7 @@ from mat_fast.ops.window_attention.reference import window_attention_reference
 
 from .conftest import ROOT
 
-
-@pytest.fixture(autouse=True)
-def default_backend(monkeypatch):
-    monkeypatch.delenv(backend.ENV_VAR, raising=False)
-    backend.set_backend(None)
-    yield
-    backend.set_backend(None)
-
+pytestmark = pytest.mark.usefixtures("default_backend")
 
 
 def test_broken_build_falls_back_under_auto_and_raises_when_explicit(native_ops, tmp_path,

@@ -22,7 +22,6 @@ import pytest
 import torch
 
 import mat_fast
-from mat_fast import backend
 from mat_fast.ops import native_build
 from mat_fast.ops.partial_conv.reference import (partial_conv_epilogue_reference,
                                                 partial_conv_mask_reference)
@@ -32,12 +31,8 @@ from .conftest import assert_close_verbose
 
 
 @pytest.fixture(autouse=True)
-def poison_outputs(monkeypatch):
+def poison_outputs(monkeypatch, default_backend):
     monkeypatch.setenv("MAT_FAST_POISON_OUTPUTS", "1")  # read by the kernels on every call
-    monkeypatch.delenv(backend.ENV_VAR, raising=False)
-    backend.set_backend(None)
-    yield
-    backend.set_backend(None)
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
