@@ -26,8 +26,9 @@ class build_py_with_kernels(build_py):
     def run(self):
         super().run()
         if KERNELS.is_dir():
-            shutil.copytree(KERNELS, Path(self.build_lib) / "mat_fast" / "_kernels",
-                            dirs_exist_ok=True)
+            shutil.copytree(
+                KERNELS, Path(self.build_lib) / "mat_fast" / "_kernels", dirs_exist_ok=True
+            )
 
 
 def native_extension():
@@ -43,16 +44,21 @@ def native_extension():
         cxx.append("-fopenmp")  # at::parallel_for is header code: without it, one thread
         link.append("-fopenmp")
     kind = cpp_extension.CUDAExtension if with_cuda else cpp_extension.CppExtension
-    return kind("mat_fast._C", cpp + (cu if with_cuda else []),
-                include_dirs=[str(KERNELS)], extra_link_args=link,
-                extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]} if with_cuda else cxx)
+    return kind(
+        "mat_fast._C",
+        cpp + (cu if with_cuda else []),
+        include_dirs=[str(KERNELS)],
+        extra_link_args=link,
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]} if with_cuda else cxx,
+    )
 
 
 def native_sources_module():
     """mat_fast/ops/native_sources.py on its own (the package is not importable while it is
     being built): the one definition of the source digest."""
     spec = importlib.util.spec_from_file_location(
-        "_mat_fast_native_sources", ROOT / "mat_fast" / "ops" / "native_sources.py")
+        "_mat_fast_native_sources", ROOT / "mat_fast" / "ops" / "native_sources.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -68,7 +74,9 @@ if os.environ.get("MAT_FAST_BUILD_EXT") == "1":
             native_sources = native_sources_module()
             for ext in self.extensions:
                 # get_ext_fullpath honours --inplace (editable installs) and build_lib (wheels)
-                digest = Path(self.get_ext_fullpath(ext.name)).with_name(native_sources.AOT_DIGEST_FILE)
+                digest = Path(self.get_ext_fullpath(ext.name)).with_name(
+                    native_sources.AOT_DIGEST_FILE
+                )
                 digest.write_text(native_sources.source_digest(KERNELS) + "\n")
 
     ext_modules.append(native_extension())

@@ -53,17 +53,40 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mat_fast  # noqa: E402
-from benchmarks.common import (add_malloc_option, apply_malloc, device_name, draw_chart, git_commit,  # noqa: E402
-                               time_group, triton_version)
+from benchmarks.common import (
+    add_malloc_option,
+    apply_malloc,
+    device_name,
+    draw_chart,
+    git_commit,  # noqa: E402
+    time_group,
+    triton_version,
+)
 from mat_fast.ops.window_attention import window_attention, window_attention_qkv  # noqa: E402
-from mat_fast.ops.window_attention.reference import (shift_region_mask, window_attention_reference,  # noqa: E402
-                                                     window_partition, window_reverse)
+from mat_fast.ops.window_attention.reference import (
+    shift_region_mask,
+    window_attention_reference,  # noqa: E402
+    window_partition,
+    window_reverse,
+)
 
 C, HEADS = 180, 6
 # DRAM bandwidth in TB/s by substring of torch.cuda.get_device_name(), most specific first.
-PEAK_TBPS = [("H200", 4.8), ("H100 PCIe", 2.0), ("H100", 3.35), ("A100-SXM4-80GB", 2.04),
-             ("A100 80GB PCIe", 1.94), ("A100", 1.56), ("L40S", 0.864), ("L4", 0.3),
-             ("A10G", 0.6), ("RTX 4090", 1.008), ("RTX 3090", 0.936), ("V100", 0.9), ("T4", 0.32)]
+PEAK_TBPS = [
+    ("H200", 4.8),
+    ("H100 PCIe", 2.0),
+    ("H100", 3.35),
+    ("A100-SXM4-80GB", 2.04),
+    ("A100 80GB PCIe", 1.94),
+    ("A100", 1.56),
+    ("L40S", 0.864),
+    ("L4", 0.3),
+    ("A10G", 0.6),
+    ("RTX 4090", 1.008),
+    ("RTX 3090", 0.936),
+    ("V100", 0.9),
+    ("T4", 0.32),
+]
 
 
 # ----------------------------------------------------------------------------------------
@@ -76,7 +99,7 @@ def stage_shapes(resolution: int) -> List[dict]:
     shapes = []
     for grid, window in ((base, 8), (base // 2, 16), (base // 4, 16)):
         window = min(window, grid)
-        for shift in ((0,) if grid <= window else (0, window // 2)):
+        for shift in (0,) if grid <= window else (0, window // 2):
             shapes.append(dict(resolution=resolution, H=grid, W=grid, window=window, shift=shift))
     return shapes
 
@@ -113,7 +136,9 @@ def upstream_eager(x, wq, wk, wv, mask, H, W, window, shift, region):
         bias = mask_windows.squeeze(-1).unsqueeze(1).unsqueeze(1)
         attn = attn + bias.masked_fill(bias == 0, -100.0).masked_fill(bias == 1, 0.0)
         with torch.no_grad():
-            mask_windows = torch.clamp(torch.sum(mask_windows, dim=1, keepdim=True), 0, 1).repeat(1, N, 1)
+            mask_windows = torch.clamp(torch.sum(mask_windows, dim=1, keepdim=True), 0, 1).repeat(
+                1, N, 1
+            )
     attn = attn.softmax(dim=-1)
     out = (attn @ v).transpose(1, 2).reshape(B_, N, Cx)
     out = window_reverse(out, window, H, W)
@@ -209,10 +234,16 @@ def flex_op(q, k, v, mask, H, W, window, shift, region):
     c = (wi % (W // window))[:, None] * window + t % window
 
     def band(x, n):
-        return ((x >= n - window).long() + (x >= n - shift).long()) if shift else torch.zeros_like(x)
+        return (
+            ((x >= n - window).long() + (x >= n - shift).long()) if shift else torch.zeros_like(x)
+        )
 
     labels = band(r, H) * 3 + band(c, W)  # (nW, N)
-    kb = key_bias if key_bias is not None else torch.zeros(qw.shape[0], N, device=q.device, dtype=q.dtype)
+    kb = (
+        key_bias
+        if key_bias is not None
+        else torch.zeros(qw.shape[0], N, device=q.device, dtype=q.dtype)
+    )
 
     def score_mod(score, b, h, q_idx, kv_idx):
         w = b % nW
@@ -260,12 +291,23 @@ def peak_tbps(name: str) -> Optional[float]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="512-input shapes, batch 1 (smoke run)")
+    parser.add_argument(
+        "--quick", action="store_true", help="512-input shapes, batch 1 (smoke run)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"],
-                        help="default: float16 on GPU, float32 on CPU")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float16", "bfloat16", "float32"],
+        help="default: float16 on GPU, float32 on CPU",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    parser.add_argument("--budget", type=float, default=1.0, help="CPU seconds per implementation and shape (after warm-up)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=1.0,
+        help="CPU seconds per implementation and shape (after warm-up)",
+    )
     add_malloc_option(parser)
     args = parser.parse_args(argv)
 
@@ -285,14 +327,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         if why is not None:
             continue
         if b == "triton" and device.type == "cpu":
-            skipped["backend triton"] = "runs on CPU only in Triton's interpreter; its timings mean nothing"
+            skipped["backend triton"] = (
+                "runs on CPU only in Triton's interpreter; its timings mean nothing"
+            )
             continue
-        ops[b] = (lambda b: lambda q, k, v, m, H, W, w, s, region:
-                  window_attention(q, k, v, m, (H, W), w, s, HEADS, backend_name=b))(b)
+        ops[b] = (
+            lambda b: (
+                lambda q, k, v, m, H, W, w, s, region: window_attention(
+                    q, k, v, m, (H, W), w, s, HEADS, backend_name=b
+                )
+            )
+        )(b)
         # the same backend from the block input: normalise + q/k/v projections + attention
         # (fused into one GEMM + the kernel where the backend has that fusion)
-        fused_ops[f"{b}+qkv"] = (lambda b: lambda x, w_qkv, m, H, W, w, s:
-                                 window_attention_qkv(x, w_qkv, None, m, (H, W), w, s, HEADS, backend_name=b))(b)
+        fused_ops[f"{b}+qkv"] = (
+            lambda b: (
+                lambda x, w_qkv, m, H, W, w, s: window_attention_qkv(
+                    x, w_qkv, None, m, (H, W), w, s, HEADS, backend_name=b
+                )
+            )
+        )(b)
     ops["sdpa"] = sdpa_op
     ops["flex"] = flex_op
 
@@ -300,9 +354,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     weights = [torch.randn(C, C, device=device, dtype=dtype) / C**0.5 for _ in range(3)]
     w_qkv = torch.cat(weights)
     rows: List[dict] = []
-    print(f"device: {name} ({device}), dtype {str(dtype).replace('torch.', '')}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads() if device.type == 'cpu' else '-'}" + (f", malloc: {malloc}" if malloc else ""))
-    header = f"{'config':<34} {'impl':<14} {'median ms':>10} {'p20':>9} {'p80':>9} {'speedup':>8} {'GB/s':>8} {'%peak':>6}"
+    print(
+        f"device: {name} ({device}), dtype {str(dtype).replace('torch.', '')}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads() if device.type == 'cpu' else '-'}"
+        + (f", malloc: {malloc}" if malloc else "")
+    )
+    header = (
+        f"{'config':<34} {'impl':<14} {'median ms':>10} {'p20':>9} {'p80':>9} "
+        f"{'speedup':>8} {'GB/s':>8} {'%peak':>6}"
+    )
     print(header)
     print("-" * len(header))
     for resolution in resolutions:
@@ -317,31 +377,58 @@ def main(argv: Optional[List[str]] = None) -> int:
                     if with_mask:
                         mask = (torch.rand(B, L, 1, device=device) > 0.3).to(dtype)
                         mask.view(B, H, W)[:, : H // 2, : W // 2] = 0  # a hole spanning windows
-                    config = (f"{resolution}in {H}x{W} w{window} s{shift} B{B} "
-                              f"{'mask' if with_mask else 'nomask'}")
-                    base = dict(config=config, resolution=resolution, H=H, W=W, window=window,
-                                shift=shift, batch=B, mask=with_mask, dtype=str(dtype).replace("torch.", ""))
+                    config = (
+                        f"{resolution}in {H}x{W} w{window} s{shift} B{B} "
+                        f"{'mask' if with_mask else 'nomask'}"
+                    )
+                    base = dict(
+                        config=config,
+                        resolution=resolution,
+                        H=H,
+                        W=W,
+                        window=window,
+                        shift=shift,
+                        batch=B,
+                        mask=with_mask,
+                        dtype=str(dtype).replace("torch.", ""),
+                    )
                     with torch.no_grad():
                         q, k, v = projections(x, *weights)
-                        ref = window_attention_reference(q, k, v, mask, (H, W), window, shift, HEADS)
-                        errors = {"eager": max_error(upstream_eager(x, *weights, mask, H, W, window, shift, region), ref)}
+                        ref = window_attention_reference(
+                            q, k, v, mask, (H, W), window, shift, HEADS
+                        )
+                        errors = {
+                            "eager": max_error(
+                                upstream_eager(x, *weights, mask, H, W, window, shift, region), ref
+                            )
+                        }
                         fns = {
-                            "eager": lambda: upstream_eager(x, *weights, mask, H, W, window, shift, region),
+                            "eager": lambda: upstream_eager(
+                                x, *weights, mask, H, W, window, shift, region
+                            ),
                             "proj": lambda: projections(x, *weights),
                         }
                         for impl, fn in ops.items():
                             if impl in skipped:
                                 continue
                             try:
-                                errors[impl] = max_error(fn(q, k, v, mask, H, W, window, shift, region), ref)
+                                errors[impl] = max_error(
+                                    fn(q, k, v, mask, H, W, window, shift, region), ref
+                                )
                             except Exception as err:  # noqa: BLE001 - report and keep going
-                                skipped[impl] = (f"failed at {config} (not tried on later shapes): "
-                                                 f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+                                skipped[impl] = (
+                                    f"failed at {config} (not tried on later shapes): "
+                                    f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                                )
                                 continue
-                            fns[impl] = (lambda fn: lambda: fn(q, k, v, mask, H, W, window, shift, region))(fn)
+                            fns[impl] = (
+                                lambda fn: lambda: fn(q, k, v, mask, H, W, window, shift, region)
+                            )(fn)
                         for impl, fn in fused_ops.items():
                             errors[impl] = max_error(fn(x, w_qkv, mask, H, W, window, shift), ref)
-                            fns[impl] = (lambda fn: lambda: fn(x, w_qkv, mask, H, W, window, shift))(fn)
+                            fns[impl] = (
+                                lambda fn: lambda: fn(x, w_qkv, mask, H, W, window, shift)
+                            )(fn)
                         timings = time_group(fns, device, args.budget)
                     eager_ms = timings["eager"]["median_ms"]
                     proj_ms = timings["proj"]["median_ms"]
@@ -360,9 +447,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                             if peak:
                                 row["pct_peak"] = 100 * row["gbps"] / (peak * 1e3)
                         rows.append(row)
-                        print(f"{config:<34} {impl:<14} {t['median_ms']:>10.3f} {t['p20_ms']:>9.3f} {t['p80_ms']:>9.3f} "
-                              f"{row.get('speedup_vs_eager', float('nan')):>8.2f} {row.get('gbps', float('nan')):>8.1f} "
-                              f"{row['pct_peak'] if 'pct_peak' in row else float('nan'):>6.1f}")
+                        print(
+                            f"{config:<34} {impl:<14} {t['median_ms']:>10.3f} {t['p20_ms']:>9.3f} {t['p80_ms']:>9.3f} "
+                            f"{row.get('speedup_vs_eager', float('nan')):>8.2f} {row.get('gbps', float('nan')):>8.1f} "
+                            f"{row['pct_peak'] if 'pct_peak' in row else float('nan'):>6.1f}"
+                        )
                         sys.stdout.flush()
     if device.type != "cuda":
         skipped["% of peak bandwidth"] = "n/a on CPU (no DRAM peak table for CPUs)"
@@ -372,26 +461,46 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    slug = "cpu" if device.type == "cpu" else "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
+    slug = (
+        "cpu"
+        if device.type == "cpu"
+        else "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
+    )
     meta = dict(
-        device=name, device_type=device.type, dtype=str(dtype).replace("torch.", ""),
-        peak_tbps=peak, cpu_threads=torch.get_num_threads() if device.type == "cpu" else None, malloc=malloc,
-        versions=dict(python=platform.python_version(), torch=torch.__version__,
-                      triton=triton_version(), mat_fast=mat_fast.__version__),
-        git_commit=git_commit(), command=" ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        device=name,
+        device_type=device.type,
+        dtype=str(dtype).replace("torch.", ""),
+        peak_tbps=peak,
+        cpu_threads=torch.get_num_threads() if device.type == "cpu" else None,
+        malloc=malloc,
+        versions=dict(
+            python=platform.python_version(),
+            torch=torch.__version__,
+            triton=triton_version(),
+            mat_fast=mat_fast.__version__,
+        ),
+        git_commit=git_commit(),
+        command=" ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        quick=args.quick, timer="triton.testing.do_bench" if device.type == "cuda" else "perf_counter loop",
-        note=("speedup_vs_eager = eager / (proj + op) for ops on projected q, k, v, and eager / op for "
-              "'<backend>+qkv' rows (from x: normalisation and projections included); gbps (op rows) "
-              "counts q, k, v, mask read + out, new mask written once"),
-        skipped=skipped, rows=rows,
+        quick=args.quick,
+        timer="triton.testing.do_bench" if device.type == "cuda" else "perf_counter loop",
+        note=(
+            "speedup_vs_eager = eager / (proj + op) for ops on projected q, k, v, and eager / op for "
+            "'<backend>+qkv' rows (from x: normalisation and projections included); gbps (op rows) "
+            "counts q, k, v, mask read + out, new mask written once"
+        ),
+        skipped=skipped,
+        rows=rows,
     )
     json_path = out / f"attention_{slug}.json"
     json_path.write_text(json.dumps(meta, indent=1))
     png_path = out / f"attention_{slug}.png"
     try:
-        draw_chart([r for r in rows if r["impl"] != "proj"], png_path,
-                   f"window attention, {name}, {meta['dtype']}, torch {torch.__version__}")
+        draw_chart(
+            [r for r in rows if r["impl"] != "proj"],
+            png_path,
+            f"window attention, {name}, {meta['dtype']}, torch {torch.__version__}",
+        )
         print(f"\nwrote {json_path} and {png_path}")
     except ImportError:
         print(f"\nwrote {json_path}; Pillow is missing, so no chart")

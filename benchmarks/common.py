@@ -14,7 +14,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def time_group(fns: Dict[str, Callable], device: torch.device, budget_s: float) -> Dict[str, Dict[str, float]]:
+def time_group(
+    fns: Dict[str, Callable], device: torch.device, budget_s: float
+) -> Dict[str, Dict[str, float]]:
     """Median, p20, p80 in milliseconds of each function (each warmed up first).
 
     On GPU each function goes through ``triton.testing.do_bench``. On CPU the functions
@@ -47,10 +49,14 @@ def time_group(fns: Dict[str, Callable], device: torch.device, budget_s: float) 
 
 
 def add_malloc_option(parser) -> None:
-    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
-                        help="CPU: 'keep' freed memory for reuse, as mat_fast.Inpainter does "
-                             "(mat_fast.cpu_memory), or glibc's 'default', which maps and zeroes "
-                             "every large block afresh (page faults on each call)")
+    parser.add_argument(
+        "--malloc",
+        choices=["keep", "default"],
+        default="keep",
+        help="CPU: 'keep' freed memory for reuse, as mat_fast.Inpainter does "
+        "(mat_fast.cpu_memory), or glibc's 'default', which maps and zeroes "
+        "every large block afresh (page faults on each call)",
+    )
 
 
 def apply_malloc(device: torch.device, mode: str) -> Optional[str]:
@@ -61,8 +67,11 @@ def apply_malloc(device: torch.device, mode: str) -> Optional[str]:
         return "glibc default (freed large blocks returned to the system)"
     from mat_fast.cpu_memory import keep_freed_memory
 
-    return "freed memory kept (mat_fast.cpu_memory)" if keep_freed_memory() else \
-        "malloc default (keeping freed memory is not available here)"
+    return (
+        "freed memory kept (mat_fast.cpu_memory)"
+        if keep_freed_memory()
+        else "malloc default (keeping freed memory is not available here)"
+    )
 
 
 def device_name(device: torch.device) -> str:
@@ -79,17 +88,27 @@ def device_name(device: torch.device) -> str:
 
 def git_commit() -> Optional[str]:
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None
 
 
-def draw_chart(rows: List[dict], path: Path, title: str, speedup_key: str = "speedup_vs_eager",
-               baseline: str = "eager") -> None:
+def draw_chart(
+    rows: List[dict],
+    path: Path,
+    title: str,
+    speedup_key: str = "speedup_vs_eager",
+    baseline: str = "eager",
+) -> None:
     """Grouped horizontal bars (one group per ``config``, one bar per ``impl``), drawn with
     PIL so the chart exists wherever Pillow does."""
     from PIL import Image, ImageDraw
@@ -102,16 +121,27 @@ def draw_chart(rows: List[dict], path: Path, title: str, speedup_key: str = "spe
     for r in rows:
         if r["impl"] not in impls:
             impls.append(r["impl"])
-    palette = [(80, 80, 80), (150, 150, 150), (31, 119, 180), (255, 127, 14), (44, 160, 44),
-               (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+    palette = [
+        (80, 80, 80),
+        (150, 150, 150),
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+    ]
     colors = {name: palette[i % len(palette)] for i, name in enumerate(impls)}
     bar_h, gap, left, width = 14, 12, 260, 560
     height = 60 + len(configs) * (len(impls) * bar_h + gap) + 20 * ((len(impls) + 3) // 4) + 20
     img = Image.new("RGB", (left + width + 170, height), "white")
     draw = ImageDraw.Draw(img)
     draw.text((10, 10), title, fill="black")
-    draw.text((10, 26), f"median time per call (bar, relative to the slowest in each group); label: ms, speedup vs {baseline}",
-              fill=(90, 90, 90))
+    draw.text(
+        (10, 26),
+        f"median time per call (bar, relative to the slowest in each group); label: ms, speedup vs {baseline}",
+        fill=(90, 90, 90),
+    )
     y = 50
     for config in configs:
         group = [r for r in rows if r["config"] == config]
@@ -145,4 +175,3 @@ def triton_version() -> Optional[str]:
         return triton.__version__
     except ImportError:
         return None
-

@@ -134,8 +134,10 @@ _context_choice: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
 
 
 def _check_name(name: str, allow_auto: bool = True) -> str:
-    if not isinstance(name, str) or name.lower() not in BACKEND_NAMES or (
-        not allow_auto and name.lower() == "auto"
+    if (
+        not isinstance(name, str)
+        or name.lower() not in BACKEND_NAMES
+        or (not allow_auto and name.lower() == "auto")
     ):
         raise ValueError(
             f"unknown mat_fast backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}"

@@ -27,23 +27,31 @@ from typing import Optional, Union
 import torch
 
 from .model import Generator
-from .network_pickle import (ModuleStub, RefusedPickle, load_network_pickle,
-                             network_state_dict)
+from .network_pickle import ModuleStub, RefusedPickle, load_network_pickle, network_state_dict
 
-__all__ = ["CheckpointError", "CheckpointNotFoundError", "infer_generator_kwargs",
-           "load_generator", "read_state_dict", "save_generator"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "infer_generator_kwargs",
+    "load_generator",
+    "read_state_dict",
+    "save_generator",
+]
 
 log = logging.getLogger(__name__)
 
 PathOrStateDict = Union[str, os.PathLike, Mapping]
 
-_FORMATS = ("an upstream MAT network pickle (.pkl), a torch state dict (.pth/.pt) or a "
-            ".safetensors file")
+_FORMATS = (
+    "an upstream MAT network pickle (.pkl), a torch state dict (.pth/.pt) or a .safetensors file"
+)
 _EXPECTED = "expected " + _FORMATS
-_WHERE = ("Pretrained weights are not shipped with mat_fast (upstream's license is CC BY-NC): "
-          "get Places_512_FullData.pkl or CelebA-HQ_512.pkl from the links in "
-          "https://github.com/fenglinglwb/MAT's README, or IOPaint's converted "
-          "Places_512_FullData_G.pth.")
+_WHERE = (
+    "Pretrained weights are not shipped with mat_fast (upstream's license is CC BY-NC): "
+    "get Places_512_FullData.pkl or CelebA-HQ_512.pkl from the links in "
+    "https://github.com/fenglinglwb/MAT's README, or IOPaint's converted "
+    "Places_512_FullData_G.pth."
+)
 
 
 class CheckpointError(ValueError):
@@ -58,8 +66,7 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 # Format detection and reading.
 
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-_WRAPPER_KEYS = ("G_ema", "g_ema", "params_ema", "state_dict", "model", "G", "generator",
-                 "params")
+_WRAPPER_KEYS = ("G_ema", "g_ema", "params_ema", "state_dict", "model", "G", "generator", "params")
 
 
 def _sniff(path: str) -> str:
@@ -84,8 +91,9 @@ def _sniff(path: str) -> str:
         hint = " It is a Git LFS pointer, not the weights: fetch the real file."
     elif head.lstrip().lower().startswith((b"<!doctype", b"<html")):
         hint = " It is a web page: the download link returned HTML, not the weights."
-    raise CheckpointError(f"{path}: unrecognised file format (starts with {head[:8]!r}); "
-                          f"{_EXPECTED}.{hint}")
+    raise CheckpointError(
+        f"{path}: unrecognised file format (starts with {head[:8]!r}); {_EXPECTED}.{hint}"
+    )
 
 
 def _read_file(path: str):
@@ -97,6 +105,7 @@ def _read_file(path: str):
         kind = _sniff(path)
         if kind == "safetensors":
             from safetensors.torch import load_file
+
             return load_file(path, device="cpu")
         if kind == "pickle":
             with open(path, "rb") as f:
@@ -112,8 +121,10 @@ def _read_file(path: str):
         raise CheckpointError(f"{path}: cannot read the file: {e}") from e
     except Exception as e:  # truncated/corrupt files raise all sorts of things
         detail = " ".join(str(e).split())[:300]  # whole, on one line
-        raise CheckpointError(f"{path}: corrupt or unsupported checkpoint "
-                              f"({type(e).__name__}: {detail}); {_EXPECTED}.") from e
+        raise CheckpointError(
+            f"{path}: corrupt or unsupported checkpoint "
+            f"({type(e).__name__}: {detail}); {_EXPECTED}."
+        ) from e
 
 
 def _check_zip_entries(path: str) -> None:
@@ -124,7 +135,8 @@ def _check_zip_entries(path: str) -> None:
     if packed:
         raise CheckpointError(
             f"{path}: compressed entries ({_listing(packed, 3)}), which torch.save never "
-            f"writes; refused unread (re-save it with torch.save). {_EXPECTED}.")
+            f"writes; refused unread (re-save it with torch.save). {_EXPECTED}."
+        )
 
 
 def _torch_load(path: str):
@@ -141,12 +153,16 @@ def _torch_load(path: str):
         raise CheckpointError(
             f"{path}: this torch file contains the global '{found.group(1)}', so it is not a "
             f"plain state dict; it was refused by torch.load(weights_only=True) and nothing "
-            f"in it was executed. It may be malicious. Expected {_FORMATS}.") from e
+            f"in it was executed. It may be malicious. Expected {_FORMATS}."
+        ) from e
 
 
 def _is_tensor_dict(obj) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def _extract(obj, source: str) -> dict:
@@ -158,8 +174,9 @@ def _extract(obj, source: str) -> dict:
             except RefusedPickle as e:
                 raise CheckpointError(f"{source}: {e}") from None
         if not isinstance(obj, Mapping):
-            raise CheckpointError(f"{source}: expected a dict of tensors, found a "
-                                  f"{type(obj).__name__}; {_EXPECTED}.")
+            raise CheckpointError(
+                f"{source}: expected a dict of tensors, found a {type(obj).__name__}; {_EXPECTED}."
+            )
         if _is_tensor_dict(obj):
             return dict(obj)
         key = next((k for k in _WRAPPER_KEYS if k in obj), None)
@@ -167,11 +184,16 @@ def _extract(obj, source: str) -> dict:
             if any(isinstance(v, torch.Tensor) for v in obj.values()):
                 return dict(obj)  # a state dict with junk in it: _check_tensors names it
             keys = ", ".join(repr(k) for k in list(obj)[:10])
-            raise CheckpointError(f"{source}: no generator weights found (top-level keys: "
-                                  f"{keys or 'none'}); {_EXPECTED}.")
+            raise CheckpointError(
+                f"{source}: no generator weights found (top-level keys: "
+                f"{keys or 'none'}); {_EXPECTED}."
+            )
         if key == "G":
-            log.warning("%s: no 'G_ema' weights; using the non-EMA 'G' weights, which "
-                        "usually give worse results", source)
+            log.warning(
+                "%s: no 'G_ema' weights; using the non-EMA 'G' weights, which "
+                "usually give worse results",
+                source,
+            )
         obj = obj[key]
     raise CheckpointError(f"{source}: state dict nested too deeply in wrapper dicts")
 
@@ -182,23 +204,38 @@ def _key_text(k) -> str:
 
 
 def _check_tensors(sd: dict, source: str) -> dict:
-    bad = [f"{_key_text(k)} ({type(v).__name__})" for k, v in sd.items()
-           if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    bad += [f"{_key_text(k)} ({v.dtype})" for k, v in sd.items()
-            if isinstance(v, torch.Tensor) and not v.is_floating_point()]
+    bad = [
+        f"{_key_text(k)} ({type(v).__name__})"
+        for k, v in sd.items()
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor)
+    ]
+    bad += [
+        f"{_key_text(k)} ({v.dtype})"
+        for k, v in sd.items()
+        if isinstance(v, torch.Tensor) and not v.is_floating_point()
+    ]
     # Weights are plain dense tensors with their own data; a stride-0 view lets a tiny file
     # claim a huge shape (and then a huge network).
-    bad += [f"{_key_text(k)} ({'meta' if v.is_meta else v.layout} tensor)" for k, v in sd.items()
-            if isinstance(v, torch.Tensor) and (v.is_meta or v.layout != torch.strided)]
-    bad += [f"{_key_text(k)} (expanded: a stride-0 view)" for k, v in sd.items()
-            if isinstance(v, torch.Tensor) and not v.is_meta and v.layout == torch.strided
-            and any(st == 0 and n > 1 for st, n in zip(v.stride(), v.shape))]
+    bad += [
+        f"{_key_text(k)} ({'meta' if v.is_meta else v.layout} tensor)"
+        for k, v in sd.items()
+        if isinstance(v, torch.Tensor) and (v.is_meta or v.layout != torch.strided)
+    ]
+    bad += [
+        f"{_key_text(k)} (expanded: a stride-0 view)"
+        for k, v in sd.items()
+        if isinstance(v, torch.Tensor)
+        and not v.is_meta
+        and v.layout == torch.strided
+        and any(st == 0 and n > 1 for st, n in zip(v.stride(), v.shape))
+    ]
 
     if bad:
-        raise CheckpointError(f"{source}: entries that are not dense floating-point "
-                              f"tensors: {_listing(bad)}")
+        raise CheckpointError(
+            f"{source}: entries that are not dense floating-point tensors: {_listing(bad)}"
+        )
     if sd and all(k.startswith("module.") for k in sd):  # saved from DataParallel/DDP
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
@@ -221,26 +258,26 @@ def read_state_dict(path_or_state_dict: PathOrStateDict) -> dict:
         source = os.path.expanduser(os.fspath(path_or_state_dict))
         obj = _read_file(source)
     else:
-        raise TypeError(f"expected a path or a state dict, got "
-                        f"{type(path_or_state_dict).__name__}")
+        raise TypeError(f"expected a path or a state dict, got {type(path_or_state_dict).__name__}")
     return _check_tensors(_extract(obj, source), source)
 
 
 # ---------------------------------------------------------------------------------------
 # Constructor inference and loading.
 
+
 def infer_generator_kwargs(state_dict: Mapping) -> dict:
     """``Generator`` constructor arguments that produce exactly this state dict's layout."""
     keys = list(state_dict)
-    res = [int(m.group(1)) for k in keys
-           if (m := re.match(r"synthesis\.dec\.Dec_(\d+)x\1\.", k))]
+    res = [int(m.group(1)) for k in keys if (m := re.match(r"synthesis\.dec\.Dec_(\d+)x\1\.", k))]
     n_fc = sum(1 for k in keys if re.fullmatch(r"mapping\.fc\d+\.weight", k))
     needed = ["synthesis.dec.Dec_16x16.toRGB.bias", "mapping.fc0.weight"]
     if not res or n_fc == 0 or any(k not in state_dict for k in needed):
-        hint = (" (it looks like a discriminator)" if any(k.startswith("Dis") for k in keys)
-                else "")
-        raise CheckpointError(f"not a MAT generator state dict{hint}: no "
-                              f"synthesis.dec.Dec_RxR / mapping.fcN keys found")
+        hint = " (it looks like a discriminator)" if any(k.startswith("Dis") for k in keys) else ""
+        raise CheckpointError(
+            f"not a MAT generator state dict{hint}: no "
+            f"synthesis.dec.Dec_RxR / mapping.fcN keys found"
+        )
     shape = lambda k: tuple(state_dict[k].shape)  # noqa: E731
     if f"mapping.fc{n_fc - 1}.weight" not in state_dict:
         raise CheckpointError(f"mapping layers are not numbered fc0..fc{n_fc - 1}")
@@ -261,24 +298,37 @@ def infer_generator_kwargs(state_dict: Mapping) -> dict:
     # Bounds before anything is built: the network's size follows from these numbers, and
     # a crafted file could otherwise ask for terabytes. MAT's own are 256/512 and 512.
     resolution = max(res)
-    limits = dict(img_resolution=(resolution, 512), w_dim=(w_dim, 4096),
-                  z_dim=(fc0_in - embed, 4096), c_dim=(c_dim, 100_000), mapping_layers=(n_fc, 64),
-                  layer_features=(fc0_out, 4096))
-    too_big = [f"{name} {value} (at most {limit})" for name, (value, limit) in limits.items()
-               if value > limit]
+    limits = dict(
+        img_resolution=(resolution, 512),
+        w_dim=(w_dim, 4096),
+        z_dim=(fc0_in - embed, 4096),
+        c_dim=(c_dim, 100_000),
+        mapping_layers=(n_fc, 64),
+        layer_features=(fc0_out, 4096),
+    )
+    too_big = [
+        f"{name} {value} (at most {limit})"
+        for name, (value, limit) in limits.items()
+        if value > limit
+    ]
     if resolution & (resolution - 1):
         too_big.append(f"img_resolution {resolution} (not a power of two)")
     if too_big:
-        raise CheckpointError(f"not a MAT generator this package can build: "
-                              f"{', '.join(too_big)}")
-    return dict(z_dim=fc0_in - embed, c_dim=c_dim, w_dim=w_dim, img_resolution=resolution,
-                img_channels=shape("synthesis.dec.Dec_16x16.toRGB.bias")[0],
-                synthesis_kwargs=dict(use_noise=any(k.endswith("noise_strength") for k in keys)),
-                mapping_kwargs=mapping_kwargs)
+        raise CheckpointError(f"not a MAT generator this package can build: {', '.join(too_big)}")
+    return dict(
+        z_dim=fc0_in - embed,
+        c_dim=c_dim,
+        w_dim=w_dim,
+        img_resolution=resolution,
+        img_channels=shape("synthesis.dec.Dec_16x16.toRGB.bias")[0],
+        synthesis_kwargs=dict(use_noise=any(k.endswith("noise_strength") for k in keys)),
+        mapping_kwargs=mapping_kwargs,
+    )
 
 
-def load_generator(path_or_state_dict: PathOrStateDict, *, device="cpu",
-                   dtype: torch.dtype = torch.float32) -> Generator:
+def load_generator(
+    path_or_state_dict: PathOrStateDict, *, device="cpu", dtype: torch.dtype = torch.float32
+) -> Generator:
     """Build a ``Generator`` matching a checkpoint and load its weights strictly.
 
     ``path_or_state_dict``: an upstream ``.pkl`` (G_ema is used), a ``.pth``/``.pt`` state
@@ -287,8 +337,11 @@ def load_generator(path_or_state_dict: PathOrStateDict, *, device="cpu",
     weights from torch's global RNG just like ``Generator(...)`` (and upstream's
     generate_image.py) does, so seeded runs stay comparable with upstream's.
     """
-    source = ("<in-memory state dict>" if isinstance(path_or_state_dict, Mapping)
-              else os.fspath(path_or_state_dict))
+    source = (
+        "<in-memory state dict>"
+        if isinstance(path_or_state_dict, Mapping)
+        else os.fspath(path_or_state_dict)
+    )
     sd = read_state_dict(path_or_state_dict)
     try:
         kwargs = infer_generator_kwargs(sd)
@@ -298,14 +351,25 @@ def load_generator(path_or_state_dict: PathOrStateDict, *, device="cpu",
     expected = {k: tuple(v.shape) for k, v in G.state_dict().items()}
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {expected[k]}"
-                  for k, v in sd.items() if k in expected and tuple(v.shape) != expected[k]]
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {expected[k]}"
+        for k, v in sd.items()
+        if k in expected and tuple(v.shape) != expected[k]
+    ]
     if missing or unexpected or mismatched:
-        parts = [f"{title} ({len(items)}): {_listing(items)}" for title, items in
-                 (("missing keys", missing), ("unexpected keys", unexpected),
-                  ("shape mismatches", mismatched)) if items]
-        raise CheckpointError(f"{source}: does not match a MAT Generator inferred as "
-                              f"{kwargs}:\n  " + "\n  ".join(parts))
+        parts = [
+            f"{title} ({len(items)}): {_listing(items)}"
+            for title, items in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", mismatched),
+            )
+            if items
+        ]
+        raise CheckpointError(
+            f"{source}: does not match a MAT Generator inferred as "
+            f"{kwargs}:\n  " + "\n  ".join(parts)
+        )
     G.load_state_dict(sd, strict=True)
     return G.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
@@ -325,8 +389,9 @@ def _umask() -> int:
     return mask
 
 
-def save_generator(G: torch.nn.Module, path: Union[str, os.PathLike], *,
-                   format: Optional[str] = None) -> None:
+def save_generator(
+    G: torch.nn.Module, path: Union[str, os.PathLike], *, format: Optional[str] = None
+) -> None:
     """Save ``G``'s state dict: safetensors unless ``path`` ends in ``.pth``/``.pt`` or
     ``format='pth'``. The file is written to a temporary name in the same directory and
     renamed into place, so an interrupted save never leaves a partial checkpoint."""
@@ -337,8 +402,9 @@ def save_generator(G: torch.nn.Module, path: Union[str, os.PathLike], *,
         raise ValueError(f"format must be 'safetensors' or 'pth', got {format!r}")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot save generator to {path}: directory {directory} "
-                                f"does not exist")
+        raise FileNotFoundError(
+            f"cannot save generator to {path}: directory {directory} does not exist"
+        )
     # Own, contiguous copies: safetensors refuses tensors that share storage.
     sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in G.state_dict().items()}
     kwargs = infer_generator_kwargs(sd)
@@ -348,11 +414,18 @@ def save_generator(G: torch.nn.Module, path: Union[str, os.PathLike], *,
     try:
         if format == "safetensors":
             from safetensors.torch import save_file
+
             from . import __version__
-            meta = {k: str(kwargs[k]) for k in ("img_resolution", "z_dim", "c_dim", "w_dim",
-                                                "img_channels")}
-            meta.update(use_noise=str(kwargs["synthesis_kwargs"]["use_noise"]),
-                        format="mat_fast.Generator", mat_fast_version=__version__)
+
+            meta = {
+                k: str(kwargs[k])
+                for k in ("img_resolution", "z_dim", "c_dim", "w_dim", "img_channels")
+            }
+            meta.update(
+                use_noise=str(kwargs["synthesis_kwargs"]["use_noise"]),
+                format="mat_fast.Generator",
+                mat_fast_version=__version__,
+            )
             save_file(sd, tmp, metadata=meta)
         else:
             torch.save(OrderedDict(sd), tmp)

@@ -28,8 +28,14 @@ WEIGHTS_HELP = (
     "use --random-weights."
 )
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 class CliError(Exception):
@@ -43,33 +49,62 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inpaint", help="fill the white (nonzero) region of MASK in IMAGE")
     p.add_argument("image", nargs="?", help="input image file")
-    p.add_argument("mask", nargs="?", help="mask file, same size; white = fill (see --mask-convention)")
+    p.add_argument(
+        "mask", nargs="?", help="mask file, same size; white = fill (see --mask-convention)"
+    )
     p.add_argument("-o", "--output", help="output file, or an existing folder")
     p.add_argument("--input-dir", help="folder of images (folder mode)")
     p.add_argument("--mask-dir", help="folder of masks, matched to images by file name")
     p.add_argument("--out-dir", help="folder for the results (created if missing)")
-    p.add_argument("--checkpoint", default=os.environ.get("MAT_FAST_CHECKPOINT"),
-                   help="weights: upstream .pkl, .pth state dict or .safetensors "
-                        "(default: $MAT_FAST_CHECKPOINT)")
-    p.add_argument("--random-weights", action="store_true",
-                   help="use a seeded random network (smoke tests; fills are noise)")
-    p.add_argument("--random-resolution", type=int, default=512, choices=[256, 512],
-                   help="network size for --random-weights (256 is 4x cheaper; tests use it)")
-    p.add_argument("--comparison", help="also save a side-by-side picture: input with the "
-                                        "hole marked | result (single-image mode)")
+    p.add_argument(
+        "--checkpoint",
+        default=os.environ.get("MAT_FAST_CHECKPOINT"),
+        help="weights: upstream .pkl, .pth state dict or .safetensors "
+        "(default: $MAT_FAST_CHECKPOINT)",
+    )
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="use a seeded random network (smoke tests; fills are noise)",
+    )
+    p.add_argument(
+        "--random-resolution",
+        type=int,
+        default=512,
+        choices=[256, 512],
+        help="network size for --random-weights (256 is 4x cheaper; tests use it)",
+    )
+    p.add_argument(
+        "--comparison",
+        help="also save a side-by-side picture: input with the "
+        "hole marked | result (single-image mode)",
+    )
     p.add_argument("--seed", type=int, default=240, help="random seed (default: 240, upstream's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="compute precision")
-    p.add_argument("--backend", default=None, help="op backend (default: $MAT_FAST_BACKEND or auto)")
+    p.add_argument(
+        "--backend", default=None, help="op backend (default: $MAT_FAST_BACKEND or auto)"
+    )
     p.add_argument("--noise-mode", default="auto", choices=["auto", "random", "const", "none"])
     p.add_argument("--truncation", type=float, default=1.0, help="truncation psi (1 = off)")
-    p.add_argument("--mask-convention", default="fill", choices=["fill", "keep"],
-                   help="fill: white = region to fill (default); keep: black = hole (upstream)")
-    p.add_argument("--strategy", default="auto", choices=["auto", "full", "crop"],
-                   help="full: pad whole image; crop: each hole region with context")
+    p.add_argument(
+        "--mask-convention",
+        default="fill",
+        choices=["fill", "keep"],
+        help="fill: white = region to fill (default); keep: black = hole (upstream)",
+    )
+    p.add_argument(
+        "--strategy",
+        default="auto",
+        choices=["auto", "full", "crop"],
+        help="full: pad whole image; crop: each hole region with context",
+    )
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="capture the forward as a CUDA graph per canvas size (CUDA only; faster for many same-size images)")
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="capture the forward as a CUDA graph per canvas size (CUDA only; faster for many same-size images)",
+    )
 
     c = sub.add_parser("convert", help="convert a checkpoint to .safetensors or .pth")
     c.add_argument("src", help="upstream .pkl, .pth/.pt or .safetensors")
@@ -87,13 +122,23 @@ def _make_inpainter(args):
     from .inpaint import Inpainter
 
     if args.random_weights:
-        return Inpainter.random(args.seed, resolution=args.random_resolution, device=args.device,
-                                dtype=_dtype(args.dtype), batch_size=args.batch_size,
-                                cuda_graphs=args.cuda_graphs)
+        return Inpainter.random(
+            args.seed,
+            resolution=args.random_resolution,
+            device=args.device,
+            dtype=_dtype(args.dtype),
+            batch_size=args.batch_size,
+            cuda_graphs=args.cuda_graphs,
+        )
     if not args.checkpoint:
         raise CliError(WEIGHTS_HELP)
-    return Inpainter.from_checkpoint(args.checkpoint, device=args.device, dtype=_dtype(args.dtype),
-                                     batch_size=args.batch_size, cuda_graphs=args.cuda_graphs)
+    return Inpainter.from_checkpoint(
+        args.checkpoint,
+        device=args.device,
+        dtype=_dtype(args.dtype),
+        batch_size=args.batch_size,
+        cuda_graphs=args.cuda_graphs,
+    )
 
 
 def _pair_folders(input_dir: str, mask_dir: str) -> List[Tuple[str, str]]:
@@ -107,8 +152,10 @@ def _pair_folders(input_dir: str, mask_dir: str) -> List[Tuple[str, str]]:
         return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
 
     if os.path.samefile(input_dir, mask_dir):
-        raise CliError(f"--input-dir and --mask-dir are the same folder ({input_dir}); keep "
-                       f"the masks in a folder of their own")
+        raise CliError(
+            f"--input-dir and --mask-dir are the same folder ({input_dir}); keep "
+            f"the masks in a folder of their own"
+        )
     images, masks = listing(input_dir), listing(mask_dir)
     if not images:
         raise CliError(f"no images ({', '.join(IMAGE_EXTS)}) in {input_dir}")
@@ -119,19 +166,27 @@ def _pair_folders(input_dir: str, mask_dir: str) -> List[Tuple[str, str]]:
             by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
         clashes = [" and ".join(group) for group in by_stem.values() if len(group) > 1]
         if clashes:
-            raise CliError(f"files in {folder} share a name apart from the extension: "
-                           f"{'; '.join(clashes[:5])}; rename them")
+            raise CliError(
+                f"files in {folder} share a name apart from the extension: "
+                f"{'; '.join(clashes[:5])}; rename them"
+            )
     mask_by_stem = {os.path.splitext(m)[0]: m for m in masks}
     stems = [os.path.splitext(i)[0] for i in images]
     if any(s in mask_by_stem for s in stems):
         missing = [i for i, s in zip(images, stems) if s not in mask_by_stem]
         if missing:
-            raise CliError(f"no mask with the same name in {mask_dir} for: {', '.join(missing[:10])}")
-        return [(os.path.join(input_dir, i), os.path.join(mask_dir, mask_by_stem[s]))
-                for i, s in zip(images, stems)]
+            raise CliError(
+                f"no mask with the same name in {mask_dir} for: {', '.join(missing[:10])}"
+            )
+        return [
+            (os.path.join(input_dir, i), os.path.join(mask_dir, mask_by_stem[s]))
+            for i, s in zip(images, stems)
+        ]
     if len(images) != len(masks):
-        raise CliError(f"{len(images)} images but {len(masks)} masks and no file names in common; "
-                       f"name each mask like its image (photo.png -> masks/photo.png)")
+        raise CliError(
+            f"{len(images)} images but {len(masks)} masks and no file names in common; "
+            f"name each mask like its image (photo.png -> masks/photo.png)"
+        )
     logging.getLogger("mat_fast").warning("mat-fast: masks paired with images in sorted order")
     return [(os.path.join(input_dir, i), os.path.join(mask_dir, m)) for i, m in zip(images, masks)]
 
@@ -139,8 +194,10 @@ def _pair_folders(input_dir: str, mask_dir: str) -> List[Tuple[str, str]]:
 def _load_pair(image_path: str, mask_path: str):
     image, mask = load_image(image_path), load_image(mask_path)
     if image.size != mask.size:
-        raise CliError(f"{mask_path} is {mask.size[0]}x{mask.size[1]} but {image_path} is "
-                       f"{image.size[0]}x{image.size[1]}; a mask must have its image's size")
+        raise CliError(
+            f"{mask_path} is {mask.size[0]}x{mask.size[1]} but {image_path} is "
+            f"{image.size[0]}x{image.size[1]}; a mask must have its image's size"
+        )
     return image, mask
 
 
@@ -161,30 +218,48 @@ def _comparison(image, mask, result, convention: str):
 
 
 def _inpaint_kwargs(args) -> dict:
-    return dict(seed=args.seed, truncation_psi=args.truncation, noise_mode=args.noise_mode,
-                mask_convention=args.mask_convention, strategy=args.strategy)
+    return dict(
+        seed=args.seed,
+        truncation_psi=args.truncation,
+        noise_mode=args.noise_mode,
+        mask_convention=args.mask_convention,
+        strategy=args.strategy,
+    )
 
 
 def cmd_inpaint(args) -> int:
     folder_mode = any((args.input_dir, args.mask_dir, args.out_dir))
     if folder_mode:
-        if not (args.input_dir and args.mask_dir and args.out_dir) or args.image or args.mask or args.comparison:
-            raise CliError("folder mode needs --input-dir, --mask-dir and --out-dir "
-                           "(and no IMAGE MASK or --comparison)")
+        if (
+            not (args.input_dir and args.mask_dir and args.out_dir)
+            or args.image
+            or args.mask
+            or args.comparison
+        ):
+            raise CliError(
+                "folder mode needs --input-dir, --mask-dir and --out-dir "
+                "(and no IMAGE MASK or --comparison)"
+            )
         pairs = _pair_folders(args.input_dir, args.mask_dir)
         if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
             raise CliError(f"--out-dir {args.out_dir} exists and is not a folder")
         for folder, what in ((args.input_dir, "--input-dir"), (args.mask_dir, "--mask-dir")):
             if os.path.isdir(args.out_dir) and os.path.samefile(args.out_dir, folder):
-                raise CliError(f"--out-dir is the same folder as {what} ({folder}); results "
-                               f"would overwrite the inputs: choose another folder")
-        outputs = [os.path.join(args.out_dir, os.path.splitext(os.path.basename(i))[0] + ".png")
-                   for i, _ in pairs]
+                raise CliError(
+                    f"--out-dir is the same folder as {what} ({folder}); results "
+                    f"would overwrite the inputs: choose another folder"
+                )
+        outputs = [
+            os.path.join(args.out_dir, os.path.splitext(os.path.basename(i))[0] + ".png")
+            for i, _ in pairs
+        ]
         for image_path, mask_path in pairs:  # check everything before writing anything
             _load_pair(image_path, mask_path)
     else:
         if not (args.image and args.mask and args.output):
-            raise CliError("usage: mat-fast inpaint IMAGE MASK -o OUT (or --input-dir/--mask-dir/--out-dir)")
+            raise CliError(
+                "usage: mat-fast inpaint IMAGE MASK -o OUT (or --input-dir/--mask-dir/--out-dir)"
+            )
         out = args.output
         if os.path.isdir(out):
             out = os.path.join(out, os.path.splitext(os.path.basename(args.image))[0] + ".png")
@@ -206,12 +281,16 @@ def cmd_inpaint(args) -> int:
         os.makedirs(args.out_dir, exist_ok=True)
     from tqdm import tqdm
 
-    progress = tqdm(total=len(pairs), unit="image", disable=len(pairs) == 1 or None, file=sys.stderr)
+    progress = tqdm(
+        total=len(pairs), unit="image", disable=len(pairs) == 1 or None, file=sys.stderr
+    )
     for start in range(0, len(pairs), args.batch_size):
-        chunk = pairs[start:start + args.batch_size]
+        chunk = pairs[start : start + args.batch_size]
         loaded = [_load_pair(i, m) for i, m in chunk]
-        results = inpainter([im for im, _ in loaded], [m for _, m in loaded], **_inpaint_kwargs(args))
-        for result, out in zip(results, outputs[start:start + args.batch_size]):
+        results = inpainter(
+            [im for im, _ in loaded], [m for _, m in loaded], **_inpaint_kwargs(args)
+        )
+        for result, out in zip(results, outputs[start : start + args.batch_size]):
             save_image(result, out)
             progress.update(1)
         if args.comparison and not folder_mode:
@@ -288,7 +367,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             set_backend(args.backend, None if device == "auto" else device)
         command = {"inpaint": cmd_inpaint, "convert": cmd_convert, "info": cmd_info}[args.command]
         return command(args)
-    except (CliError, InputError, CheckpointError, BackendUnavailableError, ValueError, OSError) as err:
+    except (
+        CliError,
+        InputError,
+        CheckpointError,
+        BackendUnavailableError,
+        ValueError,
+        OSError,
+    ) as err:
         print(f"mat-fast: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -32,7 +32,12 @@ from typing import Optional
 
 import torch
 
-__all__ = ["freed_memory_kept", "keep_freed_memory", "keep_freed_memory_for", "release_freed_memory"]
+__all__ = [
+    "freed_memory_kept",
+    "keep_freed_memory",
+    "keep_freed_memory_for",
+    "release_freed_memory",
+]
 
 ENV_VAR = "MAT_FAST_KEEP_FREED_MEMORY"
 # mallopt parameters (glibc's malloc.h)
@@ -75,11 +80,17 @@ def keep_freed_memory() -> bool:
             return False
         # The threshold first: if glibc refuses it, nothing has changed. (glibc accepts any
         # trim threshold, so the second call does not fail in practice.)
-        for name, param, value in (("mmap threshold", _M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES),
-                                   ("trim threshold", _M_TRIM_THRESHOLD, _TRIM_THRESHOLD_OFF)):
+        for name, param, value in (
+            ("mmap threshold", _M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES),
+            ("trim threshold", _M_TRIM_THRESHOLD, _TRIM_THRESHOLD_OFF),
+        ):
             if libc.mallopt(param, ctypes.c_int(value)) != 1:
-                _log.info("mat_fast: glibc refused mallopt(%s, %d); freed CPU memory is returned "
-                          "to the system as usual", name, value)
+                _log.info(
+                    "mat_fast: glibc refused mallopt(%s, %d); freed CPU memory is returned "
+                    "to the system as usual",
+                    name,
+                    value,
+                )
                 return False
         _kept = True
         return True

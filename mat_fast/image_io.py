@@ -54,9 +54,13 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             im = ImageOps.exif_transpose(im)  # a copy, upright (unchanged without EXIF)
-            return im if im.mode != "P" else im.convert("RGBA" if "transparency" in im.info else "RGB")
+            return (
+                im if im.mode != "P" else im.convert("RGBA" if "transparency" in im.info else "RGB")
+            )
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise InputError(f"cannot read {path} as an image ({err}); use PNG, JPEG, WebP, TIFF or BMP") from None
+        raise InputError(
+            f"cannot read {path} as an image ({err}); use PNG, JPEG, WebP, TIFF or BMP"
+        ) from None
 
 
 def _pil_to_array(im: Image.Image):
@@ -89,14 +93,18 @@ def _array_scale(arr: np.ndarray, what: str) -> float:
         if not np.isfinite(arr).all():
             raise InputError(f"{what} contains NaN or Inf values; replace them before inpainting")
         if arr.size and (arr.min() < 0 or arr.max() > 1):
-            raise InputError(f"float {what} must hold values in [0, 1]; got [{arr.min():.3g}, {arr.max():.3g}]")
+            raise InputError(
+                f"float {what} must hold values in [0, 1]; got [{arr.min():.3g}, {arr.max():.3g}]"
+            )
         return 1.0
     raise InputError(f"unsupported {what} dtype {arr.dtype}; pass uint8, uint16 or float in [0, 1]")
 
 
 def _check_hw(arr: np.ndarray, what: str) -> None:
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
-        raise InputError(f"{what} must be (H, W) or (H, W, C) with C in 1..4; got shape {arr.shape}")
+        raise InputError(
+            f"{what} must be (H, W) or (H, W, C) with C in 1..4; got shape {arr.shape}"
+        )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputError(f"{what} is empty ({arr.shape[0]}x{arr.shape[1]} pixels)")
 
@@ -107,9 +115,20 @@ def _tensor_to_hwc(t: torch.Tensor, what: str) -> np.ndarray:
     if t.ndim == 3 and t.shape[0] in (1, 2, 3, 4):
         t = t.permute(1, 2, 0)
     elif t.ndim != 2:
-        raise InputError(f"{what} tensor must be (C, H, W), (1, C, H, W) or (H, W); got {tuple(t.shape)}")
-    if t.dtype not in (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise InputError(f"unsupported {what} tensor dtype {t.dtype}; pass uint8 or float in [0, 1]")
+        raise InputError(
+            f"{what} tensor must be (C, H, W), (1, C, H, W) or (H, W); got {tuple(t.shape)}"
+        )
+    if t.dtype not in (
+        torch.bool,
+        torch.uint8,
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+    ):
+        raise InputError(
+            f"unsupported {what} tensor dtype {t.dtype}; pass uint8 or float in [0, 1]"
+        )
     t = t.detach().to("cpu")
     if t.dtype == torch.bfloat16:
         t = t.float()
@@ -130,7 +149,9 @@ def to_image_data(image: Any) -> ImageData:
         kind, arr, tensor_like = "tensor", _tensor_to_hwc(image, "image"), image
         scale = _array_scale(arr, "image")
     else:
-        raise InputError(f"image must be a PIL image, numpy array or torch tensor; got {type(image).__name__}")
+        raise InputError(
+            f"image must be a PIL image, numpy array or torch tensor; got {type(image).__name__}"
+        )
     _check_hw(arr, "image")
     if arr.ndim == 2:
         arr, squeeze = arr[:, :, None], True
@@ -140,7 +161,9 @@ def to_image_data(image: Any) -> ImageData:
     rgb = color.astype(np.float32) / np.float32(scale)
     if rgb.shape[2] == 1:
         rgb = np.repeat(rgb, 3, axis=2)
-    return ImageData(np.ascontiguousarray(rgb), arr, kind, scale, has_alpha, pil_mode, squeeze, tensor_like)
+    return ImageData(
+        np.ascontiguousarray(rgb), arr, kind, scale, has_alpha, pil_mode, squeeze, tensor_like
+    )
 
 
 def to_hole_mask(mask: Any, size, convention: str = "fill") -> np.ndarray:
@@ -151,7 +174,9 @@ def to_hole_mask(mask: Any, size, convention: str = "fill") -> np.ndarray:
     channel is nonzero; alpha channels are ignored unless the mask has no colour at all.
     """
     if convention not in ("fill", "keep"):
-        raise InputError(f"mask convention must be 'fill' (white = fill) or 'keep' (black = hole); got {convention!r}")
+        raise InputError(
+            f"mask convention must be 'fill' (white = fill) or 'keep' (black = hole); got {convention!r}"
+        )
     if isinstance(mask, Image.Image):
         arr = _pil_to_array(mask)[0]
     elif isinstance(mask, np.ndarray):
@@ -159,7 +184,9 @@ def to_hole_mask(mask: Any, size, convention: str = "fill") -> np.ndarray:
     elif torch.is_tensor(mask):
         arr = _tensor_to_hwc(mask, "mask")
     else:
-        raise InputError(f"mask must be a PIL image, numpy array or torch tensor; got {type(mask).__name__}")
+        raise InputError(
+            f"mask must be a PIL image, numpy array or torch tensor; got {type(mask).__name__}"
+        )
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
@@ -172,7 +199,8 @@ def to_hole_mask(mask: Any, size, convention: str = "fill") -> np.ndarray:
     if tuple(arr.shape[:2]) != tuple(size):
         raise InputError(
             f"mask is {arr.shape[1]}x{arr.shape[0]} (WxH) but the image is {size[1]}x{size[0]}; "
-            f"masks must have the image's size")
+            f"masks must have the image's size"
+        )
     nonzero = arr != 0
     return nonzero if convention == "fill" else ~nonzero
 
@@ -243,8 +271,10 @@ def output_extension_error(path: str | os.PathLike) -> Optional[str]:
     """Why ``path`` cannot be written as an image (by its extension), or None."""
     if _output_format(path) is None:
         ext = os.path.splitext(os.fspath(path))[1].lower()
-        return (f"unknown output image extension {ext!r} in {os.fspath(path)}; use .png, .jpg, "
-                f".webp, .tif or .bmp")
+        return (
+            f"unknown output image extension {ext!r} in {os.fspath(path)}; use .png, .jpg, "
+            f".webp, .tif or .bmp"
+        )
     return None
 
 

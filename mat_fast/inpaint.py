@@ -95,8 +95,15 @@ def hole_regions(hole: np.ndarray, margin: int, cell: int = 16) -> List[Box]:
                     if occupied[ny, nx] and not labels[ny, nx]:
                         labels[ny, nx] = len(boxes)
                         stack.append((ny, nx))
-    grown = [(int(max(t * cell - margin, 0)), int(max(l * cell - margin, 0)),
-              int(min(b * cell + margin, H)), int(min(r * cell + margin, W))) for t, l, b, r in boxes]
+    grown = [
+        (
+            int(max(t * cell - margin, 0)),
+            int(max(left * cell - margin, 0)),
+            int(min(b * cell + margin, H)),
+            int(min(right * cell + margin, W)),
+        )
+        for t, left, b, right in boxes
+    ]
     merged = True
     while merged:  # merge overlapping boxes until none overlap
         merged = False
@@ -155,7 +162,9 @@ class _GraphedGenerator:
         static_inputs = [t.clone() for t in inputs]
 
         def forward():
-            return self.generator(*static_inputs, truncation_psi=truncation_psi, noise_mode=noise_mode)
+            return self.generator(
+                *static_inputs, truncation_psi=truncation_psi, noise_mode=noise_mode
+            )
 
         # Warm-up on a side stream (lazy inits, kernel compilation, autotuning) and the
         # capture itself must not consume the caller's seeded random stream.
@@ -179,8 +188,15 @@ class Inpainter:
     >>> result = inpaint(Image.open("photo.jpg"), Image.open("mask.png"))  # white = fill
     """
 
-    def __init__(self, generator: Generator, *, device: Any = "auto", dtype: torch.dtype = torch.float32,
-                 batch_size: int = 4, cuda_graphs: bool = False):
+    def __init__(
+        self,
+        generator: Generator,
+        *,
+        device: Any = "auto",
+        dtype: torch.dtype = torch.float32,
+        batch_size: int = 4,
+        cuda_graphs: bool = False,
+    ):
         """``cuda_graphs=True`` (CUDA only) captures the forward once per canvas shape and
         replays it: faster for repeated same-size images, at the cost of one capture per
         shape and a memory pool per captured shape (see :class:`_GraphedGenerator`)."""
@@ -190,8 +206,10 @@ class Inpainter:
             raise ValueError("batch_size must be >= 1")
         self.device = resolve_device(device)
         if cuda_graphs and self.device.type != "cuda":
-            raise InputError(f"cuda_graphs=True needs a CUDA device; this Inpainter runs on "
-                             f"{self.device.type} (drop --cuda-graphs or use --device cuda)")
+            raise InputError(
+                f"cuda_graphs=True needs a CUDA device; this Inpainter runs on "
+                f"{self.device.type} (drop --cuda-graphs or use --device cuda)"
+            )
         self.dtype = dtype
         # On CPU, reuse freed memory instead of page-faulting every large activation anew
         # each forward (a quarter to a third of a 512 px forward; see mat_fast.cpu_memory).
@@ -201,11 +219,15 @@ class Inpainter:
         self._forward = _GraphedGenerator(self.generator) if cuda_graphs else None
 
     @classmethod
-    def from_checkpoint(cls, path, *, device: Any = "auto", dtype: torch.dtype = torch.float32, **kwargs):
+    def from_checkpoint(
+        cls, path, *, device: Any = "auto", dtype: torch.dtype = torch.float32, **kwargs
+    ):
         from .checkpoints import load_generator
 
         device = resolve_device(device)
-        return cls(load_generator(path, device=device, dtype=dtype), device=device, dtype=dtype, **kwargs)
+        return cls(
+            load_generator(path, device=device, dtype=dtype), device=device, dtype=dtype, **kwargs
+        )
 
     @classmethod
     def random(cls, seed: int = 0, *, resolution: int = 512, device: Any = "auto", **kwargs):
@@ -217,9 +239,19 @@ class Inpainter:
         return self.generator.img_resolution
 
     # ------------------------------------------------------------------------------------
-    def __call__(self, image, mask, *, seed: Optional[int] = None, truncation_psi: float = 1.0,
-                 noise_mode: str = "auto", mask_convention: str = "fill", strategy: str = "auto",
-                 crop_trigger: int = 1024, crop_margin: int = 128):
+    def __call__(
+        self,
+        image,
+        mask,
+        *,
+        seed: Optional[int] = None,
+        truncation_psi: float = 1.0,
+        noise_mode: str = "auto",
+        mask_convention: str = "fill",
+        strategy: str = "auto",
+        crop_trigger: int = 1024,
+        crop_margin: int = 128,
+    ):
         """Inpaint one image (or a list of images with a list of masks).
 
         Args:
@@ -258,8 +290,15 @@ class Inpainter:
         results = [compose(d, f, h) for d, f, h in zip(datas, filled, holes)]
         return results[0] if single else results
 
-    def _plan(self, index: int, data: ImageData, hole: np.ndarray, strategy: str,
-              crop_trigger: int, crop_margin: int) -> List[_Job]:
+    def _plan(
+        self,
+        index: int,
+        data: ImageData,
+        hole: np.ndarray,
+        strategy: str,
+        crop_trigger: int,
+        crop_margin: int,
+    ) -> List[_Job]:
         if not hole.any():
             log.info("mat_fast: image %d has no hole pixels; returned unchanged", index)
             return []
@@ -269,12 +308,20 @@ class Inpainter:
         jobs = []
         for region in regions:
             box = _canvas_box(region, (H, W), self.resolution) if use_crop else region
-            t, l, b, r = box
-            h, w = b - t, r - l
+            t, left, b, r = box
+            h, w = b - t, r - left
             pads = (*_pad_amounts(h, self.resolution), *_pad_amounts(w, self.resolution))
-            known = (~hole[t:b, l:r]).astype(np.float32)
-            jobs.append(_Job(index, box, region, _reflect(data.rgb[t:b, l:r], pads),
-                             _reflect(known, pads), pads))
+            known = (~hole[t:b, left:r]).astype(np.float32)
+            jobs.append(
+                _Job(
+                    index,
+                    box,
+                    region,
+                    _reflect(data.rgb[t:b, left:r], pads),
+                    _reflect(known, pads),
+                    pads,
+                )
+            )
         return jobs
 
     def _noise_mode(self, noise_mode: str, canvas: Tuple[int, int]) -> str:
@@ -284,7 +331,9 @@ class Inpainter:
             return "none"
         return "const" if canvas == (self.resolution, self.resolution) else "random"
 
-    def _run(self, jobs: Sequence[_Job], filled: List[np.ndarray], seed, truncation_psi, noise_mode):
+    def _run(
+        self, jobs: Sequence[_Job], filled: List[np.ndarray], seed, truncation_psi, noise_mode
+    ):
         G = self.generator
         by_shape: dict = {}
         for job in jobs:
@@ -298,8 +347,10 @@ class Inpainter:
                 torch.manual_seed(int(seed))
             for shape, group in by_shape.items():
                 for start in range(0, len(group), self.batch_size):
-                    batch = group[start:start + self.batch_size]
-                    images = torch.from_numpy(np.stack([j.image for j in batch])).permute(0, 3, 1, 2)
+                    batch = group[start : start + self.batch_size]
+                    images = torch.from_numpy(np.stack([j.image for j in batch])).permute(
+                        0, 3, 1, 2
+                    )
                     known = torch.from_numpy(np.stack([j.known for j in batch]))[:, None]
                     images = (images * 2 - 1).to(self.device, self.dtype)
                     known = known.to(self.device, self.dtype)
@@ -318,8 +369,8 @@ class Inpainter:
     @staticmethod
     def _paste(job: _Job, result: np.ndarray, target: np.ndarray) -> None:
         pt, pb, pl, pr = job.pad
-        result = result[pt:result.shape[0] - pb, pl:result.shape[1] - pr]
-        t, l, b, r = job.box
+        result = result[pt : result.shape[0] - pb, pl : result.shape[1] - pr]
+        t, left, _, _ = job.box
         qt, ql, qb, qr = job.paste
         # Only this job's region: neighbouring canvases may overlap its margin.
-        target[qt:qb, ql:qr] = result[qt - t:qb - t, ql - l:qr - l]
+        target[qt:qb, ql:qr] = result[qt - t : qb - t, ql - left : qr - left]

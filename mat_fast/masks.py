@@ -66,7 +66,9 @@ def _hole_range(hole_range: Sequence[float]) -> Tuple[float, float]:
     try:
         lo, hi = (float(x) for x in hole_range)
     except (TypeError, ValueError):
-        raise ValueError(f"hole_range must be a pair (lo, hi) of numbers, got {hole_range!r}") from None
+        raise ValueError(
+            f"hole_range must be a pair (lo, hi) of numbers, got {hole_range!r}"
+        ) from None
     if not (0.0 <= lo < hi <= 1.0):  # also rejects NaN
         raise ValueError(f"hole_range must satisfy 0 <= lo < hi <= 1, got ({lo}, {hi})")
     return lo, hi
@@ -77,9 +79,18 @@ def _count(rng: np.random.Generator, max_count: int) -> int:
     return int(rng.integers(max_count)) if max_count > 0 else 0
 
 
-def _draw_strokes(canvas: Image.Image, rng: np.random.Generator, n: int, *,
-                  min_vertices: int, max_vertices: int, mean_angle: float,
-                  angle_range: float, min_width: int, max_width: int) -> None:
+def _draw_strokes(
+    canvas: Image.Image,
+    rng: np.random.Generator,
+    n: int,
+    *,
+    min_vertices: int,
+    max_vertices: int,
+    mean_angle: float,
+    angle_range: float,
+    min_width: int,
+    max_width: int,
+) -> None:
     """Draw ``n`` zig-zag strokes with value 1 onto an 'L' canvas (in place)."""
     W, H = canvas.size
     mean_step = math.hypot(H, W) / 8
@@ -106,11 +117,20 @@ def _draw_strokes(canvas: Image.Image, rng: np.random.Generator, n: int, *,
             draw.ellipse((px - h, py - h, px + h, py + h), fill=1)
 
 
-def random_brush(height: int, width: Optional[int] = None, *, max_strokes: int = 9,
-                 num_strokes: Optional[int] = None, rng: RNGLike = None,
-                 min_vertices: int = 4, max_vertices: int = 18,
-                 mean_angle: float = 2 * math.pi / 5, angle_range: float = 2 * math.pi / 15,
-                 min_width: int = 12, max_width: int = 48) -> np.ndarray:
+def random_brush(
+    height: int,
+    width: Optional[int] = None,
+    *,
+    max_strokes: int = 9,
+    num_strokes: Optional[int] = None,
+    rng: RNGLike = None,
+    min_vertices: int = 4,
+    max_vertices: int = 18,
+    mean_angle: float = 2 * math.pi / 5,
+    angle_range: float = 2 * math.pi / 15,
+    min_width: int = 12,
+    max_width: int = 48,
+) -> np.ndarray:
     """Random brush-stroke mask, float32 ``(H, W)``, 1 = known, 0 = stroke (hole).
 
     The number of strokes is ``num_strokes`` if given, else uniform in ``[0, max_strokes)``
@@ -122,7 +142,9 @@ def random_brush(height: int, width: Optional[int] = None, *, max_strokes: int =
     """
     H, W = _size(height, width)
     if not 1 <= min_vertices < max_vertices:
-        raise ValueError(f"need 1 <= min_vertices < max_vertices, got {min_vertices}, {max_vertices}")
+        raise ValueError(
+            f"need 1 <= min_vertices < max_vertices, got {min_vertices}, {max_vertices}"
+        )
     if not 1 <= min_width < max_width:
         raise ValueError(f"need 1 <= min_width < max_width, got {min_width}, {max_width}")
     if num_strokes is not None and num_strokes < 0:
@@ -132,9 +154,17 @@ def random_brush(height: int, width: Optional[int] = None, *, max_strokes: int =
     g = _rng(rng)
     n = num_strokes if num_strokes is not None else _count(g, max_strokes)
     canvas = Image.new("L", (W, H), 0)
-    _draw_strokes(canvas, g, n, min_vertices=min_vertices, max_vertices=max_vertices,
-                  mean_angle=mean_angle, angle_range=angle_range,
-                  min_width=min_width, max_width=max_width)
+    _draw_strokes(
+        canvas,
+        g,
+        n,
+        min_vertices=min_vertices,
+        max_vertices=max_vertices,
+        mean_angle=mean_angle,
+        angle_range=angle_range,
+        min_width=min_width,
+        max_width=max_width,
+    )
     stroke = np.asarray(canvas, dtype=np.uint8)
     if g.random() > 0.5:
         stroke = stroke[::-1, :]
@@ -151,12 +181,18 @@ def _fill_rects(known: np.ndarray, rng: np.random.Generator, n: int, max_h: int,
         h = int(rng.integers(max_h)) if max_h > 0 else 0
         x = int(rng.integers(-(w // 2), W - w + w // 2))
         y = int(rng.integers(-(h // 2), H - h + h // 2))
-        known[max(y, 0):min(y + h, H), max(x, 0):min(x + w, W)] = 0
+        known[max(y, 0) : min(y + h, H), max(x, 0) : min(x + w, W)] = 0
 
 
-def random_mask(height: int, width: Optional[int] = None, *, setting: str = "large",
-                hole_range: Sequence[float] = (0.0, 1.0), rng: RNGLike = None,
-                max_tries: int = DEFAULT_MAX_TRIES) -> np.ndarray:
+def random_mask(
+    height: int,
+    width: Optional[int] = None,
+    *,
+    setting: str = "large",
+    hole_range: Sequence[float] = (0.0, 1.0),
+    rng: RNGLike = None,
+    max_tries: int = DEFAULT_MAX_TRIES,
+) -> np.ndarray:
     """One MAT-style free-form mask, float32 ``(H, W)`` with 1 = known and 0 = hole.
 
     Args:
@@ -187,11 +223,11 @@ def random_mask(height: int, width: Optional[int] = None, *, setting: str = "lar
             return known
     raise ValueError(
         f"could not draw a {H}x{W} {setting!r} mask with hole ratio strictly inside "
-        f"({lo}, {hi}) in {max_tries} tries; widen hole_range or change the setting/size")
+        f"({lo}, {hi}) in {max_tries} tries; widen hole_range or change the setting/size"
+    )
 
 
-def batch_random_masks(batch: int, height: int, width: Optional[int] = None,
-                       **kw) -> np.ndarray:
+def batch_random_masks(batch: int, height: int, width: Optional[int] = None, **kw) -> np.ndarray:
     """``batch`` independent masks stacked as float32 ``(B, 1, H, W)`` (1 = known, 0 = hole).
 
     Keyword arguments go to ``random_mask``; an int/None ``rng`` seeds one Generator shared

@@ -26,8 +26,13 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-__all__ = ["MAX_PICKLE_NESTING", "ModuleStub", "RefusedPickle", "load_network_pickle",
-           "network_state_dict"]
+__all__ = [
+    "MAX_PICKLE_NESTING",
+    "ModuleStub",
+    "RefusedPickle",
+    "load_network_pickle",
+    "network_state_dict",
+]
 
 
 class RefusedPickle(pickle.UnpicklingError):
@@ -62,10 +67,14 @@ def _torch_module_stub(module: str, name: str):
 
 def _persistent_obj(meta):
     # Upstream would exec(meta['module_src']) here; we keep only the class name and state.
-    if not (isinstance(meta, dict) and isinstance(meta.get("class_name"), str)
-            and isinstance(meta.get("state"), dict)):
-        raise pickle.UnpicklingError("malformed persistent object (expected a dict with "
-                                     "'class_name' and 'state')")
+    if not (
+        isinstance(meta, dict)
+        and isinstance(meta.get("class_name"), str)
+        and isinstance(meta.get("state"), dict)
+    ):
+        raise pickle.UnpicklingError(
+            "malformed persistent object (expected a dict with 'class_name' and 'state')"
+        )
     return ModuleStub(meta["class_name"], meta["state"])
 
 
@@ -78,8 +87,10 @@ def _load_storage(data):
         storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # Not torch's message: it advises weights_only=False, which would run the payload.
-        raise pickle.UnpicklingError("a storage payload holds objects other than tensor "
-                                     "data (refused by torch.load(weights_only=True))") from e
+        raise pickle.UnpicklingError(
+            "a storage payload holds objects other than tensor "
+            "data (refused by torch.load(weights_only=True))"
+        ) from e
     if not isinstance(storage, torch.TypedStorage):
         raise pickle.UnpicklingError(f"storage payload decoded to {type(storage).__name__}")
     return storage
@@ -157,7 +168,8 @@ def _check_pickle_nesting(file) -> None:
         if depth > MAX_PICKLE_NESTING:
             raise RefusedPickle(
                 f"the pickle nests objects more than {MAX_PICKLE_NESTING} levels deep; no "
-                f"MAT checkpoint does, so it was refused unread (it may be malicious)")
+                f"MAT checkpoint does, so it was refused unread (it may be malicious)"
+            )
         if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and stack:
             memo[arg] = stack[-1]
         elif opcode.name == "MEMOIZE" and stack:
@@ -210,14 +222,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
         found = _SAFE_GLOBALS.get((module, name))
         if found is None and module.startswith("torch.nn.modules."):
             found = _torch_module_stub(module, name)
-        if found is None and module == "torch" and isinstance(getattr(torch, name, None),
-                                                              torch.dtype):
+        if (
+            found is None
+            and module == "torch"
+            and isinstance(getattr(torch, name, None), torch.dtype)
+        ):
             found = getattr(torch, name)
         if found is None:
             raise RefusedPickle(
                 f"refused to load global '{module}.{name}'. This file is not a MAT "
                 f"checkpoint this loader understands and may be malicious; nothing in it "
-                f"was executed")
+                f"was executed"
+            )
         return found
 
 
@@ -233,15 +249,19 @@ def network_state_dict(node: ModuleStub) -> dict:
         state = state if isinstance(state, dict) else {}
         visits[0] += 1
         if depth > 64 or visits[0] > 100_000 or "_modules" not in state:
-            raise RefusedPickle(f"malformed network '{prefix or node.class_name}' in the "
-                                f"pickle (no module state or nesting too deep)")
+            raise RefusedPickle(
+                f"malformed network '{prefix or node.class_name}' in the "
+                f"pickle (no module state or nesting too deep)"
+            )
         skip = state.get("_non_persistent_buffers_set", ())
         groups = {g: state.get(g, {}) for g in ("_parameters", "_buffers", "_modules")}
         if not isinstance(skip, (set, frozenset, list, tuple)) or not all(
-                isinstance(v, Mapping) and all(isinstance(k, str) for k in v)
-                for v in groups.values()):
-            raise RefusedPickle(f"malformed network '{prefix or node.class_name}' in the "
-                                f"pickle (module state of the wrong types)")
+            isinstance(v, Mapping) and all(isinstance(k, str) for k in v) for v in groups.values()
+        ):
+            raise RefusedPickle(
+                f"malformed network '{prefix or node.class_name}' in the "
+                f"pickle (module state of the wrong types)"
+            )
         for group in ("_parameters", "_buffers"):
             for name, tensor in groups[group].items():
                 if tensor is None or (group == "_buffers" and name in skip):
@@ -251,8 +271,9 @@ def network_state_dict(node: ModuleStub) -> dict:
             if child is None:
                 continue
             if not isinstance(child, ModuleStub):
-                raise RefusedPickle(f"submodule '{prefix + name}' is a "
-                                    f"{type(child).__name__}, not a module")
+                raise RefusedPickle(
+                    f"submodule '{prefix + name}' is a {type(child).__name__}, not a module"
+                )
             walk(child, f"{prefix}{name}.", depth + 1)
 
     walk(node, "", 0)

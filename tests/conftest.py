@@ -52,9 +52,13 @@ def manifest() -> dict:
     return json.loads(MANIFEST.read_text())
 
 
-def assert_close_verbose(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float, what: str = ""):
+def assert_close_verbose(
+    actual: torch.Tensor, expected: torch.Tensor, *, rtol: float, what: str = ""
+):
     """Relative check scaled by the reference's magnitude, with a readable failure report."""
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.shape == expected.shape, (
+        f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    )
     a, e = actual.double(), expected.double()
     scale = e.abs().max().clamp_min(1e-30)
     diff = (a - e).abs()
@@ -64,11 +68,13 @@ def assert_close_verbose(actual: torch.Tensor, expected: torch.Tensor, *, rtol: 
         raise AssertionError(
             f"{what}: {int(bad.sum())} of {a.numel()} elements differ by more than "
             f"{rtol:g} x max|ref| = {rtol * float(scale):.3g}; max diff {float(diff.max()):.3g}; "
-            f"first at {idx}; finite={bool(torch.isfinite(a).all())}")
+            f"first at {idx}; finite={bool(torch.isfinite(a).all())}"
+        )
 
 
-def assert_lowp_close(actual: torch.Tensor, ref_lowp: torch.Tensor, ref32: torch.Tensor, what: str,
-                      floor: float):
+def assert_lowp_close(
+    actual: torch.Tensor, ref_lowp: torch.Tensor, ref32: torch.Tensor, what: str, floor: float
+):
     """flash-attention's rule for half-precision kernels: max error vs the fp32 reference at
     most 2x the reference's own low-precision error, plus ``floor`` x max|ref| for values
     where both round alike. Where the low-precision reference itself is non-finite it
@@ -78,7 +84,8 @@ def assert_lowp_close(actual: torch.Tensor, ref_lowp: torch.Tensor, ref32: torch
     err = float((actual.double() - ref32.double()).abs().max())
     ref_err = float((ref_lowp.double() - ref32.double()).nan_to_num(0, 0, 0).abs().max())
     assert err <= 2 * ref_err + floor * scale, (
-        f"{what}: max error {err:.3g} vs fp32 exceeds 2 x reference's {ref_err:.3g} + {floor * scale:.3g}")
+        f"{what}: max error {err:.3g} vs fp32 exceeds 2 x reference's {ref_err:.3g} + {floor * scale:.3g}"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,9 @@ triton_env = kernel_test_env(pct)  # autouse in the modules that import it
 def epilogue_reference(x, bias, ratio, gain, alpha, clamp=None):
     """Upstream's composition: the inner Conv2dLayer's bias_act (clamp included), times the
     ratio. Written from bias_act_reference so it does not depend on the twin under test."""
-    return bias_act_reference(x, bias, dim=1, act="lrelu", alpha=alpha, gain=gain, clamp=clamp) * ratio
+    return (
+        bias_act_reference(x, bias, dim=1, act="lrelu", alpha=alpha, gain=gain, clamp=clamp) * ratio
+    )
 
 
 fused_reference = partial_conv_fused_reference  # checked against the composition below
@@ -80,7 +82,9 @@ def assert_rounded_from(actual, ref, what):
     if _INTERPRET and actual.dtype == torch.bfloat16:
         ulp = torch.finfo(torch.bfloat16).eps * ref.abs().double()
         diff = (actual.double() - ref.double()).abs()
-        assert (diff <= ulp).all(), f"{what}: {int((diff > ulp).sum())} values off by more than 1 bf16 ulp"
+        assert (diff <= ulp).all(), (
+            f"{what}: {int((diff > ulp).sum())} values off by more than 1 bf16 ulp"
+        )
     else:
         assert torch.equal(actual, ref.to(actual.dtype)), what
 

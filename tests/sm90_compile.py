@@ -44,8 +44,13 @@ def compile_for_sm90(kernels_path: Path, build_loop: str) -> None:
     module at ``kernels_path``; skip when this Triton has no NVIDIA backend."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = _PRELUDE + build_loop + '\nprint("OK")\n'
-    proc = subprocess.run([sys.executable, "-c", script, str(kernels_path)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(kernels_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if proc.stdout.startswith("SKIP"):
         pytest.skip(f"this Triton has no NVIDIA backend: {proc.stdout.strip()}")
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]

@@ -10,7 +10,6 @@ import torch
 import mat_fast
 from mat_fast import backend
 
-
 pytestmark = pytest.mark.usefixtures("default_backend")
 
 
@@ -44,8 +43,11 @@ def test_explicit_unavailable_backend_raises_with_reason(monkeypatch):
 def test_set_backend_checks_the_device_it_is_given(monkeypatch):
     """The CLI's --device cpu --backend cpu must be checked for CPU even on a GPU machine."""
     seen = []
-    monkeypatch.setitem(backend._PROBES, "triton",
-                        lambda device_type: seen.append(device_type) or f"not on {device_type}")
+    monkeypatch.setitem(
+        backend._PROBES,
+        "triton",
+        lambda device_type: seen.append(device_type) or f"not on {device_type}",
+    )
     with pytest.raises(mat_fast.BackendUnavailableError, match="cannot run on cuda: not on cuda"):
         mat_fast.set_backend("triton", device="cuda")
     with pytest.raises(mat_fast.BackendUnavailableError, match="cannot run on cpu: not on cpu"):
@@ -57,8 +59,11 @@ def test_cli_checks_the_backend_for_its_device(monkeypatch, capsys):
     from mat_fast import cli
 
     checked = []
-    monkeypatch.setattr(backend, "_raise_if_unavailable",
-                        lambda name, device_type: checked.append((name, device_type)))
+    monkeypatch.setattr(
+        backend,
+        "_raise_if_unavailable",
+        lambda name, device_type: checked.append((name, device_type)),
+    )
     monkeypatch.setattr(cli, "cmd_info", lambda args: 0)
     monkeypatch.setattr(cli, "cmd_inpaint", lambda args: 0)
     assert cli.main(["inpaint", "in.png", "--device", "cuda:1", "--backend", "reference"]) == 0
@@ -76,10 +81,14 @@ def test_unknown_names_are_rejected(monkeypatch):
 def test_precedence_argument_over_context_over_global_over_env(monkeypatch):
     calls = []
     monkeypatch.setitem(backend._PROBES, "cpu", lambda device_type: None)
-    monkeypatch.setitem(backend._REGISTRY, "probe_op", {
-        "reference": lambda: calls.append("reference"),
-        "cpu": lambda: calls.append("cpu"),
-    })
+    monkeypatch.setitem(
+        backend._REGISTRY,
+        "probe_op",
+        {
+            "reference": lambda: calls.append("reference"),
+            "cpu": lambda: calls.append("cpu"),
+        },
+    )
     monkeypatch.setenv(backend.ENV_VAR, "cpu")
     assert mat_fast.get_backend() == "cpu"
     mat_fast.set_backend("reference")
@@ -95,7 +104,9 @@ def test_precedence_argument_over_context_over_global_over_env(monkeypatch):
 
 
 def test_auto_falls_back_and_logs_once(monkeypatch, caplog):
-    monkeypatch.setitem(backend._PROBES, "cpu", lambda device_type: "extension failed to build (see /tmp/log)")
+    monkeypatch.setitem(
+        backend._PROBES, "cpu", lambda device_type: "extension failed to build (see /tmp/log)"
+    )
     with caplog.at_level(logging.INFO, logger="mat_fast"):
         assert backend.resolve("cpu") == "reference"
         assert backend.resolve("cpu") == "reference"
@@ -122,19 +133,24 @@ def test_lazy_kernels_import_once_even_from_two_threads(monkeypatch, tmp_path):
     import threading
 
     (tmp_path / "slow_kernel_module.py").write_text(
-        "import time\ntime.sleep(0.3)\ndef kernel(x):\n    return x\n")
+        "import time\ntime.sleep(0.3)\ndef kernel(x):\n    return x\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "slow_kernel_module", raising=False)
     monkeypatch.setitem(backend._REGISTRY, "test_lazy_op", {})
     monkeypatch.setitem(backend._LAZY, "test_lazy_op", {"cpu": "slow_kernel_module:kernel"})
     found = []
-    threads = [threading.Thread(target=lambda: found.append(backend._load_lazy("test_lazy_op", "cpu")))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: found.append(backend._load_lazy("test_lazy_op", "cpu")))
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(found) == 2 and all(fn is not None and fn.__name__ == "kernel" for fn in found), found
+    assert len(found) == 2 and all(fn is not None and fn.__name__ == "kernel" for fn in found), (
+        found
+    )
 
 
 def test_import_pulls_in_neither_triton_nor_dynamo():
@@ -143,8 +159,10 @@ def test_import_pulls_in_neither_triton_nor_dynamo():
     import subprocess
     import sys
 
-    code = ("import sys, mat_fast; "
-            "print(sorted(m for m in ('triton', 'torch._dynamo', 'torch._inductor') if m in sys.modules))")
+    code = (
+        "import sys, mat_fast; "
+        "print(sorted(m for m in ('triton', 'torch._dynamo', 'torch._inductor') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", f"import mat_fast imported {out.stdout.strip()}"

@@ -3,7 +3,6 @@ CPU without a GPU; small shapes). Outputs are NaN-poisoned, so an unwritten elem
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -72,7 +71,9 @@ def test_no_bias_and_dispatch():
     x = torch.randn(3, 4, 5).to(DEVICE)
     with mat_fast.use_backend("triton"):
         y = mat_fast.ops.bias_act(x, None, dim=2, act="lrelu", inplace=True)
-    assert_close_verbose(y.cpu(), bias_act_reference(x.cpu(), None, dim=2, act="lrelu"), rtol=1e-6, what="y")
+    assert_close_verbose(
+        y.cpu(), bias_act_reference(x.cpu(), None, dim=2, act="lrelu"), rtol=1e-6, what="y"
+    )
 
 
 def test_invalid_inputs_raise_clear_errors():
@@ -88,8 +89,11 @@ def test_invalid_inputs_raise_clear_errors():
 def test_opcheck():
     x = torch.randn(2, 3, 4, 5).to(DEVICE)
     b = torch.randn(3).to(DEVICE)
-    torch.library.opcheck(torch.ops.mat_fast.bias_act_fwd.default, (x, b, 1, "lrelu", 0.2, 1.41, None),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(
+        torch.ops.mat_fast.bias_act_fwd.default,
+        (x, b, 1, "lrelu", 0.2, 1.41, None),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
 
 
 _BUILD_LOOP = r"""

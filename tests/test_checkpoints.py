@@ -19,9 +19,14 @@ from safetensors import safe_open
 
 import mat_fast
 from mat_fast import Generator
-from mat_fast.checkpoints import (CheckpointError, CheckpointNotFoundError,
-                                  infer_generator_kwargs, load_generator, read_state_dict,
-                                  save_generator)
+from mat_fast.checkpoints import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    infer_generator_kwargs,
+    load_generator,
+    read_state_dict,
+    save_generator,
+)
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mat_state_dicts.json"
 
@@ -53,6 +58,7 @@ def assert_same_state(G, sd):
 
 # ----------------------------------------------------------------------------- round trips
 
+
 def test_safetensors_round_trip(tmp_path, gen256, sd256):
     path = tmp_path / "g.safetensors"
     save_generator(gen256, path)
@@ -73,8 +79,9 @@ def test_safetensors_round_trip(tmp_path, gen256, sd256):
     assert torch.equal(G.mapping(z, None), gen256.mapping(z, None))
     # The format comes from the bytes, not the name.
     os.rename(path, tmp_path / "weights.pkl")
-    assert torch.equal(read_state_dict(tmp_path / "weights.pkl")["mapping.w_avg"],
-                       sd256["mapping.w_avg"])
+    assert torch.equal(
+        read_state_dict(tmp_path / "weights.pkl")["mapping.w_avg"], sd256["mapping.w_avg"]
+    )
 
 
 def test_torch_state_dict_round_trip(tmp_path, gen256, sd256):
@@ -91,11 +98,13 @@ def test_torch_state_dict_round_trip(tmp_path, gen256, sd256):
 
 def test_wrappers_and_module_prefix(sd256):
     decoy = {"mapping.w_avg": torch.zeros(512)}
-    for wrapped in ({"module." + k: v for k, v in sd256.items()},
-                    {"state_dict": sd256, "epoch": 3},
-                    {"G_ema": sd256, "G": decoy, "D": decoy},
-                    {"params_ema": sd256, "params": decoy},
-                    {"model": {"state_dict": sd256}}):
+    for wrapped in (
+        {"module." + k: v for k, v in sd256.items()},
+        {"state_dict": sd256, "epoch": 3},
+        {"G_ema": sd256, "G": decoy, "D": decoy},
+        {"params_ema": sd256, "params": decoy},
+        {"model": {"state_dict": sd256}},
+    ):
         sd = read_state_dict(wrapped)
         assert list(sd) == list(sd256)
         assert all(sd[k] is sd256[k] for k in sd256)  # in-memory tensors are not copied
@@ -105,6 +114,7 @@ def test_wrappers_and_module_prefix(sd256):
 
 
 # ------------------------------------------------------------------- layouts and inference
+
 
 def test_no_noise_layout_in_memory_dtype_and_rng():
     """IOPaint's Places_512_FullData_G.pth layout, loaded from memory in another dtype."""
@@ -131,14 +141,27 @@ def test_no_noise_layout_in_memory_dtype_and_rng():
 
 def test_inference_normal_layout(sd256):
     kw = infer_generator_kwargs(sd256)
-    assert kw == dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=256, img_channels=3,
-                      synthesis_kwargs={"use_noise": True}, mapping_kwargs={})
+    assert kw == dict(
+        z_dim=512,
+        c_dim=0,
+        w_dim=512,
+        img_resolution=256,
+        img_channels=3,
+        synthesis_kwargs={"use_noise": True},
+        mapping_kwargs={},
+    )
 
 
 def test_inference_non_default_dims():
-    kwargs = dict(z_dim=32, c_dim=5, w_dim=64, img_resolution=128, img_channels=3,
-                  synthesis_kwargs={"use_noise": True},
-                  mapping_kwargs={"num_layers": 3, "embed_features": 16, "layer_features": 96})
+    kwargs = dict(
+        z_dim=32,
+        c_dim=5,
+        w_dim=64,
+        img_resolution=128,
+        img_channels=3,
+        synthesis_kwargs={"use_noise": True},
+        mapping_kwargs={"num_layers": 3, "embed_features": 16, "layer_features": 96},
+    )
     sd = Generator(**kwargs).state_dict()
     assert infer_generator_kwargs(sd) == kwargs  # so Generator(**inferred) loads strictly
 
@@ -149,14 +172,21 @@ def test_inference_upstream_512_layouts():
     meta = {k: torch.empty(s, device="meta") for k, s in ref.items()}
     assert len(meta) == 487
     assert infer_generator_kwargs(meta) == dict(
-        z_dim=512, c_dim=0, w_dim=512, img_resolution=512, img_channels=3,
-        synthesis_kwargs={"use_noise": True}, mapping_kwargs={})
+        z_dim=512,
+        c_dim=0,
+        w_dim=512,
+        img_resolution=512,
+        img_channels=3,
+        synthesis_kwargs={"use_noise": True},
+        mapping_kwargs={},
+    )
     no_noise = {k: v for k, v in meta.items() if "noise" not in k}
     assert len(no_noise) == 465
     assert infer_generator_kwargs(no_noise)["synthesis_kwargs"] == {"use_noise": False}
 
 
 # ------------------------------------------------------------ upstream-style network pickles
+
 
 class _Persistent:
     """Pickles like upstream's persistent classes: a call to
@@ -207,15 +237,21 @@ class _FakeUpstream:
         state = dict(m.__dict__)
         state["_parameters"] = OrderedDict(
             (n, None if p is None else torch.nn.Parameter(p.detach()))
-            for n, p in m._parameters.items())
+            for n, p in m._parameters.items()
+        )
         state["_buffers"] = OrderedDict(m._buffers)
         state["_modules"] = OrderedDict((n, self.convert(c, src)) for n, c in m._modules.items())
         if type(m).__module__.startswith("torch.nn.modules"):
             obj = copy.copy(m)
             obj.__dict__.update(state)
             return obj
-        state.update(_init_args=(), _init_kwargs=self.EasyDict(activation="lrelu"),
-                     np_gain=np.float32(0.5), np_table=np.arange(3.0), dtype=torch.float32)
+        state.update(
+            _init_args=(),
+            _init_kwargs=self.EasyDict(activation="lrelu"),
+            np_gain=np.float32(0.5),
+            np_table=np.arange(3.0),
+            dtype=torch.float32,
+        )
         return self.persistent(type(m).__name__, state, src)
 
 
@@ -224,9 +260,13 @@ def _malicious_src(marker):
 
 
 def _small_net(fake, src, value):
-    state = dict(_parameters=OrderedDict(weight=torch.nn.Parameter(torch.full([2, 3], value))),
-                 _buffers=OrderedDict(), _non_persistent_buffers_set=set(),
-                 _modules=OrderedDict(), training=False)
+    state = dict(
+        _parameters=OrderedDict(weight=torch.nn.Parameter(torch.full([2, 3], value))),
+        _buffers=OrderedDict(),
+        _non_persistent_buffers_set=set(),
+        _modules=OrderedDict(),
+        training=False,
+    )
     return fake.persistent("Generator", state, src)
 
 
@@ -238,9 +278,13 @@ def test_upstream_network_pickle(tmp_path, gen256, sd256):
         # A non-persistent buffer at the root must not end up in the state dict.
         g_ema.meta["state"]["_buffers"]["scratch"] = torch.zeros(5)
         g_ema.meta["state"]["_non_persistent_buffers_set"] = {"scratch"}
-        data = {"G": _small_net(fake, src, 1.0), "D": _small_net(fake, src, 2.0),
-                "G_ema": g_ema, "augment_pipe": None,
-                "training_set_kwargs": fake.EasyDict(path="places.zip", resolution=256)}
+        data = {
+            "G": _small_net(fake, src, 1.0),
+            "D": _small_net(fake, src, 2.0),
+            "G_ema": g_ema,
+            "augment_pipe": None,
+            "training_set_kwargs": fake.EasyDict(path="places.zip", resolution=256),
+        }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # TypedStorage deprecation
             with open(tmp_path / "Places_256.pkl", "wb") as f:
@@ -255,9 +299,13 @@ def test_upstream_network_pickle(tmp_path, gen256, sd256):
 def test_upstream_pickle_falls_back_to_G(tmp_path, caplog, protocol):
     marker = tmp_path / "marker"
     with _FakeUpstream() as fake:
-        payload = pickle.dumps({"G": _small_net(fake, _malicious_src(marker), 1.5),
-                                "D": _small_net(fake, _malicious_src(marker), 2.0)},
-                               protocol=protocol)
+        payload = pickle.dumps(
+            {
+                "G": _small_net(fake, _malicious_src(marker), 1.5),
+                "D": _small_net(fake, _malicious_src(marker), 2.0),
+            },
+            protocol=protocol,
+        )
         no_gen = pickle.dumps({"D": _small_net(fake, "", 2.0)}, protocol=protocol)
     (tmp_path / "g.pkl").write_bytes(payload)
     with caplog.at_level(logging.WARNING, logger="mat_fast.checkpoints"):
@@ -271,6 +319,7 @@ def test_upstream_pickle_falls_back_to_G(tmp_path, caplog, protocol):
 
 
 # ----------------------------------------------------------------------- malicious content
+
 
 class _Reduce:
     def __init__(self, func, args):
@@ -287,8 +336,9 @@ def _evil_objects(marker):
         "builtins.eval": _Reduce(eval, (f"open({str(marker)!r}, 'w')",)),
         "builtins.exec": _Reduce(exec, (f"open({str(marker)!r}, 'w')",)),
         "subprocess.Popen": _Reduce(__import__("subprocess").Popen, (["touch", str(marker)],)),
-        "torch.nn.modules.module.register_module_forward_hook":
-            _Reduce(torch.nn.modules.module.register_module_forward_hook, (print,)),
+        "torch.nn.modules.module.register_module_forward_hook": _Reduce(
+            torch.nn.modules.module.register_module_forward_hook, (print,)
+        ),
     }
 
 
@@ -297,8 +347,9 @@ def test_malicious_pickle_refused(tmp_path, which):
     marker = tmp_path / "marker"
     name, evil = list(_evil_objects(marker).items())[which]
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"G_ema": evil}))
-    with pytest.raises(CheckpointError, match=r"refused.*'" + name.replace(".", r"\.")
-                       + r"'.*may be malicious") as info:
+    with pytest.raises(
+        CheckpointError, match=r"refused.*'" + name.replace(".", r"\.") + r"'.*may be malicious"
+    ) as info:
         load_generator(tmp_path / "evil.pkl")
     assert str(tmp_path / "evil.pkl") in str(info.value)
     assert not marker.exists()
@@ -307,8 +358,12 @@ def test_malicious_pickle_refused(tmp_path, which):
 def test_malicious_state_inside_persistent_object(tmp_path):
     marker = tmp_path / "marker"
     with _FakeUpstream() as fake:
-        state = dict(_parameters=OrderedDict(), _buffers=OrderedDict(), _modules=OrderedDict(),
-                     hook=_Reduce(os.system, (f"touch {marker}",)))
+        state = dict(
+            _parameters=OrderedDict(),
+            _buffers=OrderedDict(),
+            _modules=OrderedDict(),
+            hook=_Reduce(os.system, (f"touch {marker}",)),
+        )
         payload = pickle.dumps({"G_ema": fake.persistent("Generator", state, "")})
     (tmp_path / "evil.pkl").write_bytes(payload)
     with pytest.raises(CheckpointError, match=r"refused.*system"):
@@ -326,13 +381,16 @@ class _CraftedTensor:
 
     def __reduce__(self):
         storage = torch.arange(4.0).storage()
-        rebuild = (torch._utils._rebuild_tensor_v2,
-                   (storage, 0, self.size, (1,), False, OrderedDict()))
+        rebuild = (
+            torch._utils._rebuild_tensor_v2,
+            (storage, 0, self.size, (1,), False, OrderedDict()),
+        )
         return rebuild + ((self.build(storage),) if self.build else ())
 
 
-@pytest.mark.parametrize("crafted", [_CraftedTensor((10,)),
-                                     _CraftedTensor((2,), lambda s: (s, 0, (10**6,), (1,)))])
+@pytest.mark.parametrize(
+    "crafted", [_CraftedTensor((10,)), _CraftedTensor((2,), lambda s: (s, 0, (10**6,), (1,)))]
+)
 def test_crafted_tensor_views_refused(tmp_path, crafted):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -347,13 +405,15 @@ def test_malicious_torch_file_refused(tmp_path, sd256, zipfile):
     evil = {"mapping.w_avg": sd256["mapping.w_avg"], "x": _Reduce(os.system, (f"touch {marker}",))}
     torch.save(evil, tmp_path / "evil.pth", _use_new_zipfile_serialization=zipfile)
     refused = f"'{os.system.__module__}.system'"
-    with pytest.raises(CheckpointError,
-                       match=refused + r".*weights_only=True.*nothing in it was executed"):
+    with pytest.raises(
+        CheckpointError, match=refused + r".*weights_only=True.*nothing in it was executed"
+    ):
         load_generator(tmp_path / "evil.pth")
     assert not marker.exists()
 
 
 # ---------------------------------------------------------------- wrong or broken checkpoints
+
 
 def test_partial_and_mismatched_checkpoint_named(sd256):
     sd = dict(sd256)
@@ -372,8 +432,9 @@ def test_partial_and_mismatched_checkpoint_named(sd256):
 
 
 def test_non_tensor_and_non_float_values(sd256):
-    with pytest.raises(CheckpointError,
-                       match=r"not dense floating-point tensors.*'mapping.w_avg' \(str\)"):
+    with pytest.raises(
+        CheckpointError, match=r"not dense floating-point tensors.*'mapping.w_avg' \(str\)"
+    ):
         read_state_dict(dict(sd256, **{"mapping.w_avg": "oops"}))
     with pytest.raises(CheckpointError, match=r"'mapping.w_avg' \(torch.int64\)"):
         read_state_dict(dict(sd256, **{"mapping.w_avg": torch.zeros(512, dtype=torch.long)}))
@@ -423,6 +484,7 @@ def test_crafted_sizes_are_refused_before_building(tmp_path, sd256):
     with pytest.raises(CheckpointError, match=r"'mapping.w_avg' \(torch.sparse_coo tensor\)"):
         read_state_dict(dict(sd256, **{"mapping.w_avg": torch.zeros(512).to_sparse()}))
     import zipfile
+
     plain = tmp_path / "plain.pth"
     torch.save({"mapping.w_avg": torch.zeros(1000)}, plain)
     packed = tmp_path / "packed.pth"
@@ -439,10 +501,16 @@ def test_malformed_module_state_gives_a_checkpoint_error(tmp_path):
     raw AttributeError/TypeError from deep inside."""
     from mat_fast.network_pickle import ModuleStub
 
-    for state in ({"_parameters": 5, "_modules": {}}, {"_parameters": {1: torch.zeros(1)}, "_modules": {}},
-                  {"_non_persistent_buffers_set": 5, "_modules": {}}, {"_modules": []}):
+    for state in (
+        {"_parameters": 5, "_modules": {}},
+        {"_parameters": {1: torch.zeros(1)}, "_modules": {}},
+        {"_non_persistent_buffers_set": 5, "_modules": {}},
+        {"_modules": []},
+    ):
         # as unpickled from a network pickle, under its usual 'G_ema' key
-        with pytest.raises(CheckpointError, match="'Generator' in the pickle .module state of the wrong types"):
+        with pytest.raises(
+            CheckpointError, match="'Generator' in the pickle .module state of the wrong types"
+        ):
             read_state_dict({"G_ema": ModuleStub("Generator", state)})
 
 
@@ -471,6 +539,7 @@ def test_bad_paths(tmp_path):
 def test_safetensors_header_that_looks_like_a_pickle(tmp_path):
     # A 640-byte header starts with b"\x80\x02", the opening of a protocol-2 pickle.
     from safetensors.torch import save_file
+
     for n in range(1, 60):
         tensors = {f"w{i:03d}": torch.full([1], float(i)) for i in range(n)}
         save_file(tensors, str(tmp_path / "x.safetensors"))
@@ -490,6 +559,7 @@ def test_truncated_files(tmp_path, sd256):
         pickle.dump({"G_ema": small}, buf)
     (tmp_path / "b.pkl").write_bytes(buf.getvalue())
     from safetensors.torch import save_file
+
     save_file(small, str(tmp_path / "c.safetensors"))
     for name in ("a.pth", "b.pkl", "c.safetensors"):
         data = (tmp_path / name).read_bytes()
@@ -499,6 +569,7 @@ def test_truncated_files(tmp_path, sd256):
 
 
 # ------------------------------------------------------------------------------ atomic save
+
 
 def test_save_to_missing_directory_leaves_nothing(tmp_path, gen256):
     target = tmp_path / "no" / "such" / "dir" / "g.safetensors"

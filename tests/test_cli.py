@@ -28,8 +28,21 @@ def test_single_image_with_upstream_sample(test_sets, tmp_path, capsys):
     image = test_sets / "Places" / "images" / "test1.jpg"
     mask = test_sets / "Places" / "masks" / "mask1.png"  # upstream convention: black = hole
     out, comparison = tmp_path / "out.png", tmp_path / "cmp.png"
-    code, stdout, err = run(["inpaint", image, mask, "-o", out, "--mask-convention", "keep",
-                             "--comparison", comparison, *FAST], capsys)
+    code, stdout, err = run(
+        [
+            "inpaint",
+            image,
+            mask,
+            "-o",
+            out,
+            "--mask-convention",
+            "keep",
+            "--comparison",
+            comparison,
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "wrote" in stdout
     before = np.asarray(Image.open(image).convert("RGB"))
@@ -43,14 +56,35 @@ def test_single_image_with_upstream_sample(test_sets, tmp_path, capsys):
 
 def test_folder_mode_pairs_upstream_names_and_writes_all(test_sets, tmp_path, capsys):
     out_dir = tmp_path / "results"
-    code, stdout, err = run(["inpaint", "--input-dir", test_sets / "CelebA-HQ" / "images",
-                             "--mask-dir", test_sets / "CelebA-HQ" / "masks", "--out-dir", out_dir,
-                             "--mask-convention", "keep", "--batch-size", "2", *FAST], capsys)
+    code, stdout, err = run(
+        [
+            "inpaint",
+            "--input-dir",
+            test_sets / "CelebA-HQ" / "images",
+            "--mask-dir",
+            test_sets / "CelebA-HQ" / "masks",
+            "--out-dir",
+            out_dir,
+            "--mask-convention",
+            "keep",
+            "--batch-size",
+            "2",
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert sorted(os.listdir(out_dir)) == ["test1.png", "test2.png"]
     for name, mask_name in (("test1", "mask1"), ("test2", "mask2")):
-        before = np.asarray(Image.open(test_sets / "CelebA-HQ" / "images" / f"{name}.png").convert("RGB"))
-        hole = np.asarray(Image.open(test_sets / "CelebA-HQ" / "masks" / f"{mask_name}.png").convert("L")) == 0
+        before = np.asarray(
+            Image.open(test_sets / "CelebA-HQ" / "images" / f"{name}.png").convert("RGB")
+        )
+        hole = (
+            np.asarray(
+                Image.open(test_sets / "CelebA-HQ" / "masks" / f"{mask_name}.png").convert("L")
+            )
+            == 0
+        )
         after = np.asarray(Image.open(out_dir / f"{name}.png"))
         assert np.array_equal(after[~hole], before[~hole])
 
@@ -70,12 +104,15 @@ def _write(path, size, mode="RGB"):
     return path
 
 
-@pytest.mark.parametrize("case,match", [
-    ("missing", "image file not found"),
-    ("size", "a mask must have its image's size"),
-    ("not_an_image", "cannot read"),
-    ("no_folder", "output folder does not exist"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("missing", "image file not found"),
+        ("size", "a mask must have its image's size"),
+        ("not_an_image", "cannot read"),
+        ("no_folder", "output folder does not exist"),
+    ],
+)
 def test_bad_inputs_fail_cleanly_and_write_nothing(case, match, tmp_path, capsys):
     image = _write(tmp_path / "img.png", (64, 48))
     mask = _write(tmp_path / "mask.png", (64, 48), "L")
@@ -99,7 +136,9 @@ def test_folder_mode_checks_every_pair_before_writing(tmp_path, capsys):
     images.mkdir(), masks.mkdir()
     _write(images / "a.png", (64, 64)), _write(masks / "a.png", (64, 64), "L")
     _write(images / "b.png", (64, 64)), _write(masks / "b.png", (32, 64), "L")  # bad size
-    code, _, err = run(["inpaint", "--input-dir", images, "--mask-dir", masks, "--out-dir", out_dir, *FAST], capsys)
+    code, _, err = run(
+        ["inpaint", "--input-dir", images, "--mask-dir", masks, "--out-dir", out_dir, *FAST], capsys
+    )
     assert code == 2 and "b.png" in err
     assert not out_dir.exists() or not os.listdir(out_dir)
 
@@ -114,7 +153,9 @@ def test_convert_round_trip(tmp_path, capsys):
     code, stdout, err = run(["convert", src, dst], capsys)
     assert code == 0, err and "img_resolution=128" in stdout
     back = load_generator(dst)
-    assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), back.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(G.state_dict().values(), back.state_dict().values())
+    )
 
 
 def test_convert_refuses_unknown_output_extension(tmp_path, capsys):
@@ -139,7 +180,9 @@ def test_info_lists_backends_with_reasons(capsys):
 
 
 def test_module_entry_point_and_console_script():
-    out = subprocess.run([sys.executable, "-m", "mat_fast", "--version"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "mat_fast", "--version"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and out.stdout.startswith("mat_fast ")
     script = shutil.which("mat-fast")
     if script is None:
@@ -172,11 +215,15 @@ def _tiny_pair(folder, name="a", ext=".png", size=(24, 16)):
 def test_bad_output_names_are_refused_before_inference(tmp_path, capsys, no_model):
     image = _tiny_pair(tmp_path / "in")
     mask = _tiny_pair(tmp_path / "masks")
-    for argv, expect in ((["-o", tmp_path / "out.xyz"], "unknown output image extension '.xyz'"),
-                         (["-o", tmp_path / "result"], "unknown output image extension ''"),
-                         (["-o", f"{tmp_path / 'newdir'}/"], "output folder does not exist"),
-                         (["-o", tmp_path / "ok.png", "--comparison", tmp_path / "cmp.xyz"],
-                          "unknown output image extension '.xyz'")):
+    for argv, expect in (
+        (["-o", tmp_path / "out.xyz"], "unknown output image extension '.xyz'"),
+        (["-o", tmp_path / "result"], "unknown output image extension ''"),
+        (["-o", f"{tmp_path / 'newdir'}/"], "output folder does not exist"),
+        (
+            ["-o", tmp_path / "ok.png", "--comparison", tmp_path / "cmp.xyz"],
+            "unknown output image extension '.xyz'",
+        ),
+    ):
         code, _, err = run(["inpaint", image, mask, *argv, *FAST], capsys)
         assert code == 2 and expect in err, (argv, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "masks"]  # nothing written
@@ -187,17 +234,41 @@ def test_folder_mode_refuses_clashing_names_and_overwriting_inputs(tmp_path, cap
     for ext in (".jpg", ".png"):
         _tiny_pair(images, "a", ext)
     _tiny_pair(masks, "a")
-    code, _, err = run(["inpaint", "--input-dir", images, "--mask-dir", masks, "--out-dir",
-                        tmp_path / "out", *FAST], capsys)
+    code, _, err = run(
+        [
+            "inpaint",
+            "--input-dir",
+            images,
+            "--mask-dir",
+            masks,
+            "--out-dir",
+            tmp_path / "out",
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 2 and "a.jpg and a.png" in err and "rename" in err, err
     (images / "a.jpg").unlink()
     before = (images / "a.png").read_bytes()
     for out_dir, what in ((images, "--input-dir"), (masks, "--mask-dir")):
-        code, _, err = run(["inpaint", "--input-dir", images, "--mask-dir", masks,
-                            "--out-dir", out_dir, *FAST], capsys)
+        code, _, err = run(
+            ["inpaint", "--input-dir", images, "--mask-dir", masks, "--out-dir", out_dir, *FAST],
+            capsys,
+        )
         assert code == 2 and f"same folder as {what}" in err, err
-    code, _, err = run(["inpaint", "--input-dir", images, "--mask-dir", images,
-                        "--out-dir", tmp_path / "out", *FAST], capsys)
+    code, _, err = run(
+        [
+            "inpaint",
+            "--input-dir",
+            images,
+            "--mask-dir",
+            images,
+            "--out-dir",
+            tmp_path / "out",
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 2 and "are the same folder" in err, err
     assert (images / "a.png").read_bytes() == before and not (tmp_path / "out").exists()
 

@@ -28,7 +28,7 @@ def _inputs(device, B=1, size=256, seed=0):
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(B, 3, size, size, generator=g) * 2 - 1
     masks = torch.ones(B, 1, size, size)
-    masks[..., size // 4: 3 * size // 4, size // 8: size // 2] = 0
+    masks[..., size // 4 : 3 * size // 4, size // 8 : size // 2] = 0
     z = torch.randn(B, 512, generator=g)
     return images.to(device), masks.to(device), z.to(device)
 
@@ -60,9 +60,9 @@ def test_generator_compiles_in_one_graph_and_matches_eager_cpu(generator_256, ba
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend_name", ["reference", "triton", "cuda"])
 def test_generator_compiles_with_inductor_and_matches_eager_gpu(backend_name):
-    from mat_fast.inpaint import random_generator
-
     import torch._inductor.config as inductor_config
+
+    from mat_fast.inpaint import random_generator
 
     G = random_generator(seed=3, resolution=256).cuda()
     # inductor draws random numbers its own way unless told to call ATen's: the dropout map

@@ -55,8 +55,13 @@ print(json.dumps(dict(kept=kept, faults=faults, held=held, after_release=residen
 
 def _child(code: str, *args: str, env: dict = None) -> dict:
     environment = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=environment,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -108,14 +113,16 @@ def fake_libc(monkeypatch):
         monkeypatch.setattr(cpu_memory, "_libc", lambda: libc)
         monkeypatch.setattr(cpu_memory, "_kept", False)
         return libc
+
     return install
 
 
 def test_keep_sets_both_thresholds_once(fake_libc):
     libc = fake_libc()
     assert cpu_memory.keep_freed_memory() is True
-    assert sorted(libc.calls) == sorted([(cpu_memory._M_MMAP_THRESHOLD, (1 << 31) - 1),
-                                         (cpu_memory._M_TRIM_THRESHOLD, -1)])
+    assert sorted(libc.calls) == sorted(
+        [(cpu_memory._M_MMAP_THRESHOLD, (1 << 31) - 1), (cpu_memory._M_TRIM_THRESHOLD, -1)]
+    )
     assert cpu_memory.keep_freed_memory() is True and len(libc.calls) == 2  # no second call
     assert cpu_memory.freed_memory_kept() is True
 
@@ -136,10 +143,13 @@ def test_without_glibc_nothing_happens(monkeypatch):
     assert cpu_memory.release_freed_memory() is False
 
 
-@pytest.mark.parametrize("device, env, expected_calls", [
-    ("cpu", None, 2), ("cpu", "1", 2), ("cpu", "0", 0), ("cuda", None, 0), ("meta", None, 0)])
-def test_keep_for_device_only_for_cpu_and_not_when_opted_out(fake_libc, monkeypatch, device, env,
-                                                            expected_calls):
+@pytest.mark.parametrize(
+    "device, env, expected_calls",
+    [("cpu", None, 2), ("cpu", "1", 2), ("cpu", "0", 0), ("cuda", None, 0), ("meta", None, 0)],
+)
+def test_keep_for_device_only_for_cpu_and_not_when_opted_out(
+    fake_libc, monkeypatch, device, env, expected_calls
+):
     libc = fake_libc()
     if env is None:
         monkeypatch.delenv(cpu_memory.ENV_VAR, raising=False)

@@ -22,8 +22,11 @@ from mat_fast import ops
 from mat_fast.ops.bias_act.reference import bias_act_reference
 from mat_fast.ops.modulated_conv.reference import modulated_conv2d_reference
 from mat_fast.ops.partial_conv.reference import partial_conv_epilogue_reference
-from mat_fast.ops.resample.reference import (conv2d_resample_reference, setup_filter,
-                                             upfirdn2d_reference)
+from mat_fast.ops.resample.reference import (
+    conv2d_resample_reference,
+    setup_filter,
+    upfirdn2d_reference,
+)
 
 from .conftest import assert_close_verbose
 
@@ -63,11 +66,11 @@ def layout(x, name):
 # Resampling
 
 UPFIRDN_CASES = [
-    dict(padding=2),                       # MAT's blur before a stride-2 conv
-    dict(padding=1, gain=4),               # MAT's blur after a transposed conv
-    dict(padding=[1, 2, 0, 3]),            # asymmetric
-    dict(padding=[-1, 2, 1, -2]),          # negative = crop
-    dict(down=2, padding=[2, 1, 2, 1]),    # downsampling by stride
+    dict(padding=2),  # MAT's blur before a stride-2 conv
+    dict(padding=1, gain=4),  # MAT's blur after a transposed conv
+    dict(padding=[1, 2, 0, 3]),  # asymmetric
+    dict(padding=[-1, 2, 1, -2]),  # negative = crop
+    dict(down=2, padding=[2, 1, 2, 1]),  # downsampling by stride
     dict(padding=1, flip_filter=True),
     dict(up=2, padding=[2, 1, 2, 1], gain=4),  # zero insertion (runs the reference)
 ]
@@ -80,17 +83,30 @@ def test_upfirdn2d_cpu_matches_reference(case, fmt, dtype):
     g = torch.Generator().manual_seed(0)
     x = layout(torch.randn(2, 5, 17, 19, generator=g), fmt)  # batch > 1, odd sizes
     f = setup_filter()
-    check(lambda x: resample_cpu.upfirdn2d_cpu(x, f, **case),
-          lambda x: upfirdn2d_reference(x, f, **case), [x], dtype, f"upfirdn2d {case}")
+    check(
+        lambda x: resample_cpu.upfirdn2d_cpu(x, f, **case),
+        lambda x: upfirdn2d_reference(x, f, **case),
+        [x],
+        dtype,
+        f"upfirdn2d {case}",
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("fmt", LAYOUTS)
-@pytest.mark.parametrize("kernel,up,down,groups", [
-    (3, 1, 1, 1), (3, 2, 1, 1), (3, 1, 2, 1),  # MAT's 3x3 convs
-    (1, 1, 1, 1), (1, 2, 1, 1), (1, 1, 2, 1),  # 1x1 (ToRGB, EncFromRGB, discriminator skip)
-    (3, 2, 1, 2), (3, 1, 2, 2),                # grouped
-])
+@pytest.mark.parametrize(
+    "kernel,up,down,groups",
+    [
+        (3, 1, 1, 1),
+        (3, 2, 1, 1),
+        (3, 1, 2, 1),  # MAT's 3x3 convs
+        (1, 1, 1, 1),
+        (1, 2, 1, 1),
+        (1, 1, 2, 1),  # 1x1 (ToRGB, EncFromRGB, discriminator skip)
+        (3, 2, 1, 2),
+        (3, 1, 2, 2),  # grouped
+    ],
+)
 def test_conv2d_resample_cpu_matches_reference(kernel, up, down, groups, fmt, dtype):
     g = torch.Generator().manual_seed(1)
     x = layout(torch.randn(2, 6, 13, 11, generator=g), fmt)
@@ -99,9 +115,13 @@ def test_conv2d_resample_cpu_matches_reference(kernel, up, down, groups, fmt, dt
     args = dict(up=up, down=down, padding=kernel // 2, groups=groups)
     out = resample_cpu.conv2d_resample_cpu(x, w, f, **args)
     assert out.is_contiguous(memory_format=torch.channels_last) or up > 1 and kernel == 1
-    check(lambda x, w: resample_cpu.conv2d_resample_cpu(x, w, f, **args),
-          lambda x, w: conv2d_resample_reference(x, w, f, **args), [x, w], dtype,
-          f"conv2d_resample k{kernel} up{up} down{down} g{groups}")
+    check(
+        lambda x, w: resample_cpu.conv2d_resample_cpu(x, w, f, **args),
+        lambda x, w: conv2d_resample_reference(x, w, f, **args),
+        [x, w],
+        dtype,
+        f"conv2d_resample k{kernel} up{up} down{down} g{groups}",
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,20 +134,27 @@ def test_conv2d_resample_cpu_matches_reference(kernel, up, down, groups, fmt, dt
 def test_modulated_conv2d_cpu_matches_reference(kernel, up, demodulate, batch, dtype):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(batch, 6, 9, 11, generator=g)
-    w = torch.randn(1, 5, 6, kernel, kernel, generator=g) / (kernel * 6 ** 0.5)
+    w = torch.randn(1, 5, 6, kernel, kernel, generator=g) / (kernel * 6**0.5)
     styles = torch.randn(batch, 6, generator=g) + 1
     f = setup_filter()
     args = (demodulate, up, kernel // 2, f)
-    check(lambda x, w, s: modconv_cpu.modulated_conv2d_cpu(x, w, s, *args),
-          lambda x, w, s: modulated_conv2d_reference(x, w, s, *args), [x, w, styles], dtype,
-          f"modulated_conv2d B{batch} k{kernel} up{up}")
+    check(
+        lambda x, w, s: modconv_cpu.modulated_conv2d_cpu(x, w, s, *args),
+        lambda x, w, s: modulated_conv2d_reference(x, w, s, *args),
+        [x, w, styles],
+        dtype,
+        f"modulated_conv2d B{batch} k{kernel} up{up}",
+    )
 
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_modulated_conv2d_cpu_gradients_match_reference(batch):
     g = torch.Generator().manual_seed(3)
-    leaves = [torch.randn(batch, 4, 6, 6, generator=g), torch.randn(1, 3, 4, 3, 3, generator=g),
-              torch.randn(batch, 4, generator=g)]
+    leaves = [
+        torch.randn(batch, 4, 6, 6, generator=g),
+        torch.randn(1, 3, 4, 3, 3, generator=g),
+        torch.randn(batch, 4, generator=g),
+    ]
 
     def grads(fn):
         xs = [t.clone().requires_grad_(True) for t in leaves]
@@ -170,9 +197,13 @@ def test_bias_act_cpu_matches_reference(shape, dim, case, with_bias, dtype):
     x = torch.randn(*shape, generator=g)
     b = torch.randn(shape[dim], generator=g) if with_bias else None
     for fn in (bias_act_cpu.bias_act_cpu, bias_act_cpu.bias_act_cpu_):
-        check(lambda x, b: fn(x.clone(), b, dim, **case),
-              lambda x, b: bias_act_reference(x, b, dim, **case), [x, b], dtype,
-              f"{fn.__name__} {case}")
+        check(
+            lambda x, b, fn=fn: fn(x.clone(), b, dim, **case),
+            lambda x, b: bias_act_reference(x, b, dim, **case),
+            [x, b],
+            dtype,
+            f"{fn.__name__} {case}",
+        )
 
 
 def test_bias_act_inplace_contract():
@@ -197,7 +228,9 @@ def test_bias_act_inplace_contract():
     assert torch.equal(leaf.detach(), x)
     (grad,) = torch.autograd.grad(out.sum(), leaf)
     leaf2 = x.clone().requires_grad_(True)
-    (ref_grad,) = torch.autograd.grad(bias_act_reference(leaf2, b, act="lrelu", gain=2.0).sum(), leaf2)
+    (ref_grad,) = torch.autograd.grad(
+        bias_act_reference(leaf2, b, act="lrelu", gain=2.0).sum(), leaf2
+    )
     assert torch.equal(grad, ref_grad)
 
 
@@ -245,13 +278,16 @@ def test_partial_conv_epilogue_cpu_matches_reference(inplace, dtype, fmt, clamp)
     ref = partial_conv_epilogue_reference(x, bias, ratio, 1.41, 0.2, clamp)
     low = x.to(dtype)
     before = low.clone()
-    out = ops.partial_conv_epilogue(low, bias.to(dtype), ratio.to(dtype), 1.41, 0.2, clamp,
-                                    inplace=inplace, backend_name="cpu")
+    out = ops.partial_conv_epilogue(
+        low, bias.to(dtype), ratio.to(dtype), 1.41, 0.2, clamp, inplace=inplace, backend_name="cpu"
+    )
     if not inplace:
         assert torch.equal(low, before), "the functional op overwrote its input"
     if fmt == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last)
-    ref_low = partial_conv_epilogue_reference(low, bias.to(dtype), ratio.to(dtype), 1.41, 0.2, clamp)
+    ref_low = partial_conv_epilogue_reference(
+        low, bias.to(dtype), ratio.to(dtype), 1.41, 0.2, clamp
+    )
     tol = 1e-6 if dtype == torch.float32 else 2 * rel_err(ref_low, ref) + 2e-3
     assert out.dtype == dtype and rel_err(out, ref) <= tol
 
@@ -265,7 +301,9 @@ def test_partial_conv_epilogue_inplace_keeps_autograd_inputs():
     out = ops.partial_conv_epilogue(x, None, ratio, 1.41, 0.2, inplace=True, backend_name="cpu")
     (grad,) = torch.autograd.grad(out.sum(), x)
     x2 = x.detach().clone().requires_grad_(True)
-    (ref,) = torch.autograd.grad(partial_conv_epilogue_reference(x2, None, ratio, 1.41, 0.2).sum(), x2)
+    (ref,) = torch.autograd.grad(
+        partial_conv_epilogue_reference(x2, None, ratio, 1.41, 0.2).sum(), x2
+    )
     assert_close_verbose(grad, ref, rtol=1e-6, what="grad")
 
 
@@ -286,6 +324,7 @@ def test_dropout_map_ignores_the_input_layout(transposed):
     assert torch.equal(maps[0], maps[1])
     # ... and it is upstream's draw: ones_like of a tensor of that layout
     torch.manual_seed(11)
-    upstream = torch.nn.functional.dropout(torch.ones_like(layouts[int(transposed)]) * 0.5,
-                                           p=0.5, training=True)
+    upstream = torch.nn.functional.dropout(
+        torch.ones_like(layouts[int(transposed)]) * 0.5, p=0.5, training=True
+    )
     assert torch.equal(maps[0], upstream)

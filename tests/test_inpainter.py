@@ -38,7 +38,7 @@ def _scene(h, w, seed=0):
     rng = np.random.default_rng(seed)
     img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     hole = np.zeros((h, w), dtype=bool)
-    hole[h // 4: h // 2, w // 3: w // 2] = True
+    hole[h // 4 : h // 2, w // 3 : w // 2] = True
     return img, hole
 
 
@@ -56,12 +56,16 @@ def test_pil_rgb_non_multiple_size_pads_each_side_independently(inpainter):
     assert inpainter.spy.calls[0][0] == (1, 3, 256, 512)  # not a 512x512 square
 
 
-@pytest.mark.parametrize("kind", ["rgba", "gray", "gray16", "numpy_float_gray", "tensor_float", "tensor_uint8"])
+@pytest.mark.parametrize(
+    "kind", ["rgba", "gray", "gray16", "numpy_float_gray", "tensor_float", "tensor_uint8"]
+)
 def test_formats_come_back_as_they_went_in(inpainter, kind):
     img, hole = _scene(256, 256, seed=2)
     mask = hole.astype(np.uint8) * 255
     if kind == "rgba":
-        rgba = np.dstack([img, np.arange(256 * 256, dtype=np.uint32).reshape(256, 256) % 256]).astype(np.uint8)
+        rgba = np.dstack(
+            [img, np.arange(256 * 256, dtype=np.uint32).reshape(256, 256) % 256]
+        ).astype(np.uint8)
         out = np.asarray(inpainter(Image.fromarray(rgba, "RGBA"), mask, seed=0))
         _assert_known_untouched(rgba[..., :3], out[..., :3], hole)
         assert np.array_equal(out[..., 3], rgba[..., 3])  # alpha is never touched
@@ -71,7 +75,7 @@ def test_formats_come_back_as_they_went_in(inpainter, kind):
         assert out.mode == "L"
         _assert_known_untouched(gray, np.asarray(out), hole)
     elif kind == "gray16":
-        gray16 = (img[..., 0].astype(np.uint16) * 257 + 3)
+        gray16 = img[..., 0].astype(np.uint16) * 257 + 3
         out = inpainter(Image.fromarray(gray16), mask, seed=0)
         assert out.mode.startswith("I;16")
         _assert_known_untouched(gray16, np.asarray(out).astype(np.uint16), hole)
@@ -148,9 +152,9 @@ def test_hole_regions_merge_overlaps_and_cover_every_hole_pixel():
     boxes = hole_regions(hole, margin=16)
     assert len(boxes) == 2  # the first two are merged by their margins
     covered = np.zeros_like(hole)
-    for t, l, b, r in boxes:
-        assert not covered[t:b, l:r].any(), "boxes must not overlap"
-        covered[t:b, l:r] = True
+    for t, left, b, r in boxes:
+        assert not covered[t:b, left:r].any(), "boxes must not overlap"
+        covered[t:b, left:r] = True
     assert covered[hole].all()
 
 
@@ -160,16 +164,27 @@ def test_no_hole_returns_the_input_without_running(inpainter):
     assert np.array_equal(out, img) and inpainter.spy.calls == []
 
 
-@pytest.mark.parametrize("image,mask,match", [
-    (np.zeros((256, 256, 3), np.uint8), np.zeros((128, 256), np.uint8), "must have the image's size"),
-    (np.zeros((0, 10, 3), np.uint8), np.zeros((0, 10), np.uint8), "empty"),
-    (np.full((8, 8), np.nan, np.float32), np.ones((8, 8), np.uint8), "NaN or Inf"),
-    (np.zeros((8, 8), np.int32), np.ones((8, 8), np.uint8), "unsupported image dtype"),
-    (np.full((8, 8), 2.0, np.float32), np.ones((8, 8), np.uint8), r"values in \[0, 1\]"),
-    (np.zeros((8, 8, 5), np.uint8), np.ones((8, 8), np.uint8), "C in 1..4"),
-    ("photo.png", np.ones((8, 8), np.uint8), "PIL image, numpy array or torch tensor"),
-    (torch.zeros(3, 8, 8, dtype=torch.int64), np.ones((8, 8), np.uint8), "unsupported image tensor dtype"),
-])
+@pytest.mark.parametrize(
+    "image,mask,match",
+    [
+        (
+            np.zeros((256, 256, 3), np.uint8),
+            np.zeros((128, 256), np.uint8),
+            "must have the image's size",
+        ),
+        (np.zeros((0, 10, 3), np.uint8), np.zeros((0, 10), np.uint8), "empty"),
+        (np.full((8, 8), np.nan, np.float32), np.ones((8, 8), np.uint8), "NaN or Inf"),
+        (np.zeros((8, 8), np.int32), np.ones((8, 8), np.uint8), "unsupported image dtype"),
+        (np.full((8, 8), 2.0, np.float32), np.ones((8, 8), np.uint8), r"values in \[0, 1\]"),
+        (np.zeros((8, 8, 5), np.uint8), np.ones((8, 8), np.uint8), "C in 1..4"),
+        ("photo.png", np.ones((8, 8), np.uint8), "PIL image, numpy array or torch tensor"),
+        (
+            torch.zeros(3, 8, 8, dtype=torch.int64),
+            np.ones((8, 8), np.uint8),
+            "unsupported image tensor dtype",
+        ),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(inpainter, image, mask, match):
     with pytest.raises(InputError, match=match):
         inpainter(image, mask)

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mat_fast.masks import (SETTINGS, batch_random_masks, random_brush, random_mask,
-                            to_fill_image)
+from mat_fast.masks import SETTINGS, batch_random_masks, random_brush, random_mask, to_fill_image
 
 
 def _hole_ratio(m):
@@ -50,8 +49,9 @@ def test_hole_ratio_inside_range(hole_range):
 def test_small_setting_has_smaller_holes_than_large():
     n = 150
     large = np.mean([_hole_ratio(random_mask(128, setting="large", rng=s)) for s in range(n)])
-    small = np.mean([_hole_ratio(random_mask(128, setting="small", rng=10_000 + s))
-                     for s in range(n)])
+    small = np.mean(
+        [_hole_ratio(random_mask(128, setting="small", rng=10_000 + s)) for s in range(n)]
+    )
     # observed means at 128px are ~0.6 vs ~0.35; demand a clear margin, not just an ordering
     assert small + 0.08 < large, (small, large)
 
@@ -89,30 +89,34 @@ def test_batch_shape_reproducible_and_varied():
     b = batch_random_masks(4, 64, 96, setting="small", hole_range=(0.1, 0.6), rng=9)
     assert b.shape == (4, 1, 64, 96)
     assert b.dtype == np.float32
-    np.testing.assert_array_equal(b, batch_random_masks(4, 64, 96, setting="small",
-                                                        hole_range=(0.1, 0.6), rng=9))
+    np.testing.assert_array_equal(
+        b, batch_random_masks(4, 64, 96, setting="small", hole_range=(0.1, 0.6), rng=9)
+    )
     assert not np.array_equal(b[0], b[1])
     for m in b[:, 0]:
         assert 0.1 < _hole_ratio(m) < 0.6
     assert batch_random_masks(2, 32).shape == (2, 1, 32, 32)
 
 
-@pytest.mark.parametrize("kwargs, msg", [
-    (dict(height=0), "height must be a positive integer"),
-    (dict(height=-5), "height must be a positive integer"),
-    (dict(height=32, width=0), "width must be a positive integer"),
-    (dict(height=32.5), "height must be a positive integer"),
-    (dict(height=True), "height must be a positive integer"),
-    (dict(height=32, setting="huge"), "unknown setting 'huge'"),
-    (dict(height=32, hole_range=(0.5, 0.5)), r"0 <= lo < hi <= 1"),
-    (dict(height=32, hole_range=(0.6, 0.2)), r"0 <= lo < hi <= 1"),
-    (dict(height=32, hole_range=(-0.1, 0.5)), r"0 <= lo < hi <= 1"),
-    (dict(height=32, hole_range=(0.1, 1.5)), r"0 <= lo < hi <= 1"),
-    (dict(height=32, hole_range=(0.1, float("nan"))), r"0 <= lo < hi <= 1"),
-    (dict(height=32, hole_range=(0.1,)), "pair"),
-    (dict(height=32, hole_range="ab"), "pair"),
-    (dict(height=32, max_tries=0), "max_tries"),
-])
+@pytest.mark.parametrize(
+    "kwargs, msg",
+    [
+        (dict(height=0), "height must be a positive integer"),
+        (dict(height=-5), "height must be a positive integer"),
+        (dict(height=32, width=0), "width must be a positive integer"),
+        (dict(height=32.5), "height must be a positive integer"),
+        (dict(height=True), "height must be a positive integer"),
+        (dict(height=32, setting="huge"), "unknown setting 'huge'"),
+        (dict(height=32, hole_range=(0.5, 0.5)), r"0 <= lo < hi <= 1"),
+        (dict(height=32, hole_range=(0.6, 0.2)), r"0 <= lo < hi <= 1"),
+        (dict(height=32, hole_range=(-0.1, 0.5)), r"0 <= lo < hi <= 1"),
+        (dict(height=32, hole_range=(0.1, 1.5)), r"0 <= lo < hi <= 1"),
+        (dict(height=32, hole_range=(0.1, float("nan"))), r"0 <= lo < hi <= 1"),
+        (dict(height=32, hole_range=(0.1,)), "pair"),
+        (dict(height=32, hole_range="ab"), "pair"),
+        (dict(height=32, max_tries=0), "max_tries"),
+    ],
+)
 def test_bad_arguments_raise(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         random_mask(**kwargs)
@@ -156,17 +160,25 @@ def test_single_brush_stroke_has_holes():
         assert m.shape == (128, 128) and m.dtype == np.float32
         holes = int((m == 0).sum())
         # a stroke is at least 12 px wide with >= 4 segments: well over one disc of area
-        assert holes >= np.pi * 6 ** 2, holes
+        assert holes >= np.pi * 6**2, holes
         assert holes < m.size
     # zero strokes -> nothing drawn
     assert random_brush(64, num_strokes=0, rng=0).min() == 1.0
 
 
 def test_brush_width_parameters_matter():
-    thin = np.mean([_hole_ratio(random_brush(128, num_strokes=1, min_width=2, max_width=4,
-                                             rng=s)) for s in range(20)])
-    thick = np.mean([_hole_ratio(random_brush(128, num_strokes=1, min_width=30, max_width=48,
-                                              rng=s)) for s in range(20)])
+    thin = np.mean(
+        [
+            _hole_ratio(random_brush(128, num_strokes=1, min_width=2, max_width=4, rng=s))
+            for s in range(20)
+        ]
+    )
+    thick = np.mean(
+        [
+            _hole_ratio(random_brush(128, num_strokes=1, min_width=30, max_width=48, rng=s))
+            for s in range(20)
+        ]
+    )
     assert thick > 3 * thin
 
 

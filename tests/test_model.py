@@ -13,11 +13,14 @@ def _shapes(module):
     return {k: list(v.shape) for k, v in module.state_dict().items()}
 
 
-@pytest.mark.parametrize("name,build", [
-    ("generator_512", lambda: mat_fast.Generator(512, 0, 512, 512, 3)),
-    ("generator_256", lambda: mat_fast.Generator(512, 0, 512, 256, 3)),
-    ("discriminator_512", lambda: mat_fast.Discriminator(0, 512, 3)),
-])
+@pytest.mark.parametrize(
+    "name,build",
+    [
+        ("generator_512", lambda: mat_fast.Generator(512, 0, 512, 512, 3)),
+        ("generator_256", lambda: mat_fast.Generator(512, 0, 512, 256, 3)),
+        ("discriminator_512", lambda: mat_fast.Discriminator(0, 512, 3)),
+    ],
+)
 def test_state_dict_keys_and_shapes_equal_upstream_manifest(manifest, name, build):
     module = build()
     expected = manifest[name]["state_dict"]
@@ -64,7 +67,7 @@ def _inputs(B=1, size=256, seed=0):
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(B, 3, size, size, generator=g) * 2 - 1
     masks = torch.ones(B, 1, size, size)
-    masks[..., size // 4: 3 * size // 4, size // 8: size // 2] = 0
+    masks[..., size // 4 : 3 * size // 4, size // 8 : size // 2] = 0
     return images, masks, torch.randn(B, 512, generator=g)
 
 
@@ -110,14 +113,17 @@ def test_truncation_moves_towards_w_avg(generator_256):
     assert torch.equal(w_cut[:, 2:], w[:, 2:])
 
 
-@pytest.mark.parametrize("change,error,match", [
-    (lambda i, m, z: (i[..., :200, :], m[..., :200, :], z), ValueError, "multiples of 256"),
-    (lambda i, m, z: (i, m[:, :, :128], z), ValueError, "masks_in must be"),
-    (lambda i, m, z: (i[:, :2], m, z), ValueError, "images_in must be"),
-    (lambda i, m, z: (i.double(), m.double(), z), TypeError, "float64 but the Generator"),
-    (lambda i, m, z: ((i * 100).long(), m, z), TypeError, "floating-point"),
-    (lambda i, m, z: (i, m, z[:, :10]), ValueError, "z must be"),
-])
+@pytest.mark.parametrize(
+    "change,error,match",
+    [
+        (lambda i, m, z: (i[..., :200, :], m[..., :200, :], z), ValueError, "multiples of 256"),
+        (lambda i, m, z: (i, m[:, :, :128], z), ValueError, "masks_in must be"),
+        (lambda i, m, z: (i[:, :2], m, z), ValueError, "images_in must be"),
+        (lambda i, m, z: (i.double(), m.double(), z), TypeError, "float64 but the Generator"),
+        (lambda i, m, z: ((i * 100).long(), m, z), TypeError, "floating-point"),
+        (lambda i, m, z: (i, m, z[:, :10]), ValueError, "z must be"),
+    ],
+)
 def test_generator_rejects_bad_inputs(generator_256, change, error, match):
     images, masks, z = change(*_inputs())
     with pytest.raises(error, match=match):
@@ -137,7 +143,11 @@ def test_gradients_flow_through_the_generator():
     out = G(images, masks, z, None)
     out.square().mean().backward()
     attn_q = G.synthesis.first_stage.tran[0].blocks[0].attn.q.weight
-    assert attn_q.grad is not None and torch.isfinite(attn_q.grad).all() and attn_q.grad.abs().sum() > 0
+    assert (
+        attn_q.grad is not None
+        and torch.isfinite(attn_q.grad).all()
+        and attn_q.grad.abs().sum() > 0
+    )
 
 
 def test_discriminator_scores_both_stages():

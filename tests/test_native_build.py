@@ -35,14 +35,16 @@ from .conftest import ROOT
 pytestmark = pytest.mark.usefixtures("default_backend")
 
 
-def test_broken_build_falls_back_under_auto_and_raises_when_explicit(native_ops, tmp_path,
-                                                                     monkeypatch, caplog):
+def test_broken_build_falls_back_under_auto_and_raises_when_explicit(
+    native_ops, tmp_path, monkeypatch, caplog
+):
     if native_build._loaded == native_build.AOT_MODULE:
         pytest.skip("an ahead-of-time build is loaded; this process cannot load another")
     kernels = tmp_path / "kernels"
     kernels.mkdir()
     (kernels / "mat_fast_ops.cpp").write_text(
-        'static_assert(false, "mat_fast broken-build probe");\n')
+        'static_assert(false, "mat_fast broken-build probe");\n'
+    )
     monkeypatch.setattr(native_build, "kernel_dir", lambda: kernels)
     monkeypatch.setattr(native_build, "AOT_MODULE", "")
     monkeypatch.setenv("MAT_FAST_CACHE", str(tmp_path / "cache"))
@@ -66,7 +68,9 @@ def test_broken_build_falls_back_under_auto_and_raises_when_explicit(native_ops,
     compiling = [m for m in warnings if m.startswith("mat_fast: compiling the native kernels (")]
     assert len(compiling) == 1 and str(logs[0]) in compiling[0], compiling
     assert "mat_fast broken-build probe" in logs[0].read_text()
-    assert not [p for p in (tmp_path / "cache" / "ext").iterdir() if p.is_dir()], "temp build dirs left"
+    assert not [p for p in (tmp_path / "cache" / "ext").iterdir() if p.is_dir()], (
+        "temp build dirs left"
+    )
 
     with pytest.raises(mat_fast.BackendUnavailableError) as info:
         with mat_fast.use_backend("cpu"):
@@ -78,6 +82,7 @@ def test_broken_build_falls_back_under_auto_and_raises_when_explicit(native_ops,
 def test_loaded_library_survives_a_changed_cache_setting(native_ops, tmp_path, monkeypatch):
     """Once the operators are registered, pointing MAT_FAST_CACHE elsewhere neither builds
     again nor turns the backend off (a process cannot load a second copy anyway)."""
+
     def no_build(*args, **kwargs):
         raise AssertionError("built again although the library is loaded")
 
@@ -103,16 +108,31 @@ _BUILD_ONE = textwrap.dedent("""
 
 
 def _build_twice_at_once(kernels, cache: Path):
-    env = dict(os.environ, MAT_FAST_CACHE=str(cache),
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    procs = [subprocess.Popen([sys.executable, "-c", _BUILD_ONE, str(kernels)], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    env = dict(
+        os.environ,
+        MAT_FAST_CACHE=str(cache),
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _BUILD_ONE, str(kernels)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = [p.communicate(timeout=900) + (p.returncode,) for p in procs]
-    for out, err, rc in results:
+    for _, err, rc in results:
         assert rc == 0, err[-3000:]
-    libraries = {line.split(" ", 1)[1] for out, _, _ in results for line in out.splitlines()
-                 if line.startswith("LIBRARY ")}
+    libraries = {
+        line.split(" ", 1)[1]
+        for out, _, _ in results
+        for line in out.splitlines()
+        if line.startswith("LIBRARY ")
+    }
     assert len(libraries) == 1 and Path(libraries.pop()).is_file()
     compiled = sum("compiling the native kernels" in err for _, err, _ in results)
     assert compiled == 1, "both processes compiled"
@@ -126,10 +146,12 @@ def test_concurrent_builds_share_one_compile(tmp_path):
     the lock and loads the result. (A tiny library: the mechanism does not care.)"""
     kernels = tmp_path / "kernels"
     kernels.mkdir()
-    (kernels / "mat_fast_ops.cpp").write_text(textwrap.dedent("""
+    (kernels / "mat_fast_ops.cpp").write_text(
+        textwrap.dedent("""
         #include <torch/library.h>
         TORCH_LIBRARY(mat_fast_native_concurrency_probe, m) { m.def("noop(Tensor x) -> Tensor"); }
-    """))
+    """)
+    )
     _build_twice_at_once(kernels, tmp_path / "cache")
 
 
@@ -156,8 +178,10 @@ def test_jit_cache_keeps_the_most_recently_used_entries(tmp_path):
     (cache / f"{entries[6].name}.failed.log").write_text("old failure")
     building = cache / f".{native_build.LIBRARY}-feedfacefeedfacefeed-tmp"  # a build in progress
     building.mkdir()
-    abandoned = [cache / f".{native_build.LIBRARY}-deadbeefdeadbeefdead-old",  # killed builds
-                 cache / f".trash-{native_build.LIBRARY}-0123-999"]
+    abandoned = [
+        cache / f".{native_build.LIBRARY}-deadbeefdeadbeefdead-old",  # killed builds
+        cache / f".trash-{native_build.LIBRARY}-0123-999",
+    ]
     for path in abandoned:
         (path / "src").mkdir(parents=True)
         old = time.time() - native_build.ABANDONED_AFTER_S - 60
@@ -166,12 +190,16 @@ def test_jit_cache_keeps_the_most_recently_used_entries(tmp_path):
     just_built = entries[5]  # oldest mtime, but it is the one just built
     native_build._prune_cache(cache, keep=just_built)
     kept = {p.name for p in cache.iterdir()}
-    survivors = [just_built] + entries[:native_build.CACHE_ENTRIES_KEPT - 1]
-    assert {p.name for p in cache.iterdir() if p.name.startswith(native_build.LIBRARY) and p.is_dir()} == \
-        {e.name for e in survivors}
+    survivors = [just_built] + entries[: native_build.CACHE_ENTRIES_KEPT - 1]
+    assert {
+        p.name for p in cache.iterdir() if p.name.startswith(native_build.LIBRARY) and p.is_dir()
+    } == {e.name for e in survivors}
     assert {e.name + ".lock" for e in survivors} <= kept
     for gone in set(entries) - set(survivors):
-        assert not (cache / f"{gone.name}.lock").exists() and not (cache / f"{gone.name}.failed.log").exists()
+        assert (
+            not (cache / f"{gone.name}.lock").exists()
+            and not (cache / f"{gone.name}.failed.log").exists()
+        )
     assert building.is_dir() and (cache / "unrelated.txt").is_file()
     assert not [p for p in cache.iterdir() if p.name.startswith(".trash")]
     assert not [p for p in abandoned if p.exists()]
@@ -183,8 +211,12 @@ def test_build_compiles_the_very_sources_its_key_hashed(tmp_path, monkeypatch):
     kernels = tmp_path / "kernels"
     kernels.mkdir()
     (kernels / "mat_fast_ops.cpp").write_text("// version 1\n")
-    config = dataclasses.replace(native_build.BuildConfig.default(), kernels=kernels,
-                                 cache=tmp_path / "cache", with_cuda=False)
+    config = dataclasses.replace(
+        native_build.BuildConfig.default(),
+        kernels=kernels,
+        cache=tmp_path / "cache",
+        with_cuda=False,
+    )
     hashed = config.read_sources()
     read_sources = native_build.BuildConfig.read_sources
 

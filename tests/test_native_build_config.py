@@ -77,9 +77,15 @@ def test_arch_list_environment_wins_and_no_gpu_means_empty(fake_gpu_machine):
     assert calls == []
 
 
-@pytest.mark.parametrize("answer", [dict(stdout="not json"), dict(stdout=""),
-                                    dict(error=subprocess.TimeoutExpired("python", 300)),
-                                    dict(error=subprocess.CalledProcessError(1, "python"))])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        dict(stdout="not json"),
+        dict(stdout=""),
+        dict(error=subprocess.TimeoutExpired("python", 300)),
+        dict(error=subprocess.CalledProcessError(1, "python")),
+    ],
+)
 def test_a_failed_arch_query_builds_for_every_arch_and_says_so(fake_gpu_machine, caplog, answer):
     _child_answers(fake_gpu_machine, **answer)
     with caplog.at_level(logging.INFO, logger="mat_fast"):
@@ -93,19 +99,32 @@ def _expected_archs() -> list:
 
 def test_the_capability_script_runs_against_this_torch():
     # The real child on whatever this machine has (no GPU in CI: an empty list).
-    proc = subprocess.run([sys.executable, "-c", native_sources._CAPABILITY_SCRIPT],
-                          capture_output=True, text=True, timeout=300, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", native_sources._CAPABILITY_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     assert [tuple(cap) for cap in json.loads(proc.stdout)] == _expected_archs()
 
 
 @pytest.mark.gpu
 def test_arch_query_leaves_cuda_uninitialised_on_a_gpu():
-    code = ("import json, torch; from mat_fast.ops import native_sources; "
-            "archs = native_sources.cuda_arch_list(); "
-            "print(json.dumps([archs, torch.cuda.is_initialized()]))")
+    code = (
+        "import json, torch; from mat_fast.ops import native_sources; "
+        "archs = native_sources.cuda_arch_list(); "
+        "print(json.dumps([archs, torch.cuda.is_initialized()]))"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TORCH_CUDA_ARCH_LIST"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, check=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env=env,
+    )
     archs, initialised = json.loads(proc.stdout.strip().splitlines()[-1])
     assert initialised is False
     assert archs == ";".join(f"{major}.{minor}" for major, minor in _expected_archs())

@@ -68,17 +68,34 @@ def ptxas_reports(tmp_path_factory) -> Dict[str, Dict[str, int]]:
         pytest.skip("no CUDA sources in kernels/")
     nvcc = _nvcc()
     out = tmp_path_factory.mktemp("cuda_build")
-    flags = [*_include_flags(out / "shim"), *cpp_extension.COMMON_NVCC_FLAGS, "-std=c++17",
-             f"-arch={ARCH}", "-O3", "-DTORCH_API_INCLUDE_EXTENSION_H",
-             f"-DTORCH_EXTENSION_NAME={native_build.LIBRARY}", "-Xcompiler", "-fPIC",
-             "-Xptxas", "-v", "-w"]
-    procs = {src.name: subprocess.Popen([nvcc, "-c", str(src), "-o", str(out / f"{src.stem}.o"), *flags],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for src in SOURCES}
+    flags = [
+        *_include_flags(out / "shim"),
+        *cpp_extension.COMMON_NVCC_FLAGS,
+        "-std=c++17",
+        f"-arch={ARCH}",
+        "-O3",
+        "-DTORCH_API_INCLUDE_EXTENSION_H",
+        f"-DTORCH_EXTENSION_NAME={native_build.LIBRARY}",
+        "-Xcompiler",
+        "-fPIC",
+        "-Xptxas",
+        "-v",
+        "-w",
+    ]
+    procs = {
+        src.name: subprocess.Popen(
+            [nvcc, "-c", str(src), "-o", str(out / f"{src.stem}.o"), *flags],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for src in SOURCES
+    }
     logs = {name: proc.communicate()[0] for name, proc in procs.items()}
     failed = {name: log for name, log in logs.items() if procs[name].returncode != 0}
     assert not failed, "nvcc failed:\n" + "\n".join(
-        f"== {name}\n{log[-4000:]}" for name, log in failed.items())
+        f"== {name}\n{log[-4000:]}" for name, log in failed.items()
+    )
     reports: Dict[str, Dict[str, int]] = {}
     for log in logs.values():
         reports.update(_parse_ptxas(log))
@@ -106,7 +123,9 @@ def _demangle(symbols: List[str]) -> List[str]:
         pytest.skip("c++filt (binutils) is not installed")
     if not symbols:
         return symbols
-    result = subprocess.run([cxxfilt], input="\n".join(symbols), capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [cxxfilt], input="\n".join(symbols), capture_output=True, text=True, check=True
+    )
     return result.stdout.splitlines()
 
 
@@ -115,28 +134,40 @@ def _kernels(reports, name: str, template_args: str = "") -> List[str]:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kernel", ["window_attention_fwd_kernel", "window_attention_bwd_kernel",
-                                    "window_mask_update_kernel", "partial_conv_mask_kernel",
-                                    "partial_conv_epilogue_kernel"])
+@pytest.mark.parametrize(
+    "kernel",
+    [
+        "window_attention_fwd_kernel",
+        "window_attention_bwd_kernel",
+        "window_mask_update_kernel",
+        "partial_conv_mask_kernel",
+        "partial_conv_epilogue_kernel",
+    ],
+)
 def test_every_kernel_has_sm90_code_per_dtype(ptxas_reports, kernel, dtype):
     assert _kernels(ptxas_reports, kernel, f"<{dtype}"), (
-        f"no {ARCH} code for {kernel}<{dtype}>; compiled: {sorted(ptxas_reports)}")
+        f"no {ARCH} code for {kernel}<{dtype}>; compiled: {sorted(ptxas_reports)}"
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_mat_head_dim_attention_kernels_do_not_spill(ptxas_reports, dtype):
     # MAT's heads are 30 channels wide: the kMaxDim = 32 instantiation runs every
     # transformer block, so a spill there is a slowdown of the whole network.
-    hot = _kernels(ptxas_reports, "window_attention_fwd_kernel", f"<{dtype}, 32>") + \
-        _kernels(ptxas_reports, "window_attention_bwd_kernel", f"<{dtype}, 32>")
+    hot = _kernels(ptxas_reports, "window_attention_fwd_kernel", f"<{dtype}, 32>") + _kernels(
+        ptxas_reports, "window_attention_bwd_kernel", f"<{dtype}, 32>"
+    )
     assert len(hot) == 2, sorted(ptxas_reports)
     spilling = {k: ptxas_reports[k]["spill_bytes"] for k in hot if ptxas_reports[k]["spill_bytes"]}
     assert not spilling, f"register spills on the hot path: {spilling}"
 
 
 def test_partial_conv_kernels_do_not_spill(ptxas_reports):
-    kernels = _kernels(ptxas_reports, "partial_conv_mask_kernel") + \
-        _kernels(ptxas_reports, "partial_conv_epilogue_kernel")
+    kernels = _kernels(ptxas_reports, "partial_conv_mask_kernel") + _kernels(
+        ptxas_reports, "partial_conv_epilogue_kernel"
+    )
     assert len(kernels) == 8, sorted(ptxas_reports)  # 2 kernels x fp32/fp16/bf16/fp64
-    spilling = {k: ptxas_reports[k]["spill_bytes"] for k in kernels if ptxas_reports[k]["spill_bytes"]}
+    spilling = {
+        k: ptxas_reports[k]["spill_bytes"] for k in kernels if ptxas_reports[k]["spill_bytes"]
+    }
     assert not spilling, f"register spills: {spilling}"

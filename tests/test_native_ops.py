@@ -23,8 +23,10 @@ import torch
 
 import mat_fast
 from mat_fast.ops import native_build
-from mat_fast.ops.partial_conv.reference import (partial_conv_epilogue_reference,
-                                                partial_conv_mask_reference)
+from mat_fast.ops.partial_conv.reference import (
+    partial_conv_epilogue_reference,
+    partial_conv_mask_reference,
+)
 from mat_fast.ops.window_attention.reference import window_attention_reference
 
 from .conftest import assert_close_verbose
@@ -43,8 +45,10 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 def assert_finite(t: torch.Tensor, what: str):
     bad = ~torch.isfinite(t)
-    assert not bad.any(), (f"{what}: {int(bad.sum())} of {t.numel()} elements not finite "
-                           f"(unwritten?), first at {bad.nonzero()[:5].tolist()}")
+    assert not bad.any(), (
+        f"{what}: {int(bad.sum())} of {t.numel()} elements not finite "
+        f"(unwritten?), first at {bad.nonzero()[:5].tolist()}"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -91,7 +95,9 @@ def run_with_grads(fn, q, k, v, mask, grad, *geometry):
     return out.detach(), new_mask, (dq, dk, dv)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"]
+)
 @pytest.mark.parametrize("mask_kind", MASKS)
 @pytest.mark.parametrize("shifted", [False, True], ids=["shift0", "shifthalf"])
 @pytest.mark.parametrize("case", WINDOW_CASES, ids=lambda c: "B{}_{}x{}_C{}_h{}_w{}".format(*c))
@@ -101,7 +107,9 @@ def test_window_attention_matches_reference(native_ops, case, shifted, mask_kind
     geometry = ((H, W), window, window // 2 if shifted else 0, heads)
     q, k, v, mask, grad = window_inputs(B, H, W, C, dtype, mask_kind)
 
-    out, new_mask, grads = run_with_grads(wa_native.window_attention_native, q, k, v, mask, grad, *geometry)
+    out, new_mask, grads = run_with_grads(
+        wa_native.window_attention_native, q, k, v, mask, grad, *geometry
+    )
     assert out.dtype == dtype and out.shape == q.shape
     assert_finite(out, "out")
     for name, g in zip("qkv", grads):
@@ -109,19 +117,24 @@ def test_window_attention_matches_reference(native_ops, case, shifted, mask_kind
 
     # fp32 reference on the same (rounded) inputs
     f32 = lambda t: None if t is None else t.float()  # noqa: E731
-    ref_out, ref_mask, ref_grads = run_with_grads(window_attention_reference, f32(q), f32(k), f32(v),
-                                                  f32(mask), f32(grad), *geometry)
+    ref_out, ref_mask, ref_grads = run_with_grads(
+        window_attention_reference, f32(q), f32(k), f32(v), f32(mask), f32(grad), *geometry
+    )
     if dtype == torch.float32:
         assert_close_verbose(out, ref_out, rtol=1e-5, what="out")
         for name, g, r in zip("qkv", grads, ref_grads):
             assert_close_verbose(g, r, rtol=1e-5, what=f"d{name}")
     else:
-        low_out, _, low_grads = run_with_grads(window_attention_reference, q, k, v, mask, grad, *geometry)
+        low_out, _, low_grads = run_with_grads(
+            window_attention_reference, q, k, v, mask, grad, *geometry
+        )
         for name, mine, low, ref in [("out", out, low_out, ref_out)] + [
-                (f"d{n}", a, b, c) for n, a, b, c in zip("qkv", grads, low_grads, ref_grads)]:
+            (f"d{n}", a, b, c) for n, a, b, c in zip("qkv", grads, low_grads, ref_grads)
+        ]:
             mine_err, low_err = rel_err(mine, ref), rel_err(low, ref)
             assert mine_err <= 2 * low_err + 2e-3, (
-                f"{name}: native {dtype} error {mine_err:.3g} vs reference-in-{dtype} error {low_err:.3g}")
+                f"{name}: native {dtype} error {mine_err:.3g} vs reference-in-{dtype} error {low_err:.3g}"
+            )
 
     if mask is None:
         assert new_mask is None
@@ -129,8 +142,9 @@ def test_window_attention_matches_reference(native_ops, case, shifted, mask_kind
         assert new_mask.dtype == mask.dtype and new_mask.shape == mask.shape
         assert_finite(new_mask, "new_mask")
         if mask_kind == "non_binary":
-            assert_close_verbose(new_mask, ref_mask, rtol=1e-6 if dtype == torch.float32 else 1e-2,
-                                 what="new_mask")
+            assert_close_verbose(
+                new_mask, ref_mask, rtol=1e-6 if dtype == torch.float32 else 1e-2, what="new_mask"
+            )
         else:
             assert torch.equal(new_mask.float(), ref_mask), "new_mask differs"
 
@@ -144,8 +158,12 @@ def test_every_cpu_instruction_set_variant(native_ops, monkeypatch, isa, dtype):
     monkeypatch.setenv("MAT_FAST_CPU_ISA", isa)
     q, k, v, mask, grad = window_inputs(2, 16, 16, 180, dtype, "non_binary", seed=1)
     geometry = ((16, 16), 8, 4, 6)
-    out, _, grads = run_with_grads(wa_native.window_attention_native, q, k, v, mask, grad, *geometry)
-    ref_out, _, ref_grads = run_with_grads(window_attention_reference, q, k, v, mask, grad, *geometry)
+    out, _, grads = run_with_grads(
+        wa_native.window_attention_native, q, k, v, mask, grad, *geometry
+    )
+    ref_out, _, ref_grads = run_with_grads(
+        window_attention_reference, q, k, v, mask, grad, *geometry
+    )
     rtol = 1e-5 if dtype == torch.float32 else 1e-12
     assert_close_verbose(out, ref_out, rtol=rtol, what=f"out ({isa})")
     for name, g, r in zip("qkv", grads, ref_grads):
@@ -190,13 +208,21 @@ def test_scratch_kept_between_calls_never_leaks_state(native_ops):
     ]
     for round_ in range(2):
         for i, (H, W, C, heads, window, shift, mask_kind) in enumerate(geometries):
-            q, k, v, mask, grad = window_inputs(2, H, W, C, torch.float32, mask_kind, seed=10 * round_ + i)
+            q, k, v, mask, grad = window_inputs(
+                2, H, W, C, torch.float32, mask_kind, seed=10 * round_ + i
+            )
             geometry = ((H, W), window, shift, heads)
             if i == 2:  # a backward call in the middle uses (and keeps) its own scratch
-                _, _, grads = run_with_grads(wa_native.window_attention_native, q, k, v, mask, grad, *geometry)
-                _, _, ref_grads = run_with_grads(window_attention_reference, q, k, v, mask, grad, *geometry)
+                _, _, grads = run_with_grads(
+                    wa_native.window_attention_native, q, k, v, mask, grad, *geometry
+                )
+                _, _, ref_grads = run_with_grads(
+                    window_attention_reference, q, k, v, mask, grad, *geometry
+                )
                 for name, g_, r in zip("qkv", grads, ref_grads):
-                    assert_close_verbose(g_, r, rtol=1e-5, what=f"d{name}, geometry {i}, round {round_}")
+                    assert_close_verbose(
+                        g_, r, rtol=1e-5, what=f"d{name}, geometry {i}, round {round_}"
+                    )
             out, _ = wa_native.window_attention_native(q, k, v, mask, *geometry)
             ref, _ = window_attention_reference(q, k, v, mask, *geometry)
             assert_close_verbose(out, ref, rtol=1e-5, what=f"out, geometry {i}, round {round_}")
@@ -205,7 +231,10 @@ def test_scratch_kept_between_calls_never_leaks_state(native_ops):
 def test_window_attention_gradcheck(native_ops):
     wa_native, _ = native_ops
     g = torch.Generator().manual_seed(2)
-    q, k, v = (torch.randn(1, 32, 6, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    q, k, v = (
+        torch.randn(1, 32, 6, generator=g, dtype=torch.float64, requires_grad=True)
+        for _ in range(3)
+    )
     mask = make_mask("non_binary", 1, 4, 8, g).double()
     fn = lambda a, b, c: wa_native.window_attention_native(a, b, c, mask, (4, 8), 4, 2, 2)[0]  # noqa: E731
     assert torch.autograd.gradcheck(fn, (q, k, v))
@@ -232,8 +261,10 @@ def test_window_attention_opcheck(native_ops):
     mask = make_mask("non_binary", 2, 8, 8, g)
     torch.library.opcheck(ops.window_attention.default, (q, k, v, mask, 8, 8, 4, 2, 2))
     torch.library.opcheck(ops.window_attention.default, (q, k, v, None, 8, 8, 4, 0, 2))
-    torch.library.opcheck(ops.window_attention_backward.default,
-                          (torch.randn(2, 64, 12), q.detach(), k.detach(), v.detach(), mask, 8, 8, 4, 2, 2))
+    torch.library.opcheck(
+        ops.window_attention_backward.default,
+        (torch.randn(2, 64, 12), q.detach(), k.detach(), v.detach(), mask, 8, 8, 4, 2, 2),
+    )
     torch.library.opcheck(ops.window_mask_update.default, (mask, 8, 8, 4, 2))
 
 
@@ -258,9 +289,9 @@ def test_window_attention_has_no_silent_second_derivative(native_ops):
     g = torch.Generator().manual_seed(6)
     q, k, v = (torch.randn(1, 16, 4, generator=g, requires_grad=True) for _ in range(3))
     out, _ = wa_native.window_attention_native(q, k, v, None, (4, 4), 4, 0, 2)
-    dq, = torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
+    (dq,) = torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
     ref_out, _ = window_attention_reference(q, k, v, None, (4, 4), 4, 0, 2)
-    ref_dq, = torch.autograd.grad(ref_out.pow(2).sum(), q, create_graph=True)
+    (ref_dq,) = torch.autograd.grad(ref_out.pow(2).sum(), q, create_graph=True)
     assert_close_verbose(dq, ref_dq, rtol=1e-5, what="dq")
     with pytest.raises(RuntimeError, match="no second derivative"):
         dq.pow(2).sum().backward()
@@ -296,7 +327,9 @@ def test_partial_conv_mask_matches_reference(native_ops, size, stride, binary, d
     else:
         assert_close_verbose(update, ref_update, rtol=rtol, what="update")
     # ratio up to 9 / tiny soft count: compare relative to each element
-    rel = ((ratio.double() - ref_ratio.double()).abs() / ref_ratio.double().abs().clamp_min(1e-6)).max()
+    rel = (
+        (ratio.double() - ref_ratio.double()).abs() / ref_ratio.double().abs().clamp_min(1e-6)
+    ).max()
     assert rel <= rtol, f"ratio relative error {float(rel):.3g}"
 
 
@@ -339,8 +372,9 @@ def test_partial_conv_epilogue_gradcheck_fp64(native_ops):
     assert torch.autograd.gradcheck(fn, (x, bias, ratio))
     grad = torch.randn(1, 3, 4, 5, generator=g, dtype=torch.float64)
     ours = torch.autograd.grad(fn(x, bias, ratio), (x, bias, ratio), grad)
-    ref = torch.autograd.grad(partial_conv_epilogue_reference(x, bias, ratio, 1.41, 0.2),
-                              (x, bias, ratio), grad)
+    ref = torch.autograd.grad(
+        partial_conv_epilogue_reference(x, bias, ratio, 1.41, 0.2), (x, bias, ratio), grad
+    )
     for name, a, r in zip(("dx", "dbias", "dratio"), ours, ref):
         torch.testing.assert_close(a, r, rtol=1e-13, atol=1e-13, msg=name)
 
@@ -375,21 +409,28 @@ def test_partial_conv_opcheck(native_ops):
     x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
     torch.library.opcheck(ops.partial_conv_epilogue.default, (x_cl, bias, ratio, 1.41, 0.2))
     for x_in in (x.detach().clone(), x_cl.detach().clone()):  # the in-place variant
-        torch.library.opcheck(ops.partial_conv_epilogue_.default,
-                              (x_in, bias.detach(), ratio.detach(), 1.41, 0.2))
-    torch.library.opcheck(ops.partial_conv_mask.default, (torch.rand(2, 1, 7, 9, generator=g), 3, 2, 1))
+        torch.library.opcheck(
+            ops.partial_conv_epilogue_.default, (x_in, bias.detach(), ratio.detach(), 1.41, 0.2)
+        )
+    torch.library.opcheck(
+        ops.partial_conv_mask.default, (torch.rand(2, 1, 7, 9, generator=g), 3, 2, 1)
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # Whole generator
 
 
-@pytest.mark.parametrize("size,batch,noise_mode", [
-    (128, 1, "const"),
-    (256, 1, "random"),  # B = 1: upstream's dropout map is drawn in a transposed layout
-    (256, 2, "random"),  # B > 1: contiguous; non-binary mask
-    pytest.param(512, 1, "random", marks=pytest.mark.slow),
-], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "size,batch,noise_mode",
+    [
+        (128, 1, "const"),
+        (256, 1, "random"),  # B = 1: upstream's dropout map is drawn in a transposed layout
+        (256, 2, "random"),  # B > 1: contiguous; non-binary mask
+        pytest.param(512, 1, "random", marks=pytest.mark.slow),
+    ],
+    ids=lambda v: str(v),
+)
 def test_generator_cpu_backend_matches_reference(native_ops, size, batch, noise_mode):
     """Same seed, 'cpu' (channels_last, fused and in-place ops) vs 'reference': the same
     dropout maps and noise, so the outputs agree to float rounding."""
@@ -399,7 +440,7 @@ def test_generator_cpu_backend_matches_reference(native_ops, size, batch, noise_
     g = torch.Generator().manual_seed(8)
     x = torch.rand(batch, 3, size, size, generator=g) * 2 - 1
     m = torch.ones(batch, 1, size, size)
-    m[..., size // 5: size * 3 // 4, size // 4: size * 2 // 3] = 0
+    m[..., size // 5 : size * 3 // 4, size // 4 : size * 2 // 3] = 0
     if batch > 1:
         m[1, :, : size // 2, : size // 3] = 0.5
     z = torch.randn(batch, 512, generator=g)
@@ -420,7 +461,9 @@ def test_generator_cpu_backend_matches_reference(native_ops, size, batch, noise_
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"]
+)
 @pytest.mark.parametrize("mask_kind", MASKS)
 @pytest.mark.parametrize("shifted", [False, True], ids=["shift0", "shifthalf"])
 @pytest.mark.parametrize("case", WINDOW_CASES, ids=lambda c: "B{}_{}x{}_C{}_h{}_w{}".format(*c))
@@ -432,15 +475,20 @@ def test_cuda_window_attention_matches_reference(case, shifted, mask_kind, dtype
 
     B, H, W, C, heads, window = case
     geometry = ((H, W), window, window // 2 if shifted else 0, heads)
-    q, k, v, mask, grad = (None if t is None else t.cuda()
-                           for t in window_inputs(B, H, W, C, dtype, mask_kind))
+    q, k, v, mask, grad = (
+        None if t is None else t.cuda() for t in window_inputs(B, H, W, C, dtype, mask_kind)
+    )
     out, new_mask, grads = run_with_grads(window_attention_native, q, k, v, mask, grad, *geometry)
     f32 = lambda t: None if t is None else t.float()  # noqa: E731
-    ref_out, ref_mask, ref_grads = run_with_grads(window_attention_reference, f32(q), f32(k), f32(v),
-                                                  f32(mask), f32(grad), *geometry)
-    low_out, _, low_grads = run_with_grads(window_attention_reference, q, k, v, mask, grad, *geometry)
+    ref_out, ref_mask, ref_grads = run_with_grads(
+        window_attention_reference, f32(q), f32(k), f32(v), f32(mask), f32(grad), *geometry
+    )
+    low_out, _, low_grads = run_with_grads(
+        window_attention_reference, q, k, v, mask, grad, *geometry
+    )
     for name, mine, low, ref in [("out", out, low_out, ref_out)] + [
-            (f"d{n}", a, b, c) for n, a, b, c in zip("qkv", grads, low_grads, ref_grads)]:
+        (f"d{n}", a, b, c) for n, a, b, c in zip("qkv", grads, low_grads, ref_grads)
+    ]:
         assert_finite(mine, name)
         if dtype == torch.float32:
             assert rel_err(mine, ref) <= 1e-5, name

@@ -34,8 +34,9 @@ SDIST_FILES = ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENS
 SDIST_DIRS = ("mat_fast", "kernels")
 BUILT = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", native_sources.AOT_DIGEST_FILE)
 
-needs_compiler = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                                    reason="no C++ compiler")
+needs_compiler = pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler"
+)
 
 
 def _build_wheel(tmp_path: Path, prebuild: bool) -> Path:
@@ -52,9 +53,23 @@ def _build_wheel(tmp_path: Path, prebuild: bool) -> Path:
         env["MAT_FAST_BUILD_EXT"] = "1"
     dist = tmp_path / "dist"
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "-w", str(dist), str(source)],
-        env=env, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "-w",
+            str(dist),
+            str(source),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, f"pip wheel failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     (wheel,) = dist.glob("mat_fast-*.whl")
     site = tmp_path / "site"
@@ -73,8 +88,14 @@ def _run_installed(site: Path, code: str, tmp_path: Path) -> dict:
         assert Path(mat_fast.__file__).is_relative_to({str(site)!r}), mat_fast.__file__
         from mat_fast.ops import native_build, native_sources
     """)
-    proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"child failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -88,13 +109,19 @@ def test_wheel_ships_kernel_sources_and_jit_keys_them_as_the_source_tree(tmp_pat
     shipped = sorted(p.name for p in (site / "mat_fast" / "_kernels").iterdir())
     assert shipped == _kernel_files()
     assert (site / "mat_fast" / "assets" / "sample.png").is_file()
-    assert not list((site / "mat_fast").glob("_C*")), "a plain wheel must not carry a prebuilt library"
+    assert not list((site / "mat_fast").glob("_C*")), (
+        "a plain wheel must not carry a prebuilt library"
+    )
 
-    seen = _run_installed(site, """
+    seen = _run_installed(
+        site,
+        """
         config = native_build.BuildConfig.default()
         print(json.dumps(dict(kernels=str(native_build.kernel_dir()), key=config.key(),
                               sources=config.sources())))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert seen["kernels"] == str(site / "mat_fast" / "_kernels")
     here = native_build.BuildConfig.default()
     assert seen["sources"] == here.sources()
@@ -145,7 +172,9 @@ def test_prebuilt_wheel_loads_its_library_and_ignores_it_once_sources_change(tmp
 
     seen = _run_installed(site, PARITY_AND_STALENESS, tmp_path)
     assert seen["loaded"] == native_build.AOT_MODULE
-    assert not list((tmp_path / "cache").glob("ext/*/*.so")), "the prebuilt library should spare a JIT build"
+    assert not list((tmp_path / "cache").glob("ext/*/*.so")), (
+        "the prebuilt library should spare a JIT build"
+    )
     for what, error in seen["errors"].items():
         assert error <= 1e-5, f"{what}: prebuilt kernel differs from the reference by {error}"
 
@@ -154,8 +183,9 @@ def test_prebuilt_wheel_loads_its_library_and_ignores_it_once_sources_change(tmp
         header.write("\n// edited after the build\n")
     seen = _run_installed(site, STALE_CHECK, tmp_path)
     assert seen["used"] is False and seen["loaded"] is False
-    assert any("changed after it was built" in w and "MAT_FAST_BUILD_EXT=1" in w
-               for w in seen["warnings"]), seen["warnings"]
+    assert any(
+        "changed after it was built" in w and "MAT_FAST_BUILD_EXT=1" in w for w in seen["warnings"]
+    ), seen["warnings"]
 
     # A library without its record is of unknown provenance: same treatment.
     digest.unlink()

@@ -14,15 +14,32 @@ import torch
 
 import mat_fast
 from mat_fast import backend
-from mat_fast.ops.partial_conv.reference import (partial_conv_epilogue_reference,
-                                                partial_conv_fused_reference, partial_conv_mask_reference)
+from mat_fast.ops.partial_conv.reference import (
+    partial_conv_epilogue_reference,
+    partial_conv_fused_reference,
+    partial_conv_mask_reference,
+)
 
 from .conftest import assert_close_verbose, assert_lowp_close
-from .partial_conv_cases import (_INTERPRET, ALPHA, DEVICE, DTYPE_IDS, DTYPES, FLOORS, GAIN, GEOMETRIES,
-                                 MASKS, assert_rounded_from, epilogue_reference,
-                                 fused_reference, make_mask, make_x, out_size, pct, run_fused,
-                                 triton_env)  # noqa: F401 (autouse fixture)
-
+from .partial_conv_cases import (
+    _INTERPRET,
+    ALPHA,
+    DEVICE,
+    DTYPE_IDS,
+    DTYPES,
+    FLOORS,
+    GAIN,
+    GEOMETRIES,
+    MASKS,
+    assert_rounded_from,
+    epilogue_reference,
+    fused_reference,
+    make_mask,
+    make_x,
+    out_size,
+    pct,
+    run_fused,
+)  # noqa: F401 (autouse fixture)
 
 # ---------------------------------------------------------------------------------------
 # The reference twins themselves
@@ -52,7 +69,9 @@ def test_mask_update_matches_reference(geometry, mask_kind, dtype):
     mask = make_mask(mask_kind, B, H, W, seed=H * W + k, dtype=dtype)
     update, ratio = pct.partial_conv_mask_triton(mask, k, s, p)
     # fp32 reference on the same values, rounded once to the mask's dtype
-    r_update, r_ratio = partial_conv_mask_reference(mask if dtype == torch.float64 else mask.float(), k, s, p)
+    r_update, r_ratio = partial_conv_mask_reference(
+        mask if dtype == torch.float64 else mask.float(), k, s, p
+    )
     shape = (B, 1, out_size(H, k, s, p), out_size(W, k, s, p))
     assert update.shape == shape and ratio.shape == shape
     assert update.dtype == dtype and ratio.dtype == dtype
@@ -183,11 +202,20 @@ def test_fused_low_precision_within_twice_reference_error(geometry, mask_kind, d
     k, s, p, H, W = geometry
     B, C = 2, 20
     mask = make_mask(mask_kind, B, H, W, seed=11, dtype=dtype)
-    x, bias = make_x(B, C, out_size(H, k, s, p), out_size(W, k, s, p), seed=12, dtype=dtype,
-                     layout="channels_last" if mask_kind == "binary" else "nchw")
+    x, bias = make_x(
+        B,
+        C,
+        out_size(H, k, s, p),
+        out_size(W, k, s, p),
+        seed=12,
+        dtype=dtype,
+        layout="channels_last" if mask_kind == "binary" else "nchw",
+    )
     y, update, grads = run_fused(pct.partial_conv_fused_triton, x, bias, mask, (k, s, p), None)
     lp_y, lp_update, lp_grads = run_fused(fused_reference, x, bias, mask, (k, s, p), None)
-    r_y, r_update, r_grads = run_fused(fused_reference, x.float(), bias.float(), mask.float(), (k, s, p), None)
+    r_y, r_update, r_grads = run_fused(
+        fused_reference, x.float(), bias.float(), mask.float(), (k, s, p), None
+    )
     assert y.dtype == dtype and update.dtype == dtype
     assert_rounded_from(update, r_update, "update")
     assert_lowp_close(y, lp_y, r_y, "y", FLOORS[dtype])
@@ -260,9 +288,14 @@ def test_dispatcher_and_backend_reach_the_kernels():
         assert backend.implementation("partial_conv_mask", DEVICE) is pct.partial_conv_mask_triton
         update, ratio = ops.partial_conv_mask(mask, 3, 1, 1)
         if "partial_conv_epilogue" in backend._REGISTRY:
-            assert backend.implementation("partial_conv_epilogue", DEVICE) is pct.partial_conv_epilogue_triton
+            assert (
+                backend.implementation("partial_conv_epilogue", DEVICE)
+                is pct.partial_conv_epilogue_triton
+            )
             y = ops.partial_conv_epilogue(x, bias, ratio, GAIN, ALPHA)
-            assert_close_verbose(y, epilogue_reference(x, bias, r_ratio, GAIN, ALPHA), rtol=1e-6, what="y")
+            assert_close_verbose(
+                y, epilogue_reference(x, bias, r_ratio, GAIN, ALPHA), rtol=1e-6, what="y"
+            )
     assert torch.equal(update, r_update) and torch.equal(ratio, r_ratio)
 
 
@@ -275,7 +308,9 @@ def test_fused_dispatcher(name):
     r_y, r_update = partial_conv_fused_reference(x, bias, mask, 3, 2, 1, GAIN, ALPHA)
     with mat_fast.use_backend(name):
         y, update = partial_conv_fused(x, bias, mask, 3, 2, 1, GAIN, ALPHA)
-        expected = pct.partial_conv_fused_triton if name == "triton" else partial_conv_fused_reference
+        expected = (
+            pct.partial_conv_fused_triton if name == "triton" else partial_conv_fused_reference
+        )
         assert backend.implementation("partial_conv_fused", DEVICE) is expected
     assert torch.equal(update, r_update)
     assert_close_verbose(y, r_y, rtol=1e-6, what="y")
@@ -286,10 +321,16 @@ def test_fused_dispatcher_composes_the_two_ops_without_a_fused_kernel(monkeypatc
     from mat_fast.ops.partial_conv import partial_conv_fused
 
     calls = []
-    monkeypatch.setitem(backend._REGISTRY["partial_conv_mask"], "triton",
-                        lambda *a: calls.append("mask") or pct.partial_conv_mask_triton(*a))
-    monkeypatch.setitem(backend._REGISTRY["partial_conv_epilogue"], "triton",
-                        lambda *a: calls.append("epilogue") or pct.partial_conv_epilogue_triton(*a))
+    monkeypatch.setitem(
+        backend._REGISTRY["partial_conv_mask"],
+        "triton",
+        lambda *a: calls.append("mask") or pct.partial_conv_mask_triton(*a),
+    )
+    monkeypatch.setitem(
+        backend._REGISTRY["partial_conv_epilogue"],
+        "triton",
+        lambda *a: calls.append("epilogue") or pct.partial_conv_epilogue_triton(*a),
+    )
     # triton without a fused kernel: neither registered nor lazily importable
     monkeypatch.delitem(backend._REGISTRY["partial_conv_fused"], "triton", raising=False)
     monkeypatch.setitem(backend._LAZY, "partial_conv_fused", {})

@@ -14,11 +14,21 @@ import torch
 from mat_fast.ops.partial_conv.reference import partial_conv_mask_reference
 
 from .conftest import assert_close_verbose, assert_lowp_close
-from .partial_conv_cases import (ALPHA, DEVICE, DTYPE_IDS, DTYPES, FLOORS, GAIN,
-                                 fused_reference, make_mask, make_x, out_size, pct, run_fused,
-                                 triton_env)  # noqa: F401 (autouse fixture)
+from .partial_conv_cases import (
+    ALPHA,
+    DEVICE,
+    DTYPE_IDS,
+    DTYPES,
+    FLOORS,
+    GAIN,
+    fused_reference,
+    make_mask,
+    make_x,
+    out_size,
+    pct,
+    run_fused,
+)  # noqa: F401 (autouse fixture)
 from .sm90_compile import compile_for_sm90
-
 
 # ---------------------------------------------------------------------------------------
 # Custom ops: fake implementations, opcheck, graph capture
@@ -29,7 +39,8 @@ def test_fake_implementations_keep_shapes_dtypes_and_layout():
 
     with FakeTensorMode():
         x = torch.empty(2, 180, 32, 32, dtype=torch.float16, device=DEVICE).contiguous(
-            memory_format=torch.channels_last)
+            memory_format=torch.channels_last
+        )
         mask = torch.empty(2, 1, 64, 64, dtype=torch.float32, device=DEVICE)
         update, ratio = torch.ops.mat_fast.partial_conv_mask(mask, 3, 2, 1)
         assert update.shape == ratio.shape == (2, 1, 32, 32) and ratio.dtype == torch.float32
@@ -37,8 +48,14 @@ def test_fake_implementations_keep_shapes_dtypes_and_layout():
         assert y.shape == x.shape and y.dtype == x.dtype and y.stride() == x.stride()
         dx = torch.ops.mat_fast.partial_conv_epilogue_bwd(y, x, None, ratio, GAIN, ALPHA, 1.0)
         assert dx.stride() == x.stride()
-        y, update = torch.ops.mat_fast.partial_conv_fused_fwd(x, None, mask, 3, 2, 1, GAIN, ALPHA, None)
-        assert y.stride() == x.stride() and update.shape == (2, 1, 32, 32) and update.dtype == mask.dtype
+        y, update = torch.ops.mat_fast.partial_conv_fused_fwd(
+            x, None, mask, 3, 2, 1, GAIN, ALPHA, None
+        )
+        assert (
+            y.stride() == x.stride()
+            and update.shape == (2, 1, 32, 32)
+            and update.dtype == mask.dtype
+        )
 
 
 def test_opcheck():
@@ -47,17 +64,31 @@ def test_opcheck():
     _, ratio = partial_conv_mask_reference(mask, 3, 1, 1)
     for layout in ("nchw", "channels_last"):
         x, bias = make_x(1, 6, 9, 8, seed=19, layout=layout)
-        torch.library.opcheck(torch.ops.mat_fast.partial_conv_epilogue_fwd.default,
-                              (x.requires_grad_(True), bias.requires_grad_(True),
-                               ratio.clone().requires_grad_(True), GAIN, ALPHA, 1.0))
+        torch.library.opcheck(
+            torch.ops.mat_fast.partial_conv_epilogue_fwd.default,
+            (
+                x.requires_grad_(True),
+                bias.requires_grad_(True),
+                ratio.clone().requires_grad_(True),
+                GAIN,
+                ALPHA,
+                1.0,
+            ),
+        )
     x, bias = make_x(1, 6, 9, 8, seed=19)
-    torch.library.opcheck(torch.ops.mat_fast.partial_conv_epilogue_fwd.default,
-                          (x.requires_grad_(True), None, ratio, GAIN, ALPHA, None))
-    torch.library.opcheck(torch.ops.mat_fast.partial_conv_epilogue_bwd.default,
-                          (torch.randn_like(x), x.detach(), bias, ratio, GAIN, ALPHA, None))
+    torch.library.opcheck(
+        torch.ops.mat_fast.partial_conv_epilogue_fwd.default,
+        (x.requires_grad_(True), None, ratio, GAIN, ALPHA, None),
+    )
+    torch.library.opcheck(
+        torch.ops.mat_fast.partial_conv_epilogue_bwd.default,
+        (torch.randn_like(x), x.detach(), bias, ratio, GAIN, ALPHA, None),
+    )
     x2, _ = make_x(1, 6, 5, 4, seed=20, layout="channels_last")
-    torch.library.opcheck(torch.ops.mat_fast.partial_conv_fused_fwd.default,
-                          (x2.requires_grad_(True), bias.requires_grad_(True), mask, 3, 2, 1, GAIN, ALPHA, None))
+    torch.library.opcheck(
+        torch.ops.mat_fast.partial_conv_fused_fwd.default,
+        (x2.requires_grad_(True), bias.requires_grad_(True), mask, 3, 2, 1, GAIN, ALPHA, None),
+    )
 
 
 def test_torch_compile_captures_the_ops():
@@ -89,13 +120,19 @@ def test_torch_compile_captures_the_ops():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("k,s,p,size", [(3, 1, 1, 512), (3, 2, 1, 512), (3, 2, 1, 64), (3, 1, 1, 33)])
+@pytest.mark.parametrize(
+    "k,s,p,size", [(3, 1, 1, 512), (3, 2, 1, 512), (3, 2, 1, 64), (3, 1, 1, 33)]
+)
 def test_gpu_real_shapes(k, s, p, size, layout, dtype):
     B, C = 2, 180
     mask = make_mask("binary", B, size, size, seed=23, dtype=dtype)
-    x, bias = make_x(B, C, out_size(size, k, s, p), out_size(size, k, s, p), seed=24, dtype=dtype, layout=layout)
+    x, bias = make_x(
+        B, C, out_size(size, k, s, p), out_size(size, k, s, p), seed=24, dtype=dtype, layout=layout
+    )
     y, update, grads = run_fused(pct.partial_conv_fused_triton, x, bias, mask, (k, s, p), None)
-    r_y, r_update, r_grads = run_fused(fused_reference, x.float(), bias.float(), mask.float(), (k, s, p), None)
+    r_y, r_update, r_grads = run_fused(
+        fused_reference, x.float(), bias.float(), mask.float(), (k, s, p), None
+    )
     assert torch.equal(update.float(), r_update)
     if dtype == torch.float32:
         assert_close_verbose(y, r_y, rtol=1e-6, what="y")

@@ -83,8 +83,10 @@ def run_generator(G, images, masks, z, backend_name, check_finite=False):
 
     def hook(module, inputs, output):
         outs = output if isinstance(output, (tuple, list)) else (output,)
-        if not bad and any(torch.is_tensor(o) and o.is_floating_point() and not torch.isfinite(o).all()
-                           for o in outs):
+        if not bad and any(
+            torch.is_tensor(o) and o.is_floating_point() and not torch.isfinite(o).all()
+            for o in outs
+        ):
             bad.append(module._precision_name)
 
     handles = []
@@ -96,8 +98,13 @@ def run_generator(G, images, masks, z, backend_name, check_finite=False):
         dtype = next(G.parameters()).dtype
         torch.manual_seed(0)  # the dropout map
         with torch.no_grad(), mat_fast.use_backend(backend_name):
-            out = G(images.to(dtype), masks.to(dtype), z.to(dtype), None,
-                    noise_mode="const" if G.use_noise else "none")
+            out = G(
+                images.to(dtype),
+                masks.to(dtype),
+                z.to(dtype),
+                None,
+                noise_mode="const" if G.use_noise else "none",
+            )
     finally:
         for h in handles:
             h.remove()
@@ -124,14 +131,19 @@ def _case(test_sets, resolution, device, use_noise=True):
     images, masks = load_test_set(test_sets, name, resolution)
     z = torch.randn(len(images), 512, generator=torch.Generator().manual_seed(seed))
     images, masks, z = images.to(device), masks.to(device), z.to(device)
-    make = lambda: random_generator(seed=seed, resolution=resolution, use_noise=use_noise).to(device)  # noqa: E731
+
+    def make():
+        return random_generator(seed=seed, resolution=resolution, use_noise=use_noise).to(device)
+
     key = (resolution, device, use_noise)
     if key not in _FP32:
         _FP32[key] = run_generator(make(), images, masks, z, "reference")
     return make, images, masks, z, _FP32[key]
 
 
-def check_half(test_sets, resolution, device, backend_name, dtype_name, record_property, use_noise=True):
+def check_half(
+    test_sets, resolution, device, backend_name, dtype_name, record_property, use_noise=True
+):
     reason = backend.available_backends(device)[backend_name]
     if reason is not None:
         pytest.skip(f"backend {backend_name!r} cannot run on {device}: {reason}")
@@ -151,20 +163,26 @@ def check_half(test_sets, resolution, device, backend_name, dtype_name, record_p
     record_property("rel_rms", rel)
     record_property("rel_rms_holes", rel_hole)
     record_property("psnr_db", psnr)
-    print(f"\n{resolution} {device} {backend_name} {dtype_name}: rel RMS {rel:.3g} "
-          f"(holes only {rel_hole:.3g}), PSNR {psnr:.2f} dB")
+    print(
+        f"\n{resolution} {device} {backend_name} {dtype_name}: rel RMS {rel:.3g} "
+        f"(holes only {rel_hole:.3g}), PSNR {psnr:.2f} dB"
+    )
     scale = SCALE[dtype_name]
     assert rel <= REL_RMS_MAX * scale, (
-        f"{dtype_name} vs fp32 relative RMS {rel:.3g} > {REL_RMS_MAX * scale:.3g} (PSNR {psnr:.2f} dB)")
+        f"{dtype_name} vs fp32 relative RMS {rel:.3g} > {REL_RMS_MAX * scale:.3g} (PSNR {psnr:.2f} dB)"
+    )
     psnr_min = PSNR_MIN - 20 * math.log10(scale)
-    assert psnr >= psnr_min, f"{dtype_name} vs fp32 PSNR {psnr:.2f} dB < {psnr_min:.1f} dB (rel RMS {rel:.3g})"
+    assert psnr >= psnr_min, (
+        f"{dtype_name} vs fp32 PSNR {psnr:.2f} dB < {psnr_min:.1f} dB (rel RMS {rel:.3g})"
+    )
 
 
 FP16_CPU_REFERENCE = (
     "fp16 with the 'reference' backend on CPU: its grouped (modulated) and transposed fp16 "
     "convolutions hit torch's generic CPU kernels, which take tens of minutes for one forward "
     "(torch has no fast CPU fp16 kernel for them); the half-precision hazards of the "
-    "reference ops are checked op by op below, and the whole network runs on a GPU")
+    "reference ops are checked op by op below, and the whole network runs on a GPU"
+)
 
 
 def _cases(slow_fp16_on_cpu):
@@ -180,13 +198,17 @@ def _cases(slow_fp16_on_cpu):
 
 @pytest.mark.parametrize("use_noise", [True, False], ids=["noise", "no-noise"])
 @pytest.mark.parametrize("device,backend_name,dtype_name", list(_cases(slow_fp16_on_cpu=True)))
-def test_half_generator_256_matches_fp32(test_sets, device, backend_name, dtype_name, use_noise, record_property):
+def test_half_generator_256_matches_fp32(
+    test_sets, device, backend_name, dtype_name, use_noise, record_property
+):
     check_half(test_sets, 256, device, backend_name, dtype_name, record_property, use_noise)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("device,backend_name,dtype_name", list(_cases(slow_fp16_on_cpu=False)))
-def test_half_generator_512_matches_fp32(test_sets, device, backend_name, dtype_name, record_property):
+def test_half_generator_512_matches_fp32(
+    test_sets, device, backend_name, dtype_name, record_property
+):
     check_half(test_sets, 512, device, backend_name, dtype_name, record_property)
 
 
@@ -240,21 +262,39 @@ def test_modulated_conv_fp16_demodulation_any_style_scale(name, style_scale):
         # the error fp16 inputs alone cause: the same fp16 values, computed in fp32
         ref_rounded = modulated_conv2d(*(t.float() for t in half), True, padding=1)
     assert torch.isfinite(out).all(), "non-finite output"
-    err = float((out.double() - ref.double()).pow(2).mean().sqrt() / ref.double().pow(2).mean().sqrt())
-    floor = float((ref_rounded.double() - ref.double()).pow(2).mean().sqrt() / ref.double().pow(2).mean().sqrt())
+    err = float(
+        (out.double() - ref.double()).pow(2).mean().sqrt() / ref.double().pow(2).mean().sqrt()
+    )
+    floor = float(
+        (ref_rounded.double() - ref.double()).pow(2).mean().sqrt()
+        / ref.double().pow(2).mean().sqrt()
+    )
     # 2x the input-rounding error plus fp16's unit roundoff (the output's own rounding)
     assert err <= 2 * floor + torch.finfo(torch.float16).eps / 2, (
-        f"relative RMS error {err:.3g} vs {floor:.3g} from rounding the inputs to fp16")
+        f"relative RMS error {err:.3g} vs {floor:.3g} from rounding the inputs to fp16"
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # The style path (mapping network, style affines, global-style layers) stays fp32 when the
 # model is cast to half: its rounding would reach every modulated layer at once.
 
+
 def _style_path(name):
-    return (name.startswith("mapping.") or ".affine." in name
-            or any(part in name for part in ("first_stage.down_conv.", "first_stage.to_style.",
-                                             "first_stage.ws_style.", "to_square.", "synthesis.to_style.")))
+    return (
+        name.startswith("mapping.")
+        or ".affine." in name
+        or any(
+            part in name
+            for part in (
+                "first_stage.down_conv.",
+                "first_stage.to_style.",
+                "first_stage.ws_style.",
+                "to_square.",
+                "synthesis.to_style.",
+            )
+        )
+    )
 
 
 @pytest.mark.parametrize("cast", ["to", "half", "bfloat16"])
@@ -263,8 +303,11 @@ def test_half_cast_keeps_the_style_path_fp32_bit_for_bit(cast):
 
     G = random_generator(seed=1, resolution=256)
     fp32 = {k: v.clone() for k, v in G.state_dict().items()}
-    half = {"to": lambda m: m.to(torch.bfloat16), "half": lambda m: m.half(),
-            "bfloat16": lambda m: m.bfloat16()}[cast](G)
+    half = {
+        "to": lambda m: m.to(torch.bfloat16),
+        "half": lambda m: m.half(),
+        "bfloat16": lambda m: m.bfloat16(),
+    }[cast](G)
     sd = half.state_dict()
     style = [k for k in sd if _style_path(k) and fp32[k].is_floating_point()]
     # mapping 8 fc + w_avg; 20 modulated convs' affines; first stage 4 down convs (weight,
@@ -276,8 +319,12 @@ def test_half_cast_keeps_the_style_path_fp32_bit_for_bit(cast):
         elif v.is_floating_point():
             assert v.dtype in (torch.float16, torch.bfloat16), f"{k} stayed {v.dtype}"
     # back to fp32 and on to fp64: every tensor follows again
-    assert {v.dtype for v in half.float().state_dict().values() if v.is_floating_point()} == {torch.float32}
-    assert {v.dtype for v in half.double().state_dict().values() if v.is_floating_point()} == {torch.float64}
+    assert {v.dtype for v in half.float().state_dict().values() if v.is_floating_point()} == {
+        torch.float32
+    }
+    assert {v.dtype for v in half.double().state_dict().values() if v.is_floating_point()} == {
+        torch.float64
+    }
 
 
 def test_half_model_loads_fp32_state_dict_and_runs_style_path_in_fp32():
@@ -288,8 +335,10 @@ def test_half_model_loads_fp32_state_dict_and_runs_style_path_in_fp32():
     G.load_state_dict(fresh.state_dict())  # casts into each parameter's own dtype
     assert torch.equal(G.mapping.fc0.weight, fresh.mapping.fc0.weight)
     seen = {}
-    hooks = [G.mapping.register_forward_hook(lambda m, i, o: seen.setdefault("ws", o)),
-             G.synthesis.to_style.register_forward_hook(lambda m, i, o: seen.setdefault("gs", o))]
+    hooks = [
+        G.mapping.register_forward_hook(lambda m, i, o: seen.setdefault("ws", o)),
+        G.synthesis.to_style.register_forward_hook(lambda m, i, o: seen.setdefault("gs", o)),
+    ]
     images, masks = torch.zeros(1, 3, 256, 256), torch.ones(1, 1, 256, 256)
     masks[..., 64:192, 64:192] = 0
     with torch.no_grad():
@@ -312,11 +361,19 @@ def test_precision_floor_rounds_exactly_the_gemm_operands():
         if _style_path(k) or not k.endswith(".weight"):
             assert torch.equal(v, exact[k]), f"{k} should be left exact"
         else:
-            assert torch.equal(v, v.bfloat16().float()) and not torch.equal(v, exact[k]), f"{k} not rounded"
+            assert torch.equal(v, v.bfloat16().float()) and not torch.equal(v, exact[k]), (
+                f"{k} not rounded"
+            )
     seen = {}
-    for name in ("synthesis.first_stage.conv_first", "synthesis.first_stage.tran.0.blocks.0.attn",
-                 "synthesis.dec.Dec_32x32.conv1.conv", "synthesis.to_style.conv.0"):
-        G.get_submodule(name).register_forward_pre_hook(lambda m, a, name=name: seen.update({name: a[0]}))
+    for name in (
+        "synthesis.first_stage.conv_first",
+        "synthesis.first_stage.tran.0.blocks.0.attn",
+        "synthesis.dec.Dec_32x32.conv1.conv",
+        "synthesis.to_style.conv.0",
+    ):
+        G.get_submodule(name).register_forward_pre_hook(
+            lambda m, a, name=name: seen.update({name: a[0]})
+        )
     images, masks = torch.rand(1, 3, 256, 256) * 2 - 1, torch.ones(1, 1, 256, 256)
     masks[..., 32:160, 64:200] = 0
     with torch.no_grad():

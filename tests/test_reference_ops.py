@@ -11,8 +11,11 @@ import torch.nn.functional as F
 from mat_fast import ops
 from mat_fast.ops.bias_act.reference import bias_act_reference
 from mat_fast.ops.partial_conv.reference import partial_conv_mask_reference
-from mat_fast.ops.resample.reference import (conv2d_resample_reference, setup_filter,
-                                             upfirdn2d_reference)
+from mat_fast.ops.resample.reference import (
+    conv2d_resample_reference,
+    setup_filter,
+    upfirdn2d_reference,
+)
 from mat_fast.ops.window_attention.reference import window_attention_reference
 
 from .conftest import assert_close_verbose
@@ -50,10 +53,10 @@ def brute_force_attention(q, k, v, mask, H, W, window, shift, heads):
             for t in range(L):
                 new_mask[b, t, 0] = m[same_window[t]].sum().clamp(0, 1)
         for h in range(heads):
-            qh, kh, vh = (x[b, :, h * d:(h + 1) * d].double() for x in (q, k, v))
+            qh, kh, vh = (x[b, :, h * d : (h + 1) * d].double() for x in (q, k, v))
             logits = qh @ kh.T * d**-0.5 + bias + key_bias[None, :]
             logits = logits.masked_fill(~same_window, float("-inf"))
-            out[b, :, h * d:(h + 1) * d] = logits.softmax(-1) @ vh
+            out[b, :, h * d : (h + 1) * d] = logits.softmax(-1) @ vh
     return out, new_mask
 
 
@@ -62,12 +65,15 @@ def _tokens(B, H, W, C, seed):
     return [torch.randn(B, H * W, C, generator=g) for _ in range(3)]
 
 
-@pytest.mark.parametrize("H,W,window,shift", [
-    (8, 8, 4, 0),  # minimal, one window row
-    (16, 16, 8, 4),  # shifted, square
-    (8, 16, 4, 2),  # shifted, rectangular
-    (16, 8, 8, 0),  # rectangular, no shift
-])
+@pytest.mark.parametrize(
+    "H,W,window,shift",
+    [
+        (8, 8, 4, 0),  # minimal, one window row
+        (16, 16, 8, 4),  # shifted, square
+        (8, 16, 4, 2),  # shifted, rectangular
+        (16, 8, 8, 0),  # rectangular, no shift
+    ],
+)
 @pytest.mark.parametrize("mask_kind", ["none", "binary", "nonbinary", "zeros"])
 def test_window_attention_matches_brute_force(H, W, window, shift, mask_kind):
     B, C, heads = 2, 12, 3
@@ -107,8 +113,8 @@ def test_zero_queries_give_uniform_attention_over_the_window():
     grid = v.view(8, 8, 6)
     for wi in range(2):
         for wj in range(2):
-            mean = grid[wi * 4:(wi + 1) * 4, wj * 4:(wj + 1) * 4].reshape(-1, 6).mean(0)
-            window_out = out.view(8, 8, 6)[wi * 4:(wi + 1) * 4, wj * 4:(wj + 1) * 4]
+            mean = grid[wi * 4 : (wi + 1) * 4, wj * 4 : (wj + 1) * 4].reshape(-1, 6).mean(0)
+            window_out = out.view(8, 8, 6)[wi * 4 : (wi + 1) * 4, wj * 4 : (wj + 1) * 4]
             assert torch.allclose(window_out, mean.expand_as(window_out), atol=1e-5)
 
 
@@ -142,16 +148,21 @@ def test_batch_elements_are_independent():
     mask = (torch.rand(3, 64, 1, generator=torch.Generator().manual_seed(1)) > 0.5).float()
     out, new_mask = window_attention_reference(q, k, v, mask, (8, 8), 4, 2, 2)
     for b in range(3):
-        o, m = window_attention_reference(q[b:b + 1], k[b:b + 1], v[b:b + 1], mask[b:b + 1], (8, 8), 4, 2, 2)
-        assert torch.allclose(out[b:b + 1], o, atol=1e-6) and torch.equal(new_mask[b:b + 1], m)
+        o, m = window_attention_reference(
+            q[b : b + 1], k[b : b + 1], v[b : b + 1], mask[b : b + 1], (8, 8), 4, 2, 2
+        )
+        assert torch.allclose(out[b : b + 1], o, atol=1e-6) and torch.equal(new_mask[b : b + 1], m)
 
 
-@pytest.mark.parametrize("bad", [
-    dict(x_size=(8, 6)),  # grid not a multiple of the window
-    dict(shift_size=4),  # shift must be < window
-    dict(num_heads=5),  # channels do not split into heads
-    dict(mask=torch.ones(1, 63, 1)),  # mask shape
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(x_size=(8, 6)),  # grid not a multiple of the window
+        dict(shift_size=4),  # shift must be < window
+        dict(num_heads=5),  # channels do not split into heads
+        dict(mask=torch.ones(1, 63, 1)),  # mask shape
+    ],
+)
 def test_window_attention_rejects_bad_arguments(bad):
     q = torch.zeros(1, 64, 6)
     kwargs = dict(mask=None, x_size=(8, 8), window_size=4, shift_size=0, num_heads=2)
@@ -215,22 +226,34 @@ def upfirdn_brute(x, f, up, down, p):
     px0, px1, py0, py1 = p
     u = torch.zeros(B, C, H * up, W * up, dtype=torch.float64)
     u[:, :, ::up, ::up] = x
-    full = torch.zeros(B, C, H * up + max(py0, 0) + max(py1, 0), W * up + max(px0, 0) + max(px1, 0),
-                       dtype=torch.float64)
-    full[:, :, max(py0, 0):max(py0, 0) + H * up, max(px0, 0):max(px0, 0) + W * up] = u
-    full = full[:, :, max(-py0, 0):full.shape[2] - max(-py1, 0), max(-px0, 0):full.shape[3] - max(-px1, 0)]
+    full = torch.zeros(
+        B,
+        C,
+        H * up + max(py0, 0) + max(py1, 0),
+        W * up + max(px0, 0) + max(px1, 0),
+        dtype=torch.float64,
+    )
+    full[:, :, max(py0, 0) : max(py0, 0) + H * up, max(px0, 0) : max(px0, 0) + W * up] = u
+    full = full[
+        :,
+        :,
+        max(-py0, 0) : full.shape[2] - max(-py1, 0),
+        max(-px0, 0) : full.shape[3] - max(-px1, 0),
+    ]
     fh, fw = f.shape
     oh, ow = full.shape[2] - fh + 1, full.shape[3] - fw + 1
     out = torch.zeros(B, C, oh, ow, dtype=torch.float64)
     for i in range(oh):
         for j in range(ow):
-            patch = full[:, :, i:i + fh, j:j + fw]
+            patch = full[:, :, i : i + fh, j : j + fw]
             out[:, :, i, j] = (patch * f.flip([0, 1])).sum(dim=(2, 3))  # true convolution
     return out[:, :, ::down, ::down]
 
 
-@pytest.mark.parametrize("up,down,pad", [(1, 1, (1, 2, 1, 2)), (2, 1, (2, 1, 2, 1)),
-                                         (1, 2, (1, 1, 1, 1)), (2, 1, (-1, 0, 1, -2))])
+@pytest.mark.parametrize(
+    "up,down,pad",
+    [(1, 1, (1, 2, 1, 2)), (2, 1, (2, 1, 2, 1)), (1, 2, (1, 1, 1, 1)), (2, 1, (-1, 0, 1, -2))],
+)
 def test_upfirdn2d_matches_loops(up, down, pad):
     g = torch.Generator().manual_seed(up * 10 + down)
     x = torch.randn(1, 2, 6, 5, generator=g)
@@ -241,10 +264,15 @@ def test_upfirdn2d_matches_loops(up, down, pad):
 
 def test_filter_is_normalised_outer_product():
     f = setup_filter([1, 3, 3, 1])
-    assert torch.allclose(f, torch.outer(torch.tensor([1., 3, 3, 1]), torch.tensor([1., 3, 3, 1])) / 64)
+    assert torch.allclose(
+        f, torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])) / 64
+    )
 
 
-@pytest.mark.parametrize("k,up,down,groups", [(3, 1, 2, 1), (1, 1, 2, 1), (3, 2, 1, 1), (3, 2, 1, 2), (1, 2, 1, 1), (3, 1, 1, 2)])
+@pytest.mark.parametrize(
+    "k,up,down,groups",
+    [(3, 1, 2, 1), (1, 1, 2, 1), (3, 2, 1, 1), (3, 2, 1, 2), (1, 2, 1, 1), (3, 1, 1, 2)],
+)
 def test_conv2d_resample_fast_paths_equal_generic_chain(k, up, down, groups):
     """Each fast path (filter before/after, transposed conv) equals the definition: pad +
     upsample + filter, then convolve, then filter + downsample."""

@@ -30,14 +30,28 @@ import torch
 from mat_fast import backend, ops
 from mat_fast.model.discriminator import Discriminator
 from mat_fast.model.generator import Generator
-from mat_fast.model.layers import (Conv2dLayer, Conv2dLayerPartial, FullyConnectedLayer,
-                                   MappingNet, ModulatedConv2d, StyleConv, ToRGB)
-from mat_fast.model.transformer import (BasicLayer, PatchMerging, PatchUpsampling,
-                                        SwinTransformerBlock)
+from mat_fast.model.layers import (
+    Conv2dLayer,
+    Conv2dLayerPartial,
+    FullyConnectedLayer,
+    MappingNet,
+    ModulatedConv2d,
+    StyleConv,
+    ToRGB,
+)
+from mat_fast.model.transformer import (
+    BasicLayer,
+    PatchMerging,
+    PatchUpsampling,
+    SwinTransformerBlock,
+)
 from mat_fast.ops.bias_act.reference import bias_act_reference
 from mat_fast.ops.partial_conv.reference import partial_conv_mask_reference
-from mat_fast.ops.resample.reference import (conv2d_resample_reference, upfirdn2d_reference,
-                                             upsample2d_reference)
+from mat_fast.ops.resample.reference import (
+    conv2d_resample_reference,
+    upfirdn2d_reference,
+    upsample2d_reference,
+)
 
 from .golden_recipes import FORMAT, checksum, make_overrides, regen, subsample
 
@@ -64,17 +78,35 @@ CASE_NAMES = sorted(p.stem for p in GOLDEN.glob("*.pt"))
 
 # Cases that must exist (a deleted or renamed golden file must not pass silently).
 REQUIRED = {
-    "generator256_b2_random_stg1", "generator256_b1_psi0.5_const",
-    "generator256_b1_psi0.7_cutoff4_random", "generator512_512x512_random",
-    "generator512_1024x1024_random", "generator512_512x1024_random",
-    "generator512_1024x512_random", "discriminator_512_b4", "discriminator_256_b2",
-    "basic_layer_patchmerging_d180_32x32_b2", "patch_upsampling_d12_8x12_nomask_b2",
+    "generator256_b2_random_stg1",
+    "generator256_b1_psi0.5_const",
+    "generator256_b1_psi0.7_cutoff4_random",
+    "generator512_512x512_random",
+    "generator512_1024x1024_random",
+    "generator512_512x1024_random",
+    "generator512_1024x512_random",
+    "discriminator_512_b4",
+    "discriminator_256_b2",
+    "basic_layer_patchmerging_d180_32x32_b2",
+    "patch_upsampling_d12_8x12_nomask_b2",
 }
 MIN_PER_KIND = {
-    "swin_block": 16, "basic_layer": 1, "patch_upsampling": 1, "conv_partial": 6,
-    "conv2d_layer": 4, "fc": 3, "modconv": 3, "styleconv": 5, "torgb": 3, "mapping": 5,
-    "op_upfirdn2d": 7, "op_upsample2d": 1, "op_conv2d_resample": 9, "op_bias_act": 7,
-    "discriminator": 5, "generator": 7,
+    "swin_block": 16,
+    "basic_layer": 1,
+    "patch_upsampling": 1,
+    "conv_partial": 6,
+    "conv2d_layer": 4,
+    "fc": 3,
+    "modconv": 3,
+    "styleconv": 5,
+    "torgb": 3,
+    "mapping": 5,
+    "op_upfirdn2d": 7,
+    "op_upsample2d": 1,
+    "op_conv2d_resample": 9,
+    "op_bias_act": 7,
+    "discriminator": 5,
+    "generator": 7,
 }
 
 
@@ -92,8 +124,10 @@ def load_case(name: str) -> dict:
 def _where(bad: torch.Tensor, diff: torch.Tensor, ours, ref, coords, limit=6) -> str:
     """Count, bounding box and worst elements of a failed comparison."""
     idx = bad.nonzero()
-    lines = [f"{idx.shape[0]} of {bad.numel()} elements differ "
-             f"({100.0 * idx.shape[0] / max(bad.numel(), 1):.3g}%)"]
+    lines = [
+        f"{idx.shape[0]} of {bad.numel()} elements differ "
+        f"({100.0 * idx.shape[0] / max(bad.numel(), 1):.3g}%)"
+    ]
 
     def position(i):
         if coords is None:
@@ -102,15 +136,19 @@ def _where(bad: torch.Tensor, diff: torch.Tensor, ours, ref, coords, limit=6) ->
 
     if idx.shape[0]:
         pos = torch.tensor([position(i) for i in idx[:100000]])
-        lines.append(f"  bounding box of the differing elements (per dim, first 100000): "
-                     f"{[(int(lo), int(hi)) for lo, hi in zip(pos.min(0).values, pos.max(0).values)]}"
-                     + ("  [positions in the full-size output]" if coords is not None else ""))
+        lines.append(
+            f"  bounding box of the differing elements (per dim, first 100000): "
+            f"{[(int(lo), int(hi)) for lo, hi in zip(pos.min(0).values, pos.max(0).values)]}"
+            + ("  [positions in the full-size output]" if coords is not None else "")
+        )
     flat = diff.flatten().nan_to_num(nan=math.inf)
     worst = flat.topk(min(limit, flat.numel())).indices
     for f in worst:
         i = torch.unravel_index(f, diff.shape)
-        lines.append(f"  at {position(i)}: ours {float(ours[i]):.7g}, reference "
-                     f"{float(ref[i]):.7g}, |diff| {float(diff[i]):.3g}")
+        lines.append(
+            f"  at {position(i)}: ours {float(ours[i]):.7g}, reference "
+            f"{float(ref[i]):.7g}, |diff| {float(diff[i]):.3g}"
+        )
     return "\n".join(lines)
 
 
@@ -118,7 +156,8 @@ def assert_close(ours, ref, what: str, rtol: float = RTOL, coords=None):
     """max|ours-ref| <= rtol * max|ref| and ||ours-ref|| <= rtol * ||ref|| (float64)."""
     assert ours is not None, f"{what}: ours is None, the reference is a tensor"
     assert tuple(ours.shape) == tuple(ref.shape), (
-        f"{what}: shape {tuple(ours.shape)} != reference {tuple(ref.shape)}")
+        f"{what}: shape {tuple(ours.shape)} != reference {tuple(ref.shape)}"
+    )
     o, r = ours.detach().double().cpu(), ref.double()
     diff = (o - r).abs()
     scale = float(r.abs().max()) if r.numel() else 0.0
@@ -131,7 +170,9 @@ def assert_close(ours, ref, what: str, rtol: float = RTOL, coords=None):
     pytest.fail(
         f"{what}: mismatch with upstream (rtol {rtol:g}): max|diff| {max_err:.3g} vs "
         f"allowed {rtol * scale:.3g} (max|ref| {scale:.4g}); norm-relative error "
-        f"{norm_rel:.3g}\n" + _where(bad, diff, o, r, coords), pytrace=False)
+        f"{norm_rel:.3g}\n" + _where(bad, diff, o, r, coords),
+        pytrace=False,
+    )
 
 
 def assert_checksum_close(ours_full: torch.Tensor, ref_sums, what: str, rtol: float = RTOL):
@@ -140,9 +181,11 @@ def assert_checksum_close(ours_full: torch.Tensor, ref_sums, what: str, rtol: fl
     rs, ra = ref_sums
     if abs(s - rs) <= rtol * ra and abs(a - ra) <= rtol * ra:
         return
-    pytest.fail(f"{what}: full-output checksums differ from upstream: sum {s:.9g} vs "
-                f"{rs:.9g}, sum|.| {a:.9g} vs {ra:.9g} (allowed {rtol * ra:.3g})",
-                pytrace=False)
+    pytest.fail(
+        f"{what}: full-output checksums differ from upstream: sum {s:.9g} vs "
+        f"{rs:.9g}, sum|.| {a:.9g} vs {ra:.9g} (allowed {rtol * ra:.3g})",
+        pytrace=False,
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -150,10 +193,12 @@ def assert_checksum_close(ours_full: torch.Tensor, ref_sums, what: str, rtol: fl
 
 
 def _drift_message(name, what, got, want) -> str:
-    return (f"{name}: RNG DRIFT - the regenerated {what} has checksums (sum, sum|.|) {got} "
-            f"but the golden file recorded {want}. torch's seeded CPU generator no longer "
-            f"reproduces the recorded inputs (torch {torch.__version__}); this is not a "
-            f"model mismatch. Regenerate the golden files with tools/make_golden.py.")
+    return (
+        f"{name}: RNG DRIFT - the regenerated {what} has checksums (sum, sum|.|) {got} "
+        f"but the golden file recorded {want}. torch's seeded CPU generator no longer "
+        f"reproduces the recorded inputs (torch {torch.__version__}); this is not a "
+        f"model mismatch. Regenerate the golden files with tools/make_golden.py."
+    )
 
 
 def case_inputs(case: dict) -> dict:
@@ -191,10 +236,14 @@ def state_problems(m, case) -> list:
             problems.append(f"{key}: shape {list(t.shape)} vs upstream {list(shape)}")
             continue
         gs, ga = checksum(t)
-        if not (math.isclose(gs, s, rel_tol=1e-6, abs_tol=1e-6 * max(a, 1.0))
-                and math.isclose(ga, a, rel_tol=1e-6)):
-            problems.append(f"{key}: initial values differ (sum {gs:.9g} vs {s:.9g}, "
-                            f"sum|.| {ga:.9g} vs {a:.9g}) - weights not drawn in upstream's order")
+        if not (
+            math.isclose(gs, s, rel_tol=1e-6, abs_tol=1e-6 * max(a, 1.0))
+            and math.isclose(ga, a, rel_tol=1e-6)
+        ):
+            problems.append(
+                f"{key}: initial values differ (sum {gs:.9g} vs {s:.9g}, "
+                f"sum|.| {ga:.9g} vs {a:.9g}) - weights not drawn in upstream's order"
+            )
     return problems
 
 
@@ -214,10 +263,16 @@ def build_ours(case: dict):
         if set(ov) != set(want):
             return m, [f"override keys differ: {sorted(set(ov) ^ set(want))[:20]}"]
         for key, t in ov.items():
-            if not all(math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-9)
-                       for g, w in zip(checksum(t), want[key])):
-                pytest.fail(_drift_message(case["name"], f"override {key!r}", checksum(t),
-                                           tuple(want[key])), pytrace=False)
+            if not all(
+                math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-9)
+                for g, w in zip(checksum(t), want[key])
+            ):
+                pytest.fail(
+                    _drift_message(
+                        case["name"], f"override {key!r}", checksum(t), tuple(want[key])
+                    ),
+                    pytrace=False,
+                )
         missing, unexpected = m.load_state_dict(ov, strict=False)
         assert not unexpected, unexpected
     m.train(case["train"])
@@ -233,17 +288,24 @@ def _cached_generator(key):
 def module_for(case: dict):
     if case["kind"] == "generator":
         # One network per (kwargs, seeds): share it between the cases that use it.
-        twins = [n for n in CASE_NAMES if n.startswith("generator")
-                 and load_case(n)["kwargs"] == case["kwargs"]
-                 and load_case(n)["weight_seed"] == case["weight_seed"]
-                 and load_case(n)["state_overrides_seed"] == case["state_overrides_seed"]]
+        twins = [
+            n
+            for n in CASE_NAMES
+            if n.startswith("generator")
+            and load_case(n)["kwargs"] == case["kwargs"]
+            and load_case(n)["weight_seed"] == case["weight_seed"]
+            and load_case(n)["state_overrides_seed"] == case["state_overrides_seed"]
+        ]
         m, problems = _cached_generator(twins[0])
     else:
         m, problems = build_ours(case)
     if problems:
-        pytest.fail(f"{case['name']}: our freshly built {case['module']} does not match "
-                    f"upstream's state dict under seed {case['weight_seed']}:\n  "
-                    + "\n  ".join(problems[:30]), pytrace=False)
+        pytest.fail(
+            f"{case['name']}: our freshly built {case['module']} does not match "
+            f"upstream's state dict under seed {case['weight_seed']}:\n  "
+            + "\n  ".join(problems[:30]),
+            pytrace=False,
+        )
     return m
 
 
@@ -278,18 +340,28 @@ def run_module(kind: str, m, v: dict, call: dict) -> dict:
     if kind == "torgb":
         return {"x": m(v["x"], v["style"], skip=v["skip"])}
     if kind == "mapping":
-        ws = m(v["z"], v["c"], truncation_psi=call["truncation_psi"],
-               truncation_cutoff=call["truncation_cutoff"],
-               skip_w_avg_update=call["skip_w_avg_update"])
+        ws = m(
+            v["z"],
+            v["c"],
+            truncation_psi=call["truncation_psi"],
+            truncation_cutoff=call["truncation_cutoff"],
+            skip_w_avg_update=call["skip_w_avg_update"],
+        )
         return {"ws": ws, "w_avg": m.w_avg.clone()}
     if kind == "discriminator":
         score, score_stg1 = m(v["images_in"], v["masks_in"], v["images_stg1"], v["c"])
         return {"score": score, "score_stg1": score_stg1}
     if kind == "generator":
-        img, stg1 = m(v["images_in"], v["masks_in"], v["z"], v["c"],
-                      truncation_psi=call["truncation_psi"],
-                      truncation_cutoff=call["truncation_cutoff"],
-                      noise_mode=call["noise_mode"], return_stg1=True)
+        img, stg1 = m(
+            v["images_in"],
+            v["masks_in"],
+            v["z"],
+            v["c"],
+            truncation_psi=call["truncation_psi"],
+            truncation_cutoff=call["truncation_cutoff"],
+            noise_mode=call["noise_mode"],
+            return_stg1=True,
+        )
         return {"img": img, "img_stg1": stg1}
     raise KeyError(f"unknown case kind {kind!r}")
 
@@ -297,22 +369,44 @@ def run_module(kind: str, m, v: dict, call: dict) -> dict:
 def run_op(kind: str, v: dict, call: dict, backend_name: str) -> dict:
     """The public op under ``backend_name`` and, separately, its reference function."""
     if kind == "op_upfirdn2d":
-        args = (v["x"], v["f"], call["up"], call["down"], call["padding"], call["flip_filter"],
-                call["gain"])
-        return {"y": ops.upfirdn2d(*args, backend_name=backend_name),
-                "y (reference function)": upfirdn2d_reference(*args)}
+        args = (
+            v["x"],
+            v["f"],
+            call["up"],
+            call["down"],
+            call["padding"],
+            call["flip_filter"],
+            call["gain"],
+        )
+        return {
+            "y": ops.upfirdn2d(*args, backend_name=backend_name),
+            "y (reference function)": upfirdn2d_reference(*args),
+        }
     if kind == "op_upsample2d":
-        return {"y": ops.upsample2d(v["x"], v["f"], call["up"], backend_name=backend_name),
-                "y (reference function)": upsample2d_reference(v["x"], v["f"], call["up"])}
+        return {
+            "y": ops.upsample2d(v["x"], v["f"], call["up"], backend_name=backend_name),
+            "y (reference function)": upsample2d_reference(v["x"], v["f"], call["up"]),
+        }
     if kind == "op_conv2d_resample":
         args = (v["x"], v["w"], v["f"], call["up"], call["down"], call["padding"], call["groups"])
-        return {"y": ops.conv2d_resample(*args, backend_name=backend_name),
-                "y (reference function)": conv2d_resample_reference(*args)}
+        return {
+            "y": ops.conv2d_resample(*args, backend_name=backend_name),
+            "y (reference function)": conv2d_resample_reference(*args),
+        }
     if kind == "op_bias_act":
-        args = (v["x"], v["b"], call["dim"], call["act"], call["alpha"], call["gain"],
-                call["clamp"])
-        return {"y": ops.bias_act(*args, backend_name=backend_name),
-                "y (reference function)": bias_act_reference(*args)}
+        args = (
+            v["x"],
+            v["b"],
+            call["dim"],
+            call["act"],
+            call["alpha"],
+            call["gain"],
+            call["clamp"],
+        )
+        return {
+            "y": ops.bias_act(*args, backend_name=backend_name),
+            "y (reference function)": bias_act_reference(*args),
+        }
     raise KeyError(f"unknown op kind {kind!r}")
 
 
@@ -339,10 +433,14 @@ def check_outputs(case: dict, outs: dict, values: dict):
         elif stride != [1] * got.ndim:
             assert tuple(sub.shape) == tuple(ref.shape), (
                 f"{what}: shape {tuple(got.shape)} (subsampled {tuple(sub.shape)}) does not "
-                f"match the reference's subsampled {tuple(ref.shape)}")
-            coords = torch.stack(torch.meshgrid(
-                *[torch.arange(n) * s for n, s in zip(sub.shape, stride)], indexing="ij"),
-                dim=-1).reshape(-1, sub.ndim)
+                f"match the reference's subsampled {tuple(ref.shape)}"
+            )
+            coords = torch.stack(
+                torch.meshgrid(
+                    *[torch.arange(n) * s for n, s in zip(sub.shape, stride)], indexing="ij"
+                ),
+                dim=-1,
+            ).reshape(-1, sub.ndim)
             sub, ref = sub.reshape(-1), ref.reshape(-1)
         else:
             coords = None
@@ -402,8 +500,9 @@ def test_golden_inputs_regenerate():
 def test_upstream_parity(name: str, backend_name: str):
     case = load_case(name)
     values = case_inputs(case)
-    scope = (contextlib.nullcontext() if backend_name == "default"
-             else backend.use_backend(backend_name))
+    scope = (
+        contextlib.nullcontext() if backend_name == "default" else backend.use_backend(backend_name)
+    )
     with torch.no_grad(), scope:
         if case["kind"].startswith("op_"):
             outs = run_op(case["kind"], values, case["call"], backend_name)
@@ -416,6 +515,7 @@ def test_upstream_parity(name: str, backend_name: str):
     if case["kind"] == "conv_partial" and values["mask"] is not None:
         # The mask-update op on its own (the module returns its update_mask).
         k = case["kwargs"]["kernel_size"]
-        update, _ = partial_conv_mask_reference(values["mask"], k, case["kwargs"].get("down", 1),
-                                                k // 2)
+        update, _ = partial_conv_mask_reference(
+            values["mask"], k, case["kwargs"].get("down", 1), k // 2
+        )
         assert_close(update, case["outputs"]["mask"], f"{name}: partial_conv_mask_reference")

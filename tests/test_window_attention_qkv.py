@@ -14,8 +14,10 @@ import torch.nn.functional as F
 
 import mat_fast
 from mat_fast.ops.window_attention import window_attention_qkv
-from mat_fast.ops.window_attention.reference import (window_attention_qkv_reference,
-                                                     window_attention_reference)
+from mat_fast.ops.window_attention.reference import (
+    window_attention_qkv_reference,
+    window_attention_reference,
+)
 
 from .conftest import assert_close_verbose
 from .test_window_attention_triton import DEVICE, _triton_env, make_mask, wat  # noqa: F401 (fixture)
@@ -28,13 +30,20 @@ def make_inputs(B, H, W, C, mask_kind, seed, dtype=torch.float32, window=8, shif
     b = torch.randn(3 * C, generator=gen) if bias else None
     mask = make_mask(mask_kind, B, H, W, window, shift, gen)
     to = dict(device=DEVICE)
-    return (x.to(dtype=dtype, **to), weight.to(**to), None if b is None else b.to(**to),
-            None if mask is None else mask.to(dtype=dtype, **to))
+    return (
+        x.to(dtype=dtype, **to),
+        weight.to(**to),
+        None if b is None else b.to(**to),
+        None if mask is None else mask.to(dtype=dtype, **to),
+    )
 
 
 def run(fn, x, weight, bias, mask, geo, grad_seed=1):
     """Forward and gradients of sum(out * g) w.r.t. x, weight and bias."""
-    leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight) + ((bias,) if bias is not None else ())]
+    leaves = [
+        t.detach().clone().requires_grad_(True)
+        for t in (x, weight) + ((bias,) if bias is not None else ())
+    ]
     out, new_mask = fn(leaves[0], leaves[1], leaves[2] if bias is not None else None, mask, *geo)
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed)).to(out)
     grads = torch.autograd.grad(out, leaves, g)
@@ -53,7 +62,9 @@ GEOMETRIES = [
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_fused_fp32_matches_reference(geometry, mask_kind):
     B, H, W, C, heads, window, shift = geometry
-    x, weight, bias, mask = make_inputs(B, H, W, C, mask_kind, seed=H * W + shift, window=window, shift=shift)
+    x, weight, bias, mask = make_inputs(
+        B, H, W, C, mask_kind, seed=H * W + shift, window=window, shift=shift
+    )
     geo = ((H, W), window, shift, heads)
     out, new_mask, grads = run(wat.window_attention_qkv_triton, x, weight, bias, mask, geo)
     r_out, r_mask, r_grads = run(window_attention_qkv_reference, x, weight, bias, mask, geo)
@@ -70,7 +81,9 @@ def test_fused_fp32_matches_reference(geometry, mask_kind):
 def test_fused_real_head_dim_without_bias():
     """MAT's 6 heads of 30 (head_dim padded to 32 in the kernel), no bias."""
     B, H, W, C, heads, window, shift = 1, 16, 16, 180, 6, 8, 4
-    x, weight, _, mask = make_inputs(B, H, W, C, "binary", seed=7, window=window, shift=shift, bias=False)
+    x, weight, _, mask = make_inputs(
+        B, H, W, C, "binary", seed=7, window=window, shift=shift, bias=False
+    )
     geo = ((H, W), window, shift, heads)
     out, _, grads = run(wat.window_attention_qkv_triton, x, weight, None, mask, geo)
     r_out, _, r_grads = run(window_attention_qkv_reference, x, weight, None, mask, geo)
@@ -83,7 +96,9 @@ def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-@pytest.mark.parametrize("dtype,floor", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3)], ids=["fp16", "bf16"])
+@pytest.mark.parametrize(
+    "dtype,floor", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3)], ids=["fp16", "bf16"]
+)
 @pytest.mark.parametrize("geometry", GEOMETRIES[1:])
 def test_fused_low_precision_within_twice_reference_error(geometry, dtype, floor):
     """Error vs the fp32 reference at most twice the reference's own error in ``dtype``
@@ -97,15 +112,21 @@ def test_fused_low_precision_within_twice_reference_error(geometry, dtype, floor
     fused = run(wat.window_attention_qkv_triton, x.to(dtype), weight, bias, mask_lp, geo)
     assert fused[0].dtype == dtype
     pairs = [("out", fused[0], ref_lp[0], gold[0])]
-    pairs += [(n, f, r, g) for n, f, r, g in zip(("dx", "dweight", "dbias"), fused[2], ref_lp[2], gold[2])]
+    pairs += [
+        (n, f, r, g) for n, f, r, g in zip(("dx", "dweight", "dbias"), fused[2], ref_lp[2], gold[2])
+    ]
     for name, got, ref, want in pairs:
         assert torch.isfinite(got).all(), name
         err, ref_err = _rel(got, want), _rel(ref, want)
-        assert err <= 2 * ref_err + floor, f"{name}: fused error {err:.2e} vs reference {ref_err:.2e} in {dtype}"
+        assert err <= 2 * ref_err + floor, (
+            f"{name}: fused error {err:.2e} vs reference {ref_err:.2e} in {dtype}"
+        )
     assert torch.equal(fused[1], ref_lp[1])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"]
+)
 def test_all_zero_tokens_stay_finite(dtype):
     """Upstream normalises in the input dtype, so fp16 turns all-zero tokens into 0/0 = NaN;
     the fused path (fp32 norms) and our reference give q = b_q, k = b_k there."""
@@ -115,7 +136,9 @@ def test_all_zero_tokens_stay_finite(dtype):
     x[1] = 0
     out, new_mask = wat.window_attention_qkv_triton(x, weight, bias, mask, (H, W), window, 0, heads)
     ref, ref_mask = window_attention_qkv_reference(x, weight, bias, mask, (H, W), window, 0, heads)
-    gold, _ = window_attention_qkv_reference(x.float(), weight, bias, mask.float(), (H, W), window, 0, heads)
+    gold, _ = window_attention_qkv_reference(
+        x.float(), weight, bias, mask.float(), (H, W), window, 0, heads
+    )
     assert torch.isfinite(out).all() and torch.isfinite(ref).all()
     assert torch.equal(new_mask, ref_mask)
     if dtype == torch.float32:
@@ -123,9 +146,13 @@ def test_all_zero_tokens_stay_finite(dtype):
     else:  # half: within twice the reference's own error against fp32
         assert _rel(out, gold) <= 2 * _rel(ref, gold) + 1e-3
     # a zero token's v is its bias: image 1 is all zero, so its output is b_v everywhere
-    b_v = bias[2 * C:].to(dtype).float()
-    assert_close_verbose(out[1].float(), b_v.expand(H * W, C), rtol=1e-2 if dtype != torch.float32 else 1e-6,
-                         what="zero image")
+    b_v = bias[2 * C :].to(dtype).float()
+    assert_close_verbose(
+        out[1].float(),
+        b_v.expand(H * W, C),
+        rtol=1e-2 if dtype != torch.float32 else 1e-6,
+        what="zero image",
+    )
 
 
 def test_upstream_fp16_normalise_is_the_nan_we_avoid():
@@ -135,6 +162,7 @@ def test_upstream_fp16_normalise_is_the_nan_we_avoid():
     upstream = x / x.norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
     assert torch.isnan(upstream).all()
     from mat_fast.ops.window_attention.reference import normalize_tokens
+
     assert torch.equal(normalize_tokens(x), torch.zeros_like(x))
 
 
@@ -171,7 +199,9 @@ def test_backends_without_fused_projection_compose_with_their_attention(monkeypa
 
     monkeypatch.setitem(mat_fast.backend._REGISTRY["window_attention"], "cpu", spy)
     monkeypatch.setitem(mat_fast.backend._PROBES, "cpu", lambda device_type: None)
-    out, new_mask = window_attention_qkv(x, weight, bias, mask, (H, W), window, 4, heads, backend_name="cpu")
+    out, new_mask = window_attention_qkv(
+        x, weight, bias, mask, (H, W), window, 4, heads, backend_name="cpu"
+    )
     ref, ref_mask = window_attention_qkv_reference(x, weight, bias, mask, (H, W), window, 4, heads)
     assert calls == [(B, H * W, C)]
     assert_close_verbose(out, ref, rtol=1e-5, what="out")
@@ -198,12 +228,19 @@ def test_fused_op_fake_and_opcheck():
     qkv = F.linear(x, weight).contiguous()
     inv = torch.linalg.vector_norm(x, dim=-1).clamp_min(1e-12).reciprocal()
     args = (qkv, inv, bias, mask, H, W, window, 4, heads, False)
-    torch.library.opcheck(torch.ops.mat_fast.window_attention_qkv_fwd.default, args,
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(
+        torch.ops.mat_fast.window_attention_qkv_fwd.default,
+        args,
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
     with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
         fake = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in args]
         out, new_mask, lse = torch.ops.mat_fast.window_attention_qkv_fwd(*fake)
-    assert out.shape == (B, H * W, C) and new_mask.shape == (B, H * W, 1) and lse.shape == (B, heads, H * W)
+    assert (
+        out.shape == (B, H * W, C)
+        and new_mask.shape == (B, H * W, 1)
+        and lse.shape == (B, heads, H * W)
+    )
 
 
 def test_torch_compile_captures_the_fused_path():

@@ -14,7 +14,6 @@ fixture) only while these tests run, for the backend probe.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -45,7 +44,9 @@ def make_mask(kind, B, H, W, window, shift, gen):
         return None
     if kind == "binary":
         return (torch.rand(B, L, 1, generator=gen) > 0.5).float()
-    if kind == "invalid":  # fully invalid windows: every other (shifted) window of image 0, all of image 1
+    if (
+        kind == "invalid"
+    ):  # fully invalid windows: every other (shifted) window of image 0, all of image 1
         m = (torch.rand(B, L, 1, generator=gen) > 0.5).float()
         rows, cols = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
         win = ((rows - shift) % H // window) * (W // window) + (cols - shift) % W // window
@@ -83,7 +84,9 @@ def up(t):
 GEOMETRIES = [
     pytest.param((1, 16, 16, 12, 2, 8, 0), id="w8-16x16-b1"),  # minimal: 4 windows
     pytest.param((2, 16, 24, 12, 2, 8, 4), id="w8s4-16x24-b2"),  # rectangular, shifted, batch 2
-    pytest.param((1, 16, 32, 12, 2, 16, 0), id="w16-16x32-b1"),  # 256 tokens: 4x4 tiles, online softmax
+    pytest.param(
+        (1, 16, 32, 12, 2, 16, 0), id="w16-16x32-b1"
+    ),  # 256 tokens: 4x4 tiles, online softmax
     pytest.param((2, 32, 16, 12, 2, 16, 8), id="w16s8-32x16-b2"),  # tall, shifted, 256 tokens
 ]
 MASKS = ["none", "binary", "invalid", "nonbinary"]
@@ -97,7 +100,9 @@ MASKS = ["none", "binary", "invalid", "nonbinary"]
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_fp32_matches_reference(geometry, mask_kind):
     B, H, W, C, heads, window, shift = geometry
-    q, k, v, mask = make_inputs(B, H, W, C, mask_kind, seed=H * W + shift, window=window, shift=shift)
+    q, k, v, mask = make_inputs(
+        B, H, W, C, mask_kind, seed=H * W + shift, window=window, shift=shift
+    )
     geo = ((H, W), window, shift, heads)
     out, new_mask, grads = run(wat.window_attention_triton, q, k, v, mask, geo)
     r_out, r_mask, r_grads = run(window_attention_reference, q, k, v, mask, geo)
@@ -113,10 +118,13 @@ def test_fp32_matches_reference(geometry, mask_kind):
 
 
 # The real head_dim (30, padded to 32 inside) with 6 heads of C=180.
-@pytest.mark.parametrize("geometry,mask_kind", [
-    pytest.param((1, 16, 16, 180, 6, 8, 4), "binary", id="C180-w8s4"),
-    pytest.param((1, 16, 16, 180, 6, 16, 0), "invalid", id="C180-w16"),
-])
+@pytest.mark.parametrize(
+    "geometry,mask_kind",
+    [
+        pytest.param((1, 16, 16, 180, 6, 8, 4), "binary", id="C180-w8s4"),
+        pytest.param((1, 16, 16, 180, 6, 16, 0), "invalid", id="C180-w16"),
+    ],
+)
 def test_real_head_dim_matches_reference(geometry, mask_kind):
     B, H, W, C, heads, window, shift = geometry
     q, k, v, mask = make_inputs(B, H, W, C, mask_kind, seed=5, window=window, shift=shift)
@@ -129,12 +137,16 @@ def test_real_head_dim_matches_reference(geometry, mask_kind):
         assert_close_verbose(g, rg, rtol=2e-5, what=f"d{name}")
 
 
-@pytest.mark.parametrize("dtype,floor", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3)], ids=["fp16", "bf16"])
+@pytest.mark.parametrize(
+    "dtype,floor", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3)], ids=["fp16", "bf16"]
+)
 @pytest.mark.parametrize("mask_kind", ["invalid"])  # random holes + fully invalid windows
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_low_precision_within_twice_reference_error(geometry, mask_kind, dtype, floor):
     B, H, W, C, heads, window, shift = geometry
-    q, k, v, mask = make_inputs(B, H, W, C, mask_kind, seed=11 + shift, dtype=dtype, window=window, shift=shift)
+    q, k, v, mask = make_inputs(
+        B, H, W, C, mask_kind, seed=11 + shift, dtype=dtype, window=window, shift=shift
+    )
     geo = ((H, W), window, shift, heads)
     out, new_mask, grads = run(wat.window_attention_triton, q, k, v, mask, geo)
     lp_out, lp_mask, lp_grads = run(window_attention_reference, q, k, v, mask, geo)
@@ -151,18 +163,24 @@ def test_low_precision_within_twice_reference_error(geometry, mask_kind, dtype, 
 # Edge cases
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"]
+)
 def test_zero_tokens_and_invalid_windows_are_finite(dtype):
     # All-zero tokens in windows whose every key is a hole: uniform softmax, zero output.
     B, H, W, C, heads = 2, 16, 16, 12, 2
     q, k, v, mask = make_inputs(B, H, W, C, "invalid", seed=2, dtype=dtype, window=8, shift=4)
     q[0], k[0], v[0] = 0, 0, 0
     out, new_mask, grads = run(wat.window_attention_triton, q, k, v, mask, ((H, W), 8, 4, heads))
-    r_out, r_mask, r_grads = run(window_attention_reference, up(q), up(k), up(v), up(mask), ((H, W), 8, 4, heads))
+    r_out, r_mask, r_grads = run(
+        window_attention_reference, up(q), up(k), up(v), up(mask), ((H, W), 8, 4, heads)
+    )
     assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
     assert torch.equal(out[0].float(), torch.zeros_like(r_out[0]))
     assert torch.equal(new_mask.float(), r_mask) and bool((new_mask[1] == 0).all())
-    assert_close_verbose(out.float(), r_out, rtol=1e-2 if dtype != torch.float32 else 1e-5, what="out")
+    assert_close_verbose(
+        out.float(), r_out, rtol=1e-2 if dtype != torch.float32 else 1e-5, what="out"
+    )
 
 
 def test_fp16_large_logits_stay_finite():
@@ -245,13 +263,19 @@ def test_fake_implementation_shapes():
     with FakeTensorMode():
         q = torch.empty(2, 256, 180, dtype=torch.float16, device=DEVICE)
         mask = torch.empty(2, 256, 1, dtype=torch.float32, device=DEVICE)
-        out, new_mask, lse = torch.ops.mat_fast.window_attention_fwd(q, q, q, mask, 16, 16, 8, 4, 6, False)
+        out, new_mask, lse = torch.ops.mat_fast.window_attention_fwd(
+            q, q, q, mask, 16, 16, 8, 4, 6, False
+        )
         assert out.shape == q.shape and out.dtype == q.dtype
         assert new_mask.shape == (2, 256, 1) and new_mask.dtype == torch.float32
         assert lse.shape == (2, 6, 256) and lse.dtype == torch.float32
-        _, no_mask, _ = torch.ops.mat_fast.window_attention_fwd(q, q, q, None, 16, 16, 8, 4, 6, False)
+        _, no_mask, _ = torch.ops.mat_fast.window_attention_fwd(
+            q, q, q, None, 16, 16, 8, 4, 6, False
+        )
         assert no_mask.numel() == 0
-        grads = torch.ops.mat_fast.window_attention_bwd(q, q, q, q, mask, q, lse, 16, 16, 8, 4, 6, False)
+        grads = torch.ops.mat_fast.window_attention_bwd(
+            q, q, q, q, mask, q, lse, 16, 16, 8, 4, 6, False
+        )
         assert all(g.shape == q.shape and g.dtype == q.dtype for g in grads)
 
 
@@ -259,12 +283,15 @@ def test_opcheck():
     # schema, autograd registration, fake tensor and AOT dispatch checks on a tiny case
     q, k, v, mask = make_inputs(1, 8, 8, 32, "binary", seed=9)
     q.requires_grad_(True)
-    torch.library.opcheck(torch.ops.mat_fast.window_attention_fwd.default,
-                          (q, k, v, mask, 8, 8, 8, 4, 2, False))
+    torch.library.opcheck(
+        torch.ops.mat_fast.window_attention_fwd.default, (q, k, v, mask, 8, 8, 8, 4, 2, False)
+    )
     out, _, lse = torch.ops.mat_fast.window_attention_fwd(q, k, v, mask, 8, 8, 8, 4, 2, False)
-    torch.library.opcheck(torch.ops.mat_fast.window_attention_bwd.default,
-                          (torch.randn_like(out), q.detach(), k, v, mask, out.detach(), lse, 8, 8, 8, 4, 2, False),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.mat_fast.window_attention_bwd.default,
+        (torch.randn_like(out), q.detach(), k, v, mask, out.detach(), lse, 8, 8, 8, 4, 2, False),
+        test_utils=("test_schema", "test_faketensor"),
+    )
 
 
 def test_torch_compile_captures_the_op():
@@ -293,7 +320,9 @@ def test_basic_layer_triton_matches_reference():
     from mat_fast.model.transformer import BasicLayer
 
     torch.manual_seed(0)
-    layer = BasicLayer(dim=180, input_resolution=(16, 16), depth=2, num_heads=6, window_size=8).to(DEVICE)
+    layer = BasicLayer(dim=180, input_resolution=(16, 16), depth=2, num_heads=6, window_size=8).to(
+        DEVICE
+    )
     x, _, _, mask = make_inputs(1, 16, 16, 180, "invalid", seed=12)
     x.requires_grad_(True)
     outs = {}
@@ -315,7 +344,11 @@ def test_whole_generator_triton_matches_reference():
     from mat_fast import Generator
 
     torch.manual_seed(0)
-    G = Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=128, img_channels=3).eval().to(DEVICE)
+    G = (
+        Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=128, img_channels=3)
+        .eval()
+        .to(DEVICE)
+    )
     gen = torch.Generator().manual_seed(21)
     img = (torch.rand(1, 3, 128, 128, generator=gen) * 2 - 1).to(DEVICE)
     mask = (torch.rand(1, 1, 128, 128, generator=gen) > 0.3).float().to(DEVICE)
@@ -336,11 +369,17 @@ def test_whole_generator_triton_matches_reference():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype,floor", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3), (torch.float32, None)])
-@pytest.mark.parametrize("grid,window,shift", [((64, 64), 8, 4), ((32, 32), 16, 8), ((16, 16), 16, 0)])
+@pytest.mark.parametrize(
+    "dtype,floor", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3), (torch.float32, None)]
+)
+@pytest.mark.parametrize(
+    "grid,window,shift", [((64, 64), 8, 4), ((32, 32), 16, 8), ((16, 16), 16, 0)]
+)
 def test_gpu_stage_shapes(grid, window, shift, dtype, floor):
     H, W = grid
-    q, k, v, mask = make_inputs(2, H, W, 180, "invalid", seed=13, dtype=dtype, window=window, shift=shift)
+    q, k, v, mask = make_inputs(
+        2, H, W, 180, "invalid", seed=13, dtype=dtype, window=window, shift=shift
+    )
     geo = ((H, W), window, shift, 6)
     out, new_mask, grads = run(wat.window_attention_triton, q, k, v, mask, geo)
     r_out, r_mask, r_grads = run(window_attention_reference, up(q), up(k), up(v), up(mask), geo)

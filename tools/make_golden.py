@@ -111,8 +111,11 @@ def import_upstream(path: str) -> SimpleNamespace:
     except ImportError:
         stub_root = tempfile.mkdtemp(prefix="mat_golden_timm_")
         os.makedirs(os.path.join(stub_root, "timm", "models"))
-        for rel, text in (("timm/__init__.py", ""), ("timm/models/__init__.py", ""),
-                          ("timm/models/layers.py", _TIMM_STUB)):
+        for rel, text in (
+            ("timm/__init__.py", ""),
+            ("timm/models/__init__.py", ""),
+            ("timm/models/layers.py", _TIMM_STUB),
+        ):
             with open(os.path.join(stub_root, rel), "w") as fh:
                 fh.write(text)
         sys.path.insert(0, stub_root)
@@ -140,8 +143,13 @@ def import_upstream(path: str) -> SimpleNamespace:
         "Discriminator": mat.Discriminator,
     }
     digest = hashlib.sha256()
-    for rel in ("networks/mat.py", "networks/basic_module.py", "torch_utils/ops/upfirdn2d.py",
-                "torch_utils/ops/conv2d_resample.py", "torch_utils/ops/bias_act.py"):
+    for rel in (
+        "networks/mat.py",
+        "networks/basic_module.py",
+        "torch_utils/ops/upfirdn2d.py",
+        "torch_utils/ops/conv2d_resample.py",
+        "torch_utils/ops/bias_act.py",
+    ):
         with open(os.path.join(path, rel), "rb") as fh:
             digest.update(fh.read())
     return SimpleNamespace(classes=classes, ops=ops, sha256=digest.hexdigest())
@@ -219,12 +227,29 @@ def override_checksums(overrides: dict) -> dict:
 
 
 def base_case(name, kind, module=None, kwargs=None, weight_seed=None, submodules=None):
-    return dict(format=FORMAT, name=name, kind=kind, module=module, kwargs=kwargs or {},
-                submodules=submodules or {}, weight_seed=weight_seed, forward_seed=None,
-                state_checksums={}, state_overrides_seed=None, state_overrides_checksums={},
-                train=False,
-                inputs={}, regen_inputs={}, input_checksums={}, call={}, outputs={},
-                output_strides={}, output_holes_only={}, output_checksums={}, meta={})
+    return dict(
+        format=FORMAT,
+        name=name,
+        kind=kind,
+        module=module,
+        kwargs=kwargs or {},
+        submodules=submodules or {},
+        weight_seed=weight_seed,
+        forward_seed=None,
+        state_checksums={},
+        state_overrides_seed=None,
+        state_overrides_checksums={},
+        train=False,
+        inputs={},
+        regen_inputs={},
+        input_checksums={},
+        call={},
+        outputs={},
+        output_strides={},
+        output_holes_only={},
+        output_checksums={},
+        meta={},
+    )
 
 
 def set_outputs(case, outputs: dict, strides: dict | None = None, holes_of=None):
@@ -249,8 +274,22 @@ def set_outputs(case, outputs: dict, strides: dict | None = None, holes_of=None)
         case["outputs"][name] = t.contiguous().clone()
 
 
-def module_case(U, name, kind, module, kwargs, weight_seed, inputs: Inputs, call, run,
-                forward_seed, submodules=None, overrides=True, train=False, strides=None):
+def module_case(
+    U,
+    name,
+    kind,
+    module,
+    kwargs,
+    weight_seed,
+    inputs: Inputs,
+    call,
+    run,
+    forward_seed,
+    submodules=None,
+    overrides=True,
+    train=False,
+    strides=None,
+):
     """Build, override, run ``run(m, values, call) -> outputs`` under ``forward_seed``."""
     if _skip(name):
         return None
@@ -294,21 +333,21 @@ def token_mask(kind, gen, B, H, W, w=8):
         for b in range(B):
             if b % 2 == 0:
                 m[b, 0:w, 0:w] = 0
-                m[b, s:s + w, s:s + w] = 0
+                m[b, s : s + w, s : s + w] = 0
             else:
-                m[b, H - w:H, W - w:W] = 0
-                m[b, s:s + w, W - w - s:W - s] = 0
+                m[b, H - w : H, W - w : W] = 0
+                m[b, s : s + w, W - w - s : W - s] = 0
             if W >= 4 * w:
-                m[b, H - w:H, 2 * w:3 * w] = 0
+                m[b, H - w : H, 2 * w : 3 * w] = 0
     elif kind == "nonbinary":
         levels = torch.tensor([0.0, 0.25, 0.5, 1.0])
         idx = torch.randint(0, 4, (B, H, W), generator=gen)
         m = levels[idx]
         for b in range(B):
-            m[b, 0:8, 8:16] = 0       # window with a single 0.25 token -> new mask 0.25
+            m[b, 0:8, 8:16] = 0  # window with a single 0.25 token -> new mask 0.25
             m[b, 3 + b, 10] = 0.25
-            m[b, 8:16, 0:8] = 0.5     # all-0.5 window
-            m[b, 4:12, 4:12] = 0      # rolled-partition window with one 0.5 token
+            m[b, 8:16, 0:8] = 0.5  # all-0.5 window
+            m[b, 4:12, 4:12] = 0  # rolled-partition window with one 0.5 token
             m[b, 7, 6 + b] = 0.5
     else:
         raise ValueError(kind)
@@ -319,7 +358,7 @@ def pixel_mask(kind, gen, B, H, W):
     """(B, 1, H, W) masks for the partial convolution cases."""
     m = (torch.rand(B, 1, H, W, generator=gen) < 0.7).float()
     m[:, :, 2:9, 3:12] = 0  # a hole wider than the kernel: outputs with no valid input
-    m[1:, :, H - 6:, :5] = 0
+    m[1:, :, H - 6 :, :5] = 0
     if kind == "nonbinary":
         levels = torch.tensor([0.0, 0.25, 0.5, 1.0])
         m = m * levels[torch.randint(1, 4, (B, 1, H, W), generator=gen)]
@@ -329,8 +368,12 @@ def pixel_mask(kind, gen, B, H, W):
 def rect_spec(B, H, W, fracs_per_sample):
     rects = []
     for fracs in fracs_per_sample:
-        rects.append([[int(round(y0 * H)), int(round(y1 * H)), int(round(x0 * W)),
-                       int(round(x1 * W))] for y0, y1, x0, x1 in fracs])
+        rects.append(
+            [
+                [int(round(y0 * H)), int(round(y1 * H)), int(round(x0 * W)), int(round(x1 * W))]
+                for y0, y1, x0, x1 in fracs
+            ]
+        )
     return dict(dist="rect_holes", shape=[B, 1, H, W], rects=rects)
 
 
@@ -368,8 +411,16 @@ def swin_cases(U):
         ("swin_d12_32x32_w16_s8_windows_b1", 12, (32, 32), (32, 32), 16, 8, "windows", 1),
         # input_resolution 16 <= window 16: upstream drops the shift and keeps window 16,
         # then runs on a 32x32 grid (what the 512 network's bottleneck does on 1024 input).
-        ("swin_d12_inres16_32x32_w16_s8_nonbinary_b1", 12, (16, 16), (32, 32), 16, 8,
-         "nonbinary", 1),
+        (
+            "swin_d12_inres16_32x32_w16_s8_nonbinary_b1",
+            12,
+            (16, 16),
+            (32, 32),
+            16,
+            8,
+            "nonbinary",
+            1,
+        ),
     ]
     cases = []
     for i, (name, dim, in_res, x_size, window, shift, mkind, B) in enumerate(specs):
@@ -380,17 +431,35 @@ def swin_cases(U):
         else:
             inp.randn("x", (B, H * W, dim))
         inp.store("mask", token_mask(mkind, inp.gen, B, H, W, window))
-        kwargs = dict(dim=dim, input_resolution=tuple(in_res), num_heads=6 if dim == 180 else 3,
-                      window_size=window,
-                      shift_size=shift, mlp_ratio=2.0)
+        kwargs = dict(
+            dim=dim,
+            input_resolution=tuple(in_res),
+            num_heads=6 if dim == 180 else 3,
+            window_size=window,
+            shift_size=shift,
+            mlp_ratio=2.0,
+        )
 
         def run(m, v, call):
             x, mask = m(v["x"], tuple(call["x_size"]), v["mask"])
             return {"x": x, "mask": mask}
 
         strides = {"x": [1, 1, 9]} if dim == 180 else None
-        cases.append(module_case(U, name, "swin_block", "SwinTransformerBlock", kwargs, 10 + i,
-                                 inp, dict(x_size=tuple(x_size)), run, 20 + i, strides=strides))
+        cases.append(
+            module_case(
+                U,
+                name,
+                "swin_block",
+                "SwinTransformerBlock",
+                kwargs,
+                10 + i,
+                inp,
+                dict(x_size=tuple(x_size)),
+                run,
+                20 + i,
+                strides=strides,
+            )
+        )
     return cases
 
 
@@ -408,13 +477,26 @@ def transformer_layer_cases(U):
         x, x_size, mask = m(v["x"], tuple(call["x_size"]), v["mask"])
         return {"x": x, "mask": mask}
 
-    cases.append(module_case(
-        U, "basic_layer_patchmerging_d180_32x32_b2", "basic_layer", "BasicLayer",
-        dict(dim=dim, input_resolution=[16, 16], depth=2, num_heads=6, window_size=8),
-        30, inp, dict(x_size=(H, W), out_x_size=(H // 2, W // 2)), run_basic, 31,
-        submodules={"downsample": dict(module="PatchMerging",
-                                       kwargs=dict(in_channels=dim, out_channels=dim, down=2))},
-        strides={"x": [1, 1, 9]}))
+    cases.append(
+        module_case(
+            U,
+            "basic_layer_patchmerging_d180_32x32_b2",
+            "basic_layer",
+            "BasicLayer",
+            dict(dim=dim, input_resolution=[16, 16], depth=2, num_heads=6, window_size=8),
+            30,
+            inp,
+            dict(x_size=(H, W), out_x_size=(H // 2, W // 2)),
+            run_basic,
+            31,
+            submodules={
+                "downsample": dict(
+                    module="PatchMerging", kwargs=dict(in_channels=dim, out_channels=dim, down=2)
+                )
+            },
+            strides={"x": [1, 1, 9]},
+        )
+    )
 
     # PatchUpsampling without mask on a rectangular grid.
     inp = Inputs(2001)
@@ -425,9 +507,20 @@ def transformer_layer_cases(U):
         assert tuple(x_size) == tuple(call["out_x_size"]) and mask is None
         return {"x": x}
 
-    cases.append(module_case(U, "patch_upsampling_d12_8x12_nomask_b2", "patch_upsampling",
-                             "PatchUpsampling", dict(in_channels=12, out_channels=12, up=2), 32,
-                             inp, dict(x_size=(8, 12), out_x_size=(16, 24)), run_up, 33))
+    cases.append(
+        module_case(
+            U,
+            "patch_upsampling_d12_8x12_nomask_b2",
+            "patch_upsampling",
+            "PatchUpsampling",
+            dict(in_channels=12, out_channels=12, up=2),
+            32,
+            inp,
+            dict(x_size=(8, 12), out_x_size=(16, 24)),
+            run_up,
+            33,
+        )
+    )
     return cases
 
 
@@ -451,15 +544,30 @@ def conv_cases(U):
         inp.randn("x", (2, 4, 16, 20))
         inp.store("mask", None if mkind == "none" else pixel_mask(mkind, inp.gen, 2, 16, 20))
         kwargs = dict(in_channels=4, out_channels=6, activation="lrelu", **kw)
-        cases.append(module_case(U, name, "conv_partial", "Conv2dLayerPartial", kwargs, 40 + i,
-                                 inp, dict(), run_partial, 50 + i))
+        cases.append(
+            module_case(
+                U,
+                name,
+                "conv_partial",
+                "Conv2dLayerPartial",
+                kwargs,
+                40 + i,
+                inp,
+                dict(),
+                run_partial,
+                50 + i,
+            )
+        )
 
     def run_conv(m, v, call):
         return {"x": m(v["x"], gain=call["gain"])}
 
     plain = [
-        ("conv2d_layer_k3_down2_lrelu_clamp", dict(kernel_size=3, down=2, activation="lrelu",
-                                                   conv_clamp=0.5), math.sqrt(0.5)),
+        (
+            "conv2d_layer_k3_down2_lrelu_clamp",
+            dict(kernel_size=3, down=2, activation="lrelu", conv_clamp=0.5),
+            math.sqrt(0.5),
+        ),
         ("conv2d_layer_k1_down2_nobias", dict(kernel_size=1, down=2, bias=False), math.sqrt(0.5)),
         ("conv2d_layer_k3_up2_lrelu", dict(kernel_size=3, up=2, activation="lrelu"), 1.0),
         ("conv2d_layer_k3_lrelu", dict(kernel_size=3, activation="lrelu"), 1.0),
@@ -467,9 +575,20 @@ def conv_cases(U):
     for i, (name, kw, gain) in enumerate(plain):
         inp = Inputs(3100 + i)
         inp.randn("x", (2, 4, 8, 10))
-        cases.append(module_case(U, name, "conv2d_layer", "Conv2dLayer",
-                                 dict(in_channels=4, out_channels=6, **kw), 60 + i, inp,
-                                 dict(gain=gain), run_conv, 70 + i))
+        cases.append(
+            module_case(
+                U,
+                name,
+                "conv2d_layer",
+                "Conv2dLayer",
+                dict(in_channels=4, out_channels=6, **kw),
+                60 + i,
+                inp,
+                dict(gain=gain),
+                run_conv,
+                70 + i,
+            )
+        )
 
     def run_fc(m, v, call):
         return {"x": m(v["x"])}
@@ -482,9 +601,20 @@ def conv_cases(U):
     for i, (name, kw) in enumerate(fcs):
         inp = Inputs(3200 + i)
         inp.randn("x", (2, 5, 40))
-        cases.append(module_case(U, name, "fc", "FullyConnectedLayer",
-                                 dict(in_features=40, out_features=24, **kw), 80 + i, inp,
-                                 dict(), run_fc, 90 + i))
+        cases.append(
+            module_case(
+                U,
+                name,
+                "fc",
+                "FullyConnectedLayer",
+                dict(in_features=40, out_features=24, **kw),
+                80 + i,
+                inp,
+                dict(),
+                run_fc,
+                90 + i,
+            )
+        )
     return cases
 
 
@@ -503,9 +633,20 @@ def style_cases(U):
         inp = Inputs(4000 + i)
         inp.randn("x", (2, 16, res, res))
         inp.randn("style", (2, 20))
-        cases.append(module_case(U, name, "modconv", "ModulatedConv2d",
-                                 dict(in_channels=16, out_channels=8, style_dim=20, **kw),
-                                 100 + i, inp, dict(), run_modconv, 110 + i))
+        cases.append(
+            module_case(
+                U,
+                name,
+                "modconv",
+                "ModulatedConv2d",
+                dict(in_channels=16, out_channels=8, style_dim=20, **kw),
+                100 + i,
+                inp,
+                dict(),
+                run_modconv,
+                110 + i,
+            )
+        )
 
     def run_styleconv(m, v, call):
         return {"x": m(v["x"], v["style"], noise_mode=call["noise_mode"], gain=call["gain"])}
@@ -521,11 +662,22 @@ def style_cases(U):
         inp = Inputs(4100 + i)
         inp.randn("x", (2, 8, res, res))
         inp.randn("style", (2, 20))
-        cases.append(module_case(U, name, "styleconv", "StyleConv",
-                                 dict(in_channels=8, out_channels=8, style_dim=20,
-                                      resolution=16, kernel_size=3, **kw),
-                                 120 + i, inp, dict(noise_mode=noise_mode, gain=gain),
-                                 run_styleconv, 130 + i))
+        cases.append(
+            module_case(
+                U,
+                name,
+                "styleconv",
+                "StyleConv",
+                dict(
+                    in_channels=8, out_channels=8, style_dim=20, resolution=16, kernel_size=3, **kw
+                ),
+                120 + i,
+                inp,
+                dict(noise_mode=noise_mode, gain=gain),
+                run_styleconv,
+                130 + i,
+            )
+        )
 
     def run_torgb(m, v, call):
         return {"x": m(v["x"], v["style"], skip=v["skip"])}
@@ -539,14 +691,29 @@ def style_cases(U):
             inp.store("skip", None)
         else:
             inp.randn("skip", (2, 3, skip_res, skip_res))
-        cases.append(module_case(U, name, "torgb", "ToRGB",
-                                 dict(in_channels=16, out_channels=3, style_dim=20),
-                                 140 + i, inp, dict(), run_torgb, 150 + i))
+        cases.append(
+            module_case(
+                U,
+                name,
+                "torgb",
+                "ToRGB",
+                dict(in_channels=16, out_channels=3, style_dim=20),
+                140 + i,
+                inp,
+                dict(),
+                run_torgb,
+                150 + i,
+            )
+        )
 
     def run_mapping(m, v, call):
-        ws = m(v["z"], v["c"], truncation_psi=call["truncation_psi"],
-               truncation_cutoff=call["truncation_cutoff"],
-               skip_w_avg_update=call["skip_w_avg_update"])
+        ws = m(
+            v["z"],
+            v["c"],
+            truncation_psi=call["truncation_psi"],
+            truncation_cutoff=call["truncation_cutoff"],
+            skip_w_avg_update=call["skip_w_avg_update"],
+        )
         return {"ws": ws, "w_avg": m.w_avg.clone()}
 
     maps = [
@@ -564,11 +731,21 @@ def style_cases(U):
             inp.randn("c", (3, c_dim))
         else:
             inp.store("c", None)
-        cases.append(module_case(
-            U, name, "mapping", "MappingNet",
-            dict(z_dim=64, c_dim=c_dim, w_dim=48, num_ws=10), 160 + i, inp,
-            dict(truncation_psi=psi, truncation_cutoff=cutoff, skip_w_avg_update=skip),
-            run_mapping, 170 + i, train=train))
+        cases.append(
+            module_case(
+                U,
+                name,
+                "mapping",
+                "MappingNet",
+                dict(z_dim=64, c_dim=c_dim, w_dim=48, num_ws=10),
+                160 + i,
+                inp,
+                dict(truncation_psi=psi, truncation_cutoff=cutoff, skip_w_avg_update=skip),
+                run_mapping,
+                170 + i,
+                train=train,
+            )
+        )
     return cases
 
 
@@ -589,13 +766,41 @@ def op_cases(U):
     # upfirdn2d: padding is [x0, x1, y0, y1]; filters are 2-D float32.
     asym = fp16_exact(torch.rand(3, 2, generator=torch.Generator().manual_seed(77)))
     ufd = [
-        ("upfirdn2d_up2_pad", dict(up=2, down=1, padding=[2, 1, 2, 1], flip_filter=False, gain=4.0), filt),
-        ("upfirdn2d_down2_pad", dict(up=1, down=2, padding=[1, 1, 1, 1], flip_filter=False, gain=1.0), filt),
-        ("upfirdn2d_negative_pad", dict(up=1, down=1, padding=[-1, -2, 1, -3], flip_filter=False, gain=1.0), filt),
-        ("upfirdn2d_down2_negative_pad", dict(up=1, down=2, padding=[-2, 1, 0, -1], flip_filter=False, gain=1.0), filt),
-        ("upfirdn2d_up2_down2_asym_filter", dict(up=2, down=2, padding=[1, 2, 0, 1], flip_filter=False, gain=2.0), asym),
-        ("upfirdn2d_asym_filter_flip", dict(up=1, down=1, padding=[1, 1, 2, 0], flip_filter=True, gain=1.0), asym),
-        ("upfirdn2d_asym_filter_noflip", dict(up=1, down=1, padding=[1, 1, 2, 0], flip_filter=False, gain=1.0), asym),
+        (
+            "upfirdn2d_up2_pad",
+            dict(up=2, down=1, padding=[2, 1, 2, 1], flip_filter=False, gain=4.0),
+            filt,
+        ),
+        (
+            "upfirdn2d_down2_pad",
+            dict(up=1, down=2, padding=[1, 1, 1, 1], flip_filter=False, gain=1.0),
+            filt,
+        ),
+        (
+            "upfirdn2d_negative_pad",
+            dict(up=1, down=1, padding=[-1, -2, 1, -3], flip_filter=False, gain=1.0),
+            filt,
+        ),
+        (
+            "upfirdn2d_down2_negative_pad",
+            dict(up=1, down=2, padding=[-2, 1, 0, -1], flip_filter=False, gain=1.0),
+            filt,
+        ),
+        (
+            "upfirdn2d_up2_down2_asym_filter",
+            dict(up=2, down=2, padding=[1, 2, 0, 1], flip_filter=False, gain=2.0),
+            asym,
+        ),
+        (
+            "upfirdn2d_asym_filter_flip",
+            dict(up=1, down=1, padding=[1, 1, 2, 0], flip_filter=True, gain=1.0),
+            asym,
+        ),
+        (
+            "upfirdn2d_asym_filter_noflip",
+            dict(up=1, down=1, padding=[1, 1, 2, 0], flip_filter=False, gain=1.0),
+            asym,
+        ),
     ]
     for i, (name, call, f) in enumerate(ufd):
         inp = Inputs(7000 + i)
@@ -607,8 +812,13 @@ def op_cases(U):
     inp = Inputs(7100)
     x = inp.randn("x", (2, 3, 7, 10))
     inp.store("f", filt)
-    add("upsample2d_2x", "op_upsample2d", inp, dict(up=2),
-        up.upfirdn2d.upsample2d(x, filt, up=2, impl="ref"))
+    add(
+        "upsample2d_2x",
+        "op_upsample2d",
+        inp,
+        dict(up=2),
+        up.upfirdn2d.upsample2d(x, filt, up=2, impl="ref"),
+    )
 
     # conv2d_resample: (name, Cin, Cout, k, up, down, padding, groups)
     crs = [
@@ -632,13 +842,43 @@ def op_cases(U):
         add(name, "op_conv2d_resample", inp, call, y)
 
     bas = [
-        ("bias_act_lrelu_dim1", (2, 5, 6, 7), 1, dict(act="lrelu", alpha=None, gain=None, clamp=None)),
-        ("bias_act_lrelu_alpha_gain_clamp", (2, 5, 6, 7), 1, dict(act="lrelu", alpha=0.1, gain=1.5, clamp=0.5)),
-        ("bias_act_linear_dim2", (3, 4, 5), 2, dict(act="linear", alpha=None, gain=None, clamp=None)),
-        ("bias_act_relu_clamp", (2, 5, 6, 7), 1, dict(act="relu", alpha=None, gain=None, clamp=0.8)),
+        (
+            "bias_act_lrelu_dim1",
+            (2, 5, 6, 7),
+            1,
+            dict(act="lrelu", alpha=None, gain=None, clamp=None),
+        ),
+        (
+            "bias_act_lrelu_alpha_gain_clamp",
+            (2, 5, 6, 7),
+            1,
+            dict(act="lrelu", alpha=0.1, gain=1.5, clamp=0.5),
+        ),
+        (
+            "bias_act_linear_dim2",
+            (3, 4, 5),
+            2,
+            dict(act="linear", alpha=None, gain=None, clamp=None),
+        ),
+        (
+            "bias_act_relu_clamp",
+            (2, 5, 6, 7),
+            1,
+            dict(act="relu", alpha=None, gain=None, clamp=0.8),
+        ),
         ("bias_act_tanh", (2, 5, 6, 7), 1, dict(act="tanh", alpha=None, gain=None, clamp=None)),
-        ("bias_act_sigmoid_gain", (2, 5, 6, 7), 1, dict(act="sigmoid", alpha=None, gain=2.0, clamp=None)),
-        ("bias_act_nobias_clamp", (2, 5, 6, 7), None, dict(act="lrelu", alpha=None, gain=None, clamp=0.3)),
+        (
+            "bias_act_sigmoid_gain",
+            (2, 5, 6, 7),
+            1,
+            dict(act="sigmoid", alpha=None, gain=2.0, clamp=None),
+        ),
+        (
+            "bias_act_nobias_clamp",
+            (2, 5, 6, 7),
+            None,
+            dict(act="lrelu", alpha=None, gain=None, clamp=0.3),
+        ),
     ]
     for i, (name, shape, dim, call) in enumerate(bas):
         inp = Inputs(7300 + i)
@@ -668,8 +908,12 @@ def discriminator_cases(U):
     for i, (name, c_dim, res, B, big) in enumerate(specs):
         inp = Inputs(8000 + i)
         if big:
-            inp.regenerate("images_in", dict(dist="rand_pm1", seed=8100 + i, shape=[B, 3, res, res]))
-            inp.regenerate("images_stg1", dict(dist="rand_pm1", seed=8200 + i, shape=[B, 3, res, res]))
+            inp.regenerate(
+                "images_in", dict(dist="rand_pm1", seed=8100 + i, shape=[B, 3, res, res])
+            )
+            inp.regenerate(
+                "images_stg1", dict(dist="rand_pm1", seed=8200 + i, shape=[B, 3, res, res])
+            )
             inp.regenerate("masks_in", rect_spec(B, res, res, HOLES[:B]))
         else:
             inp.rand_pm1("images_in", (B, 3, res, res))
@@ -679,9 +923,20 @@ def discriminator_cases(U):
             inp.randn("c", (B, c_dim))
         else:
             inp.store("c", None)
-        cases.append(module_case(U, name, "discriminator", "Discriminator",
-                                 dict(c_dim=c_dim, img_resolution=res, img_channels=3),
-                                 200 + i, inp, dict(), run_d, 210 + i))
+        cases.append(
+            module_case(
+                U,
+                name,
+                "discriminator",
+                "Discriminator",
+                dict(c_dim=c_dim, img_resolution=res, img_channels=3),
+                200 + i,
+                inp,
+                dict(),
+                run_d,
+                210 + i,
+            )
+        )
     return cases
 
 
@@ -689,10 +944,16 @@ def generator_cases(U):
     cases = []
 
     def run_g(m, v, call):
-        img, stg1 = m(v["images_in"], v["masks_in"], v["z"], v["c"],
-                      truncation_psi=call["truncation_psi"],
-                      truncation_cutoff=call["truncation_cutoff"],
-                      noise_mode=call["noise_mode"], return_stg1=True)
+        img, stg1 = m(
+            v["images_in"],
+            v["masks_in"],
+            v["z"],
+            v["c"],
+            truncation_psi=call["truncation_psi"],
+            truncation_cutoff=call["truncation_cutoff"],
+            noise_mode=call["noise_mode"],
+            return_stg1=True,
+        )
         return {"img": img, "img_stg1": stg1}
 
     nets = {}
@@ -711,29 +972,108 @@ def generator_cases(U):
 
     specs = [
         # name, res, seed, B, (H, W), psi, cutoff, noise, blob holes?, strides img/stg1
-        ("generator256_b2_random_stg1", 256, 300, 2, (256, 256), 1, None, "random", True,
-         None, [1, 1, 2, 2]),
-        ("generator256_b1_psi0.5_const", 256, 300, 1, (256, 256), 0.5, None, "const", False,
-         [1, 1, 2, 2], [1, 1, 4, 4]),
-        ("generator256_b1_psi0.7_cutoff4_random", 256, 300, 1, (256, 256), 0.7, 4, "random",
-         False, [1, 1, 4, 4], [1, 1, 8, 8]),
-        ("generator512_512x512_random", 512, 400, 1, (512, 512), 1, None, "random", False,
-         [1, 1, 4, 4], [1, 1, 16, 16]),
-        ("generator512_1024x1024_random", 512, 400, 1, (1024, 1024), 1, None, "random", False,
-         [1, 1, 8, 8], [1, 1, 16, 16]),
-        ("generator512_512x1024_random", 512, 400, 1, (512, 1024), 1, None, "random", False,
-         [1, 1, 8, 8], [1, 1, 16, 16]),
-        ("generator512_1024x512_random", 512, 400, 1, (1024, 512), 1, None, "random", False,
-         [1, 1, 8, 8], [1, 1, 16, 16]),
+        (
+            "generator256_b2_random_stg1",
+            256,
+            300,
+            2,
+            (256, 256),
+            1,
+            None,
+            "random",
+            True,
+            None,
+            [1, 1, 2, 2],
+        ),
+        (
+            "generator256_b1_psi0.5_const",
+            256,
+            300,
+            1,
+            (256, 256),
+            0.5,
+            None,
+            "const",
+            False,
+            [1, 1, 2, 2],
+            [1, 1, 4, 4],
+        ),
+        (
+            "generator256_b1_psi0.7_cutoff4_random",
+            256,
+            300,
+            1,
+            (256, 256),
+            0.7,
+            4,
+            "random",
+            False,
+            [1, 1, 4, 4],
+            [1, 1, 8, 8],
+        ),
+        (
+            "generator512_512x512_random",
+            512,
+            400,
+            1,
+            (512, 512),
+            1,
+            None,
+            "random",
+            False,
+            [1, 1, 4, 4],
+            [1, 1, 16, 16],
+        ),
+        (
+            "generator512_1024x1024_random",
+            512,
+            400,
+            1,
+            (1024, 1024),
+            1,
+            None,
+            "random",
+            False,
+            [1, 1, 8, 8],
+            [1, 1, 16, 16],
+        ),
+        (
+            "generator512_512x1024_random",
+            512,
+            400,
+            1,
+            (512, 1024),
+            1,
+            None,
+            "random",
+            False,
+            [1, 1, 8, 8],
+            [1, 1, 16, 16],
+        ),
+        (
+            "generator512_1024x512_random",
+            512,
+            400,
+            1,
+            (1024, 512),
+            1,
+            None,
+            "random",
+            False,
+            [1, 1, 8, 8],
+            [1, 1, 16, 16],
+        ),
     ]
-    for i, (name, res, seed, B, (H, W), psi, cutoff, noise, blobs, s_img, s_stg1) in enumerate(specs):
+    for i, (name, res, seed, B, (H, W), psi, cutoff, noise, blobs, s_img, s_stg1) in enumerate(
+        specs
+    ):
         if _skip(name):
             continue
         t0 = time.time()
         G, kwargs, sums, ov_seed, ov_sums = net(res, seed)
         inp = Inputs(9000 + i)
         inp.regenerate("images_in", dict(dist="rand_pm1", seed=9100 + i, shape=[B, 3, H, W]))
-        spec = rect_spec(B, H, W, HOLES[i % 4:i % 4 + B])
+        spec = rect_spec(B, H, W, HOLES[i % 4 : i % 4 + B])
         if blobs:
             # the last sample also loses random 16x16 cells (stored as a small cell grid)
             cells = torch.rand(B, 1, H // 16, W // 16, generator=inp.gen) < 0.3
@@ -779,11 +1119,21 @@ def main(argv=None):
     torch.set_grad_enabled(False)
     U = import_upstream(args.upstream)
     os.makedirs(args.out, exist_ok=True)
-    meta = dict(torch_version=str(torch.__version__), upstream_sha256=U.sha256,
-                generated=datetime.date.today().isoformat(), generator="tools/make_golden.py")
+    meta = dict(
+        torch_version=str(torch.__version__),
+        upstream_sha256=U.sha256,
+        generated=datetime.date.today().isoformat(),
+        generator="tools/make_golden.py",
+    )
 
-    groups = [swin_cases, transformer_layer_cases, conv_cases, style_cases, op_cases,
-              discriminator_cases]
+    groups = [
+        swin_cases,
+        transformer_layer_cases,
+        conv_cases,
+        style_cases,
+        op_cases,
+        discriminator_cases,
+    ]
     t0 = time.time()
     cases = []
     for group in groups:
@@ -794,8 +1144,10 @@ def main(argv=None):
         case["meta"] = dict(meta, **case["meta"])
         torch.save(case, os.path.join(args.out, case["name"] + ".pt"))
     total = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out))
-    print(f"wrote {len(cases)} cases to {args.out} ({total / 2**20:.2f} MiB in the folder, "
-          f"{time.time() - t0:.0f}s)")
+    print(
+        f"wrote {len(cases)} cases to {args.out} ({total / 2**20:.2f} MiB in the folder, "
+        f"{time.time() - t0:.0f}s)"
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ def landscape() -> Image.Image:
     draw = ImageDraw.Draw(img)
     draw.ellipse((560, 70, 650, 160), fill=(255, 236, 170))  # sun
     x = np.arange(W)
-    for base, amp, freq, color in ((300, 40, 0.010, (90, 110, 140)), (340, 30, 0.017, (60, 120, 70))):
+    for base, amp, freq, color in (
+        (300, 40, 0.010, (90, 110, 140)),
+        (340, 30, 0.017, (60, 120, 70)),
+    ):
         ridge = base - amp * np.sin(x * freq) - 0.5 * amp * np.sin(x * freq * 2.7 + 1)
         draw.polygon([(0, H)] + [(int(i), int(r)) for i, r in zip(x, ridge)] + [(W, H)], fill=color)
     draw.rectangle((0, 400, W, H), fill=(40, 90, 150))  # lake

@@ -27,7 +27,9 @@ class DisBlock(nn.Module):
     def __init__(self, in_channels, out_channels, activation):
         super().__init__()
         self.conv0 = Conv2dLayer(in_channels, in_channels, kernel_size=3, activation=activation)
-        self.conv1 = Conv2dLayer(in_channels, out_channels, kernel_size=3, down=2, activation=activation)
+        self.conv1 = Conv2dLayer(
+            in_channels, out_channels, kernel_size=3, down=2, activation=activation
+        )
         self.skip = Conv2dLayer(in_channels, out_channels, kernel_size=1, down=2, bias=False)
 
     def forward(self, x):
@@ -58,23 +60,41 @@ class MinibatchStdLayer(nn.Module):
         return torch.cat([x, y], dim=1)
 
 
-def _tower(img_channels, resolution_log2, activation, divisor, mbstd_group_size, mbstd_num_channels):
+def _tower(
+    img_channels, resolution_log2, activation, divisor, mbstd_group_size, mbstd_num_channels
+):
     layers = [DisFromRGB(img_channels + 1, nf(resolution_log2) // divisor, activation)]
     for res in range(resolution_log2, 2, -1):
         layers.append(DisBlock(nf(res) // divisor, nf(res - 1) // divisor, activation))
     if mbstd_num_channels > 0:
         layers.append(MinibatchStdLayer(mbstd_group_size, mbstd_num_channels))
-    layers.append(Conv2dLayer(nf(2) // divisor + mbstd_num_channels, nf(2) // divisor,
-                              kernel_size=3, activation=activation))
+    layers.append(
+        Conv2dLayer(
+            nf(2) // divisor + mbstd_num_channels,
+            nf(2) // divisor,
+            kernel_size=3,
+            activation=activation,
+        )
+    )
     return nn.Sequential(*layers)
 
 
 class Discriminator(nn.Module):
     """``forward(images_in, masks_in, images_stg1, c) -> (score, score_stg1)``."""
 
-    def __init__(self, c_dim, img_resolution, img_channels, channel_base=32768, channel_max=512,
-                 channel_decay=1, cmap_dim=None, activation="lrelu", mbstd_group_size=4,
-                 mbstd_num_channels=1):
+    def __init__(
+        self,
+        c_dim,
+        img_resolution,
+        img_channels,
+        channel_base=32768,
+        channel_max=512,
+        channel_decay=1,
+        cmap_dim=None,
+        activation="lrelu",
+        mbstd_group_size=4,
+        mbstd_num_channels=1,
+    ):
         super().__init__()
         self.c_dim = c_dim
         self.img_resolution = img_resolution
@@ -89,13 +109,19 @@ class Discriminator(nn.Module):
             cmap_dim = 0
         self.cmap_dim = cmap_dim
         if c_dim > 0:
-            self.mapping = MappingNet(z_dim=0, c_dim=c_dim, w_dim=cmap_dim, num_ws=None, w_avg_beta=None)
+            self.mapping = MappingNet(
+                z_dim=0, c_dim=c_dim, w_dim=cmap_dim, num_ws=None, w_avg_beta=None
+            )
 
-        self.Dis = _tower(img_channels, resolution_log2, activation, 1, mbstd_group_size, mbstd_num_channels)
+        self.Dis = _tower(
+            img_channels, resolution_log2, activation, 1, mbstd_group_size, mbstd_num_channels
+        )
         self.fc0 = FullyConnectedLayer(nf(2) * 4**2, nf(2), activation=activation)
         self.fc1 = FullyConnectedLayer(nf(2), 1 if cmap_dim == 0 else cmap_dim)
 
-        self.Dis_stg1 = _tower(img_channels, resolution_log2, activation, 2, mbstd_group_size, mbstd_num_channels)
+        self.Dis_stg1 = _tower(
+            img_channels, resolution_log2, activation, 2, mbstd_group_size, mbstd_num_channels
+        )
         self.fc0_stg1 = FullyConnectedLayer(nf(2) // 2 * 4**2, nf(2) // 2, activation=activation)
         self.fc1_stg1 = FullyConnectedLayer(nf(2) // 2, 1 if cmap_dim == 0 else cmap_dim)
 

@@ -12,8 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import (NOISE_MODES, Conv2dLayer, Conv2dLayerPartial, FullyConnectedLayer,
-                     MappingNet, StyleConv, ToRGB)
+from .layers import (
+    NOISE_MODES,
+    Conv2dLayer,
+    Conv2dLayerPartial,
+    FullyConnectedLayer,
+    MappingNet,
+    StyleConv,
+    ToRGB,
+)
 from .transformer import BasicLayer, PatchMerging, PatchUpsampling, feature2token, token2feature
 
 
@@ -42,12 +49,27 @@ def _dropout_half(x: torch.Tensor, transposed: bool = False) -> torch.Tensor:
 class DecStyleBlock(nn.Module):
     """First-stage decoder block: 2x upsampling style conv, skip, style conv, to-RGB."""
 
-    def __init__(self, res, in_channels, out_channels, activation, style_dim, use_noise,
-                 demodulate, img_channels):
+    def __init__(
+        self,
+        res,
+        in_channels,
+        out_channels,
+        activation,
+        style_dim,
+        use_noise,
+        demodulate,
+        img_channels,
+    ):
         super().__init__()
         self.res = res
-        conv = dict(style_dim=style_dim, resolution=2**res, kernel_size=3, use_noise=use_noise,
-                    activation=activation, demodulate=demodulate)
+        conv = dict(
+            style_dim=style_dim,
+            resolution=2**res,
+            kernel_size=3,
+            use_noise=use_noise,
+            activation=activation,
+            demodulate=demodulate,
+        )
         self.conv0 = StyleConv(in_channels, out_channels, up=2, **conv)
         self.conv1 = StyleConv(out_channels, out_channels, **conv)
         self.toRGB = ToRGB(out_channels, img_channels, style_dim, kernel_size=1, demodulate=False)
@@ -62,16 +84,28 @@ class FirstStage(nn.Module):
     """Coarse inpainting: partial convs down to a 64x64 token grid (for 512 input), five
     transformer stages 64 -> 32 -> 16 -> 32 -> 64, then style convs back to full size."""
 
-    def __init__(self, img_channels, img_resolution=256, dim=180, w_dim=512, use_noise=False,
-                 demodulate=True, activation="lrelu"):
+    def __init__(
+        self,
+        img_channels,
+        img_resolution=256,
+        dim=180,
+        w_dim=512,
+        use_noise=False,
+        demodulate=True,
+        activation="lrelu",
+    ):
         super().__init__()
         res = 64
-        self.conv_first = Conv2dLayerPartial(img_channels + 1, dim, kernel_size=3, activation=activation)
+        self.conv_first = Conv2dLayerPartial(
+            img_channels + 1, dim, kernel_size=3, activation=activation
+        )
         down_time = int(math.log2(img_resolution // res))
-        self.enc_conv = nn.ModuleList([
-            Conv2dLayerPartial(dim, dim, kernel_size=3, down=2, activation=activation)
-            for _ in range(down_time)
-        ])
+        self.enc_conv = nn.ModuleList(
+            [
+                Conv2dLayerPartial(dim, dim, kernel_size=3, down=2, activation=activation)
+                for _ in range(down_time)
+            ]
+        )
 
         depths = [2, 3, 4, 3, 2]
         ratios = [1, 1 / 2, 1 / 2, 2, 2]
@@ -85,12 +119,15 @@ class FirstStage(nn.Module):
                 merge = PatchMerging(dim, dim, down=int(1 / ratios[i]))
             elif ratios[i] > 1:
                 merge = PatchUpsampling(dim, dim, up=int(ratios[i]))
-            self.tran.append(BasicLayer(dim, [res, res], depth, num_heads, window_sizes[i],
-                                        downsample=merge))
+            self.tran.append(
+                BasicLayer(dim, [res, res], depth, num_heads, window_sizes[i], downsample=merge)
+            )
 
         # Global style from the transformer's bottleneck (style path: fp32 in half models).
-        down_conv = [Conv2dLayer(dim, dim, kernel_size=3, down=2, activation=activation, keep_fp32=True)
-                     for _ in range(4)]
+        down_conv = [
+            Conv2dLayer(dim, dim, kernel_size=3, down=2, activation=activation, keep_fp32=True)
+            for _ in range(4)
+        ]
         self.down_conv = nn.Sequential(*down_conv, nn.AdaptiveAvgPool2d((1, 1)))
         self.to_style = FullyConnectedLayer(dim, dim * 2, activation=activation, keep_fp32=True)
         self.ws_style = FullyConnectedLayer(w_dim, dim, activation=activation, keep_fp32=True)
@@ -100,8 +137,11 @@ class FirstStage(nn.Module):
         self.dec_conv = nn.ModuleList()
         for _ in range(down_time):
             res = res * 2
-            self.dec_conv.append(DecStyleBlock(res, dim, dim, activation, style_dim, use_noise,
-                                               demodulate, img_channels))
+            self.dec_conv.append(
+                DecStyleBlock(
+                    res, dim, dim, activation, style_dim, use_noise, demodulate, img_channels
+                )
+            )
 
     def forward(self, images_in, masks_in, ws, noise_mode="random"):
         x = torch.cat([masks_in - 0.5, images_in * masks_in], dim=1)
@@ -155,7 +195,9 @@ class EncFromRGB(nn.Module):
 class ConvBlockDown(nn.Module):
     def __init__(self, in_channels, out_channels, activation):
         super().__init__()
-        self.conv0 = Conv2dLayer(in_channels, out_channels, kernel_size=3, activation=activation, down=2)
+        self.conv0 = Conv2dLayer(
+            in_channels, out_channels, kernel_size=3, activation=activation, down=2
+        )
         self.conv1 = Conv2dLayer(out_channels, out_channels, kernel_size=3, activation=activation)
 
     def forward(self, x):
@@ -188,26 +230,53 @@ class Encoder(nn.Module):
 class ToStyle(nn.Module):
     def __init__(self, in_channels, out_channels, activation, drop_rate):
         super().__init__()
-        self.conv = nn.Sequential(*[
-            Conv2dLayer(in_channels, in_channels, kernel_size=3, activation=activation, down=2,
-                        keep_fp32=True)
-            for _ in range(3)
-        ])
+        self.conv = nn.Sequential(
+            *[
+                Conv2dLayer(
+                    in_channels,
+                    in_channels,
+                    kernel_size=3,
+                    activation=activation,
+                    down=2,
+                    keep_fp32=True,
+                )
+                for _ in range(3)
+            ]
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = FullyConnectedLayer(in_channels, out_channels, activation=activation, keep_fp32=True)
+        self.fc = FullyConnectedLayer(
+            in_channels, out_channels, activation=activation, keep_fp32=True
+        )
 
     def forward(self, x):
         return self.fc(self.pool(self.conv(x)).flatten(start_dim=1))
 
 
 class DecBlockFirstV2(nn.Module):
-    def __init__(self, res, in_channels, out_channels, activation, style_dim, use_noise,
-                 demodulate, img_channels):
+    def __init__(
+        self,
+        res,
+        in_channels,
+        out_channels,
+        activation,
+        style_dim,
+        use_noise,
+        demodulate,
+        img_channels,
+    ):
         super().__init__()
         self.res = res
         self.conv0 = Conv2dLayer(in_channels, in_channels, kernel_size=3, activation=activation)
-        self.conv1 = StyleConv(in_channels, out_channels, style_dim, 2**res, kernel_size=3,
-                               use_noise=use_noise, activation=activation, demodulate=demodulate)
+        self.conv1 = StyleConv(
+            in_channels,
+            out_channels,
+            style_dim,
+            2**res,
+            kernel_size=3,
+            use_noise=use_noise,
+            activation=activation,
+            demodulate=demodulate,
+        )
         self.toRGB = ToRGB(out_channels, img_channels, style_dim, kernel_size=1, demodulate=False)
 
     def forward(self, x, ws, gs, E_features, noise_mode="random"):
@@ -217,12 +286,27 @@ class DecBlockFirstV2(nn.Module):
 
 
 class DecBlock(nn.Module):
-    def __init__(self, res, in_channels, out_channels, activation, style_dim, use_noise,
-                 demodulate, img_channels):
+    def __init__(
+        self,
+        res,
+        in_channels,
+        out_channels,
+        activation,
+        style_dim,
+        use_noise,
+        demodulate,
+        img_channels,
+    ):
         super().__init__()
         self.res = res
-        conv = dict(style_dim=style_dim, resolution=2**res, kernel_size=3, use_noise=use_noise,
-                    activation=activation, demodulate=demodulate)
+        conv = dict(
+            style_dim=style_dim,
+            resolution=2**res,
+            kernel_size=3,
+            use_noise=use_noise,
+            activation=activation,
+            demodulate=demodulate,
+        )
         self.conv0 = StyleConv(in_channels, out_channels, up=2, **conv)
         self.conv1 = StyleConv(out_channels, out_channels, **conv)
         self.toRGB = ToRGB(out_channels, img_channels, style_dim, kernel_size=1, demodulate=False)
@@ -239,12 +323,24 @@ class DecBlock(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, res_log2, activation, style_dim, use_noise, demodulate, img_channels):
         super().__init__()
-        self.Dec_16x16 = DecBlockFirstV2(4, nf(4), nf(4), activation, style_dim, use_noise,
-                                         demodulate, img_channels)
+        self.Dec_16x16 = DecBlockFirstV2(
+            4, nf(4), nf(4), activation, style_dim, use_noise, demodulate, img_channels
+        )
         for res in range(5, res_log2 + 1):
-            setattr(self, f"Dec_{2**res}x{2**res}",
-                    DecBlock(res, nf(res - 1), nf(res), activation, style_dim, use_noise,
-                             demodulate, img_channels))
+            setattr(
+                self,
+                f"Dec_{2**res}x{2**res}",
+                DecBlock(
+                    res,
+                    nf(res - 1),
+                    nf(res),
+                    activation,
+                    style_dim,
+                    use_noise,
+                    demodulate,
+                    img_channels,
+                ),
+            )
         self.res_log2 = res_log2
 
     def forward(self, x, ws, gs, E_features, noise_mode="random"):
@@ -256,9 +352,19 @@ class Decoder(nn.Module):
 
 
 class SynthesisNet(nn.Module):
-    def __init__(self, w_dim, img_resolution, img_channels=3, channel_base=32768,
-                 channel_decay=1.0, channel_max=512, activation="lrelu", drop_rate=0.5,
-                 use_noise=True, demodulate=True):
+    def __init__(
+        self,
+        w_dim,
+        img_resolution,
+        img_channels=3,
+        channel_base=32768,
+        channel_decay=1.0,
+        channel_max=512,
+        activation="lrelu",
+        drop_rate=0.5,
+        use_noise=True,
+        demodulate=True,
+    ):
         super().__init__()
         resolution_log2 = int(math.log2(img_resolution))
         if img_resolution != 2**resolution_log2 or img_resolution < 128:
@@ -269,14 +375,21 @@ class SynthesisNet(nn.Module):
         self.use_noise = use_noise
 
         # The first stage never uses noise, whatever use_noise says (upstream's choice).
-        self.first_stage = FirstStage(img_channels, img_resolution=img_resolution, w_dim=w_dim,
-                                      use_noise=False, demodulate=demodulate)
+        self.first_stage = FirstStage(
+            img_channels,
+            img_resolution=img_resolution,
+            w_dim=w_dim,
+            use_noise=False,
+            demodulate=demodulate,
+        )
         self.enc = Encoder(resolution_log2, img_channels, activation, patch_size=5, channels=16)
         # Style path (fp32 in half models, see StyleCanStayFp32).
         self.to_square = FullyConnectedLayer(w_dim, 16 * 16, activation=activation, keep_fp32=True)
         self.to_style = ToStyle(nf(4), nf(2) * 2, activation=activation, drop_rate=drop_rate)
         style_dim = w_dim + nf(2) * 2
-        self.dec = Decoder(resolution_log2, activation, style_dim, use_noise, demodulate, img_channels)
+        self.dec = Decoder(
+            resolution_log2, activation, style_dim, use_noise, demodulate, img_channels
+        )
 
     def forward(self, images_in, masks_in, ws, noise_mode="random", return_stg1=False):
         out_stg1 = self.first_stage(images_in, masks_in, ws, noise_mode=noise_mode)
@@ -304,57 +417,106 @@ class Generator(nn.Module):
     (B, C, H, W), masks (B, 1, H, W) with 1 = known pixel and 0 = hole, latents z (B, z_dim).
     H and W must be multiples of ``img_resolution`` (the 512 network runs on 1024 input)."""
 
-    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, synthesis_kwargs={},
-                 mapping_kwargs={}):
+    def __init__(
+        self,
+        z_dim,
+        c_dim,
+        w_dim,
+        img_resolution,
+        img_channels,
+        synthesis_kwargs=None,
+        mapping_kwargs=None,
+    ):
         super().__init__()
+        synthesis_kwargs = synthesis_kwargs or {}
+        mapping_kwargs = mapping_kwargs or {}
         self.z_dim = z_dim
         self.c_dim = c_dim
         self.w_dim = w_dim
         self.img_resolution = img_resolution
         self.img_channels = img_channels
-        self.synthesis = SynthesisNet(w_dim=w_dim, img_resolution=img_resolution,
-                                      img_channels=img_channels, **synthesis_kwargs)
-        self.mapping = MappingNet(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim,
-                                  num_ws=self.synthesis.num_layers, **mapping_kwargs)
+        self.synthesis = SynthesisNet(
+            w_dim=w_dim,
+            img_resolution=img_resolution,
+            img_channels=img_channels,
+            **synthesis_kwargs,
+        )
+        self.mapping = MappingNet(
+            z_dim=z_dim,
+            c_dim=c_dim,
+            w_dim=w_dim,
+            num_ws=self.synthesis.num_layers,
+            **mapping_kwargs,
+        )
 
     @property
     def use_noise(self) -> bool:
         return self.synthesis.use_noise
 
-    def forward(self, images_in, masks_in, z, c, truncation_psi=1, truncation_cutoff=None,
-                skip_w_avg_update=False, noise_mode="random", return_stg1=False):
+    def forward(
+        self,
+        images_in,
+        masks_in,
+        z,
+        c,
+        truncation_psi=1,
+        truncation_cutoff=None,
+        skip_w_avg_update=False,
+        noise_mode="random",
+        return_stg1=False,
+    ):
         self._check_inputs(images_in, masks_in, z, noise_mode)
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
-                          skip_w_avg_update=skip_w_avg_update)
-        return self.synthesis(images_in, masks_in, ws, noise_mode=noise_mode, return_stg1=return_stg1)
+        ws = self.mapping(
+            z,
+            c,
+            truncation_psi=truncation_psi,
+            truncation_cutoff=truncation_cutoff,
+            skip_w_avg_update=skip_w_avg_update,
+        )
+        return self.synthesis(
+            images_in, masks_in, ws, noise_mode=noise_mode, return_stg1=return_stg1
+        )
 
     def _check_inputs(self, images, masks, z, noise_mode):
         """Shape, dtype and device checks that cost no device sync."""
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}; got {noise_mode!r}")
-        if not (torch.is_tensor(images) and images.ndim == 4 and images.shape[1] == self.img_channels):
-            raise ValueError(f"images_in must be a (B, {self.img_channels}, H, W) tensor; got "
-                             f"{tuple(images.shape) if torch.is_tensor(images) else type(images)}")
+        if not (
+            torch.is_tensor(images) and images.ndim == 4 and images.shape[1] == self.img_channels
+        ):
+            raise ValueError(
+                f"images_in must be a (B, {self.img_channels}, H, W) tensor; got "
+                f"{tuple(images.shape) if torch.is_tensor(images) else type(images)}"
+            )
         B, _, H, W = images.shape
         if not (torch.is_tensor(masks) and tuple(masks.shape) == (B, 1, H, W)):
-            raise ValueError(f"masks_in must be a (B, 1, H, W) = {(B, 1, H, W)} tensor; got "
-                             f"{tuple(masks.shape) if torch.is_tensor(masks) else type(masks)}")
+            raise ValueError(
+                f"masks_in must be a (B, 1, H, W) = {(B, 1, H, W)} tensor; got "
+                f"{tuple(masks.shape) if torch.is_tensor(masks) else type(masks)}"
+            )
         r = self.img_resolution
         if H == 0 or W == 0 or H % r or W % r:
             raise ValueError(
                 f"this Generator (img_resolution={r}) needs height and width that are positive "
                 f"multiples of {r}; got {H}x{W}. Pad the image first (mat_fast.Inpainter pads "
-                f"and crops for you)")
+                f"and crops for you)"
+            )
         param = self.synthesis.first_stage.conv_first.conv.weight  # (the style path stays fp32)
         for name, t in (("images_in", images), ("masks_in", masks)):
             if not t.is_floating_point():
                 raise TypeError(f"{name} must be a floating-point tensor; got {t.dtype}")
             if t.dtype != param.dtype:
-                raise TypeError(f"{name} is {t.dtype} but the Generator's weights are "
-                                f"{param.dtype}; convert one of them (e.g. G.to({t.dtype}))")
+                raise TypeError(
+                    f"{name} is {t.dtype} but the Generator's weights are "
+                    f"{param.dtype}; convert one of them (e.g. G.to({t.dtype}))"
+                )
             if t.device != param.device:
-                raise ValueError(f"{name} is on {t.device} but the Generator is on "
-                                 f"{param.device}; move one of them (e.g. tensor.to('{param.device}'))")
+                raise ValueError(
+                    f"{name} is on {t.device} but the Generator is on "
+                    f"{param.device}; move one of them (e.g. tensor.to('{param.device}'))"
+                )
         if self.z_dim > 0 and (not torch.is_tensor(z) or tuple(z.shape) != (B, self.z_dim)):
-            raise ValueError(f"z must be a ({B}, {self.z_dim}) tensor; got "
-                             f"{tuple(z.shape) if torch.is_tensor(z) else type(z)}")
+            raise ValueError(
+                f"z must be a ({B}, {self.z_dim}) tensor; got "
+                f"{tuple(z.shape) if torch.is_tensor(z) else type(z)}"
+            )

@@ -49,8 +49,16 @@ class StyleCanStayFp32:
 class FullyConnectedLayer(StyleCanStayFp32, nn.Module):
     """Linear layer with equalised learning rate and an optional fused activation."""
 
-    def __init__(self, in_features, out_features, bias=True, activation="linear",
-                 lr_multiplier=1.0, bias_init=0.0, keep_fp32=False):
+    def __init__(
+        self,
+        in_features,
+        out_features,
+        bias=True,
+        activation="linear",
+        lr_multiplier=1.0,
+        bias_init=0.0,
+        keep_fp32=False,
+    ):
         super().__init__()
         self.keep_fp32 = keep_fp32
         self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
@@ -73,9 +81,20 @@ class FullyConnectedLayer(StyleCanStayFp32, nn.Module):
 class Conv2dLayer(StyleCanStayFp32, nn.Module):
     """Convolution with equalised learning rate, FIR up/down-sampling, bias and activation."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, bias=True, activation="linear",
-                 up=1, down=1, resample_filter=(1, 3, 3, 1), conv_clamp=None, trainable=True,
-                 keep_fp32=False):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        bias=True,
+        activation="linear",
+        up=1,
+        down=1,
+        resample_filter=(1, 3, 3, 1),
+        conv_clamp=None,
+        trainable=True,
+        keep_fp32=False,
+    ):
         super().__init__()
         self.keep_fp32 = keep_fp32
         self.activation = activation
@@ -98,25 +117,48 @@ class Conv2dLayer(StyleCanStayFp32, nn.Module):
     def convolve(self, x: torch.Tensor) -> torch.Tensor:
         """The (resampled) convolution alone, before bias and activation."""
         w = self.weight * self.weight_gain
-        return ops.conv2d_resample(x.to(w.dtype), w, self.resample_filter, up=self.up, down=self.down,
-                                   padding=self.padding)
+        return ops.conv2d_resample(
+            x.to(w.dtype), w, self.resample_filter, up=self.up, down=self.down, padding=self.padding
+        )
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         x = self.convolve(x)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return ops.bias_act(x, self.bias, act=self.activation, gain=self.act_gain * gain,
-                            clamp=clamp, inplace=True)  # x: the conv's own output
+        return ops.bias_act(
+            x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp, inplace=True
+        )  # x: the conv's own output
 
 
 class Conv2dLayerPartial(nn.Module):
     """Partial convolution (Liu et al. 2018): convolve, then re-weight each output by the
     share of valid inputs under the kernel; the output pixel is valid if any input was."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, bias=True, activation="linear",
-                 up=1, down=1, resample_filter=(1, 3, 3, 1), conv_clamp=None, trainable=True):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        bias=True,
+        activation="linear",
+        up=1,
+        down=1,
+        resample_filter=(1, 3, 3, 1),
+        conv_clamp=None,
+        trainable=True,
+    ):
         super().__init__()
-        self.conv = Conv2dLayer(in_channels, out_channels, kernel_size, bias, activation, up,
-                                down, resample_filter, conv_clamp, trainable)
+        self.conv = Conv2dLayer(
+            in_channels,
+            out_channels,
+            kernel_size,
+            bias,
+            activation,
+            up,
+            down,
+            resample_filter,
+            conv_clamp,
+            trainable,
+        )
         self.kernel_size = kernel_size
         self.stride = down
         self.padding = kernel_size // 2 if kernel_size % 2 == 1 else 0
@@ -126,12 +168,23 @@ class Conv2dLayerPartial(nn.Module):
             return self.conv(x), None
         conv = self.conv
         if conv.activation not in _EPILOGUE_SLOPE:  # (MAT only uses lrelu here)
-            update_mask, ratio = ops.partial_conv_mask(mask, self.kernel_size, self.stride, self.padding)
+            update_mask, ratio = ops.partial_conv_mask(
+                mask, self.kernel_size, self.stride, self.padding
+            )
             return conv(x) * ratio, update_mask
         # conv(x) * ratio: the mask update, bias, activation, gain, clamp and ratio in one op.
-        return ops.partial_conv_fused(conv.convolve(x), conv.bias, mask, self.kernel_size,
-                                      self.stride, self.padding, conv.act_gain,
-                                      _EPILOGUE_SLOPE[conv.activation], conv.conv_clamp, inplace=True)
+        return ops.partial_conv_fused(
+            conv.convolve(x),
+            conv.bias,
+            mask,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            conv.act_gain,
+            _EPILOGUE_SLOPE[conv.activation],
+            conv.conv_clamp,
+            inplace=True,
+        )
 
 
 # Leaky-ReLU slope that makes the partial-conv epilogue compute each activation.
@@ -141,13 +194,25 @@ _EPILOGUE_SLOPE = {"lrelu": 0.2, "linear": 1.0}
 class ModulatedConv2d(nn.Module):
     """Convolution whose weights are scaled per sample by a style vector (then demodulated)."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, style_dim, demodulate=True,
-                 up=1, down=1, resample_filter=(1, 3, 3, 1), conv_clamp=None):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        style_dim,
+        demodulate=True,
+        up=1,
+        down=1,
+        resample_filter=(1, 3, 3, 1),
+        conv_clamp=None,
+    ):
         super().__init__()
         if down != 1:
             raise ValueError("ModulatedConv2d in MAT never downsamples")
         self.demodulate = demodulate
-        self.weight = nn.Parameter(torch.randn([1, out_channels, in_channels, kernel_size, kernel_size]))
+        self.weight = nn.Parameter(
+            torch.randn([1, out_channels, in_channels, kernel_size, kernel_size])
+        )
         self.out_channels = out_channels
         self.kernel_size = kernel_size
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
@@ -160,9 +225,15 @@ class ModulatedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         styles = self.affine(style)  # (B, Cin)
-        return ops.modulated_conv2d(x, self.weight * self.weight_gain, styles, self.demodulate,
-                                    up=self.up, padding=self.padding,
-                                    resample_filter=self.resample_filter)
+        return ops.modulated_conv2d(
+            x,
+            self.weight * self.weight_gain,
+            styles,
+            self.demodulate,
+            up=self.up,
+            padding=self.padding,
+            resample_filter=self.resample_filter,
+        )
 
 
 NOISE_MODES = ("random", "const", "none")
@@ -171,13 +242,31 @@ NOISE_MODES = ("random", "const", "none")
 class StyleConv(nn.Module):
     """Modulated conv + per-pixel noise + bias + lrelu: one StyleGAN2 synthesis layer."""
 
-    def __init__(self, in_channels, out_channels, style_dim, resolution, kernel_size=3, up=1,
-                 use_noise=True, activation="lrelu", resample_filter=(1, 3, 3, 1),
-                 conv_clamp=None, demodulate=True):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        style_dim,
+        resolution,
+        kernel_size=3,
+        up=1,
+        use_noise=True,
+        activation="lrelu",
+        resample_filter=(1, 3, 3, 1),
+        conv_clamp=None,
+        demodulate=True,
+    ):
         super().__init__()
-        self.conv = ModulatedConv2d(in_channels, out_channels, kernel_size, style_dim,
-                                    demodulate=demodulate, up=up,
-                                    resample_filter=resample_filter, conv_clamp=conv_clamp)
+        self.conv = ModulatedConv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            style_dim,
+            demodulate=demodulate,
+            up=up,
+            resample_filter=resample_filter,
+            conv_clamp=conv_clamp,
+        )
         self.use_noise = use_noise
         self.resolution = resolution
         if use_noise:
@@ -188,8 +277,9 @@ class StyleConv(nn.Module):
         self.act_gain = ops.default_gain(activation)
         self.conv_clamp = conv_clamp
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, noise_mode: str = "random",
-                gain: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, style: torch.Tensor, noise_mode: str = "random", gain: float = 1.0
+    ) -> torch.Tensor:
         x = self.conv(x, style)  # a temporary: the noise is added in place
         if self.use_noise and noise_mode == "random":
             # Drawn from the global generator in fp32 like upstream, so seeds reproduce it.
@@ -204,19 +294,34 @@ class StyleConv(nn.Module):
                 )
             x = x.add_((self.noise_const * self.noise_strength).to(x.dtype))
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return ops.bias_act(x, self.bias, act=self.activation, gain=self.act_gain * gain,
-                            clamp=clamp, inplace=True)  # x: this layer's own temporary
+        return ops.bias_act(
+            x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp, inplace=True
+        )  # x: this layer's own temporary
 
 
 class ToRGB(nn.Module):
     """1x1 modulated conv to image channels, added to the upsampled image of the last scale."""
 
-    def __init__(self, in_channels, out_channels, style_dim, kernel_size=1,
-                 resample_filter=(1, 3, 3, 1), conv_clamp=None, demodulate=False):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        style_dim,
+        kernel_size=1,
+        resample_filter=(1, 3, 3, 1),
+        conv_clamp=None,
+        demodulate=False,
+    ):
         super().__init__()
-        self.conv = ModulatedConv2d(in_channels, out_channels, kernel_size, style_dim,
-                                    demodulate=demodulate, resample_filter=resample_filter,
-                                    conv_clamp=conv_clamp)
+        self.conv = ModulatedConv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            style_dim,
+            demodulate=demodulate,
+            resample_filter=resample_filter,
+            conv_clamp=conv_clamp,
+        )
         self.bias = nn.Parameter(torch.zeros([out_channels]))
         self.register_buffer("resample_filter", ops.setup_filter(resample_filter))
         self.conv_clamp = conv_clamp
@@ -238,8 +343,19 @@ class MappingNet(StyleCanStayFp32, nn.Module):
     """z (and label c) -> intermediate latent w, broadcast to ``num_ws`` layers, with
     truncation towards the tracked average ``w_avg``."""
 
-    def __init__(self, z_dim, c_dim, w_dim, num_ws, num_layers=8, embed_features=None,
-                 layer_features=None, activation="lrelu", lr_multiplier=0.01, w_avg_beta=0.995):
+    def __init__(
+        self,
+        z_dim,
+        c_dim,
+        w_dim,
+        num_ws,
+        num_layers=8,
+        embed_features=None,
+        layer_features=None,
+        activation="lrelu",
+        lr_multiplier=0.01,
+        w_avg_beta=0.995,
+    ):
         super().__init__()
         self.keep_fp32 = True  # (half models: w stays fp32, see StyleCanStayFp32)
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
@@ -256,8 +372,9 @@ class MappingNet(StyleCanStayFp32, nn.Module):
         if c_dim > 0:
             self.embed = FullyConnectedLayer(c_dim, embed_features)
         for idx in range(num_layers):
-            layer = FullyConnectedLayer(features[idx], features[idx + 1], activation=activation,
-                                        lr_multiplier=lr_multiplier)
+            layer = FullyConnectedLayer(
+                features[idx], features[idx + 1], activation=activation, lr_multiplier=lr_multiplier
+            )
             setattr(self, f"fc{idx}", layer)
         if num_ws is not None and w_avg_beta is not None:
             self.register_buffer("w_avg", torch.zeros([w_dim]))

@@ -54,8 +54,13 @@ class WindowAttention(nn.Module):
         self.v = FullyConnectedLayer(dim, dim)
         self.proj = FullyConnectedLayer(dim, dim)
 
-    def forward(self, x: torch.Tensor, x_size: Tuple[int, int], mask: Optional[torch.Tensor],
-                shift_size: int = 0):
+    def forward(
+        self,
+        x: torch.Tensor,
+        x_size: Tuple[int, int],
+        mask: Optional[torch.Tensor],
+        shift_size: int = 0,
+    ):
         """x (B, H*W, C), mask (B, H*W, 1) or None -> (attended x, updated mask)."""
         # q, k, v and proj are per-token, so projecting before the window partition
         # (inside the op) gives the same numbers as upstream projecting after it. The op
@@ -63,8 +68,9 @@ class WindowAttention(nn.Module):
         projections = (self.q, self.k, self.v)
         weight = torch.cat([fc.weight * fc.weight_gain for fc in projections])  # (3C, C)
         bias = torch.cat([fc.bias * fc.bias_gain for fc in projections])  # (3C,)
-        out, mask = ops.window_attention_qkv(x, weight, bias, mask, x_size, self.window_size,
-                                             shift_size, self.num_heads)
+        out, mask = ops.window_attention_qkv(
+            x, weight, bias, mask, x_size, self.window_size, shift_size, self.num_heads
+        )
         return self.proj(out), mask
 
 
@@ -72,8 +78,17 @@ class SwinTransformerBlock(nn.Module):
     """Contextual attention + fusion of the shortcut by concatenation + MLP (no LayerNorm:
     MAT drops it, paper Sec. 3.2)."""
 
-    def __init__(self, dim, input_resolution, num_heads, down_ratio=1, window_size=7,
-                 shift_size=0, mlp_ratio=4.0, **_unused):
+    def __init__(
+        self,
+        dim,
+        input_resolution,
+        num_heads,
+        down_ratio=1,
+        window_size=7,
+        shift_size=0,
+        mlp_ratio=4.0,
+        **_unused,
+    ):
         super().__init__()
         self.dim = dim
         self.input_resolution = tuple(input_resolution)
@@ -95,8 +110,9 @@ class SwinTransformerBlock(nn.Module):
         attn_mask = None
         if self.shift_size > 0:
             H, W = self.input_resolution
-            attn_mask = shift_region_mask(H, W, self.window_size, self.shift_size, "cpu",
-                                          torch.float32).clone()  # cached: never share
+            attn_mask = shift_region_mask(
+                H, W, self.window_size, self.shift_size, "cpu", torch.float32
+            ).clone()  # cached: never share
         self.register_buffer("attn_mask", attn_mask)
 
     def forward(self, x: torch.Tensor, x_size, mask: Optional[torch.Tensor] = None):
@@ -113,8 +129,9 @@ class PatchMerging(nn.Module):
 
     def __init__(self, in_channels, out_channels, down=2):
         super().__init__()
-        self.conv = Conv2dLayerPartial(in_channels, out_channels, kernel_size=3,
-                                       activation="lrelu", down=down)
+        self.conv = Conv2dLayerPartial(
+            in_channels, out_channels, kernel_size=3, activation="lrelu", down=down
+        )
         self.down = down
 
     def forward(self, x, x_size, mask=None):
@@ -131,8 +148,9 @@ class PatchUpsampling(nn.Module):
 
     def __init__(self, in_channels, out_channels, up=2):
         super().__init__()
-        self.conv = Conv2dLayerPartial(in_channels, out_channels, kernel_size=3,
-                                       activation="lrelu", up=up)
+        self.conv = Conv2dLayerPartial(
+            in_channels, out_channels, kernel_size=3, activation="lrelu", up=up
+        )
         self.up = up
 
     def forward(self, x, x_size, mask=None):
@@ -148,20 +166,37 @@ class BasicLayer(nn.Module):
     """One transformer stage: optional resampling, ``depth`` blocks alternating plain and
     shifted windows, then a partial conv with a residual connection."""
 
-    def __init__(self, dim, input_resolution, depth, num_heads, window_size, down_ratio=1,
-                 mlp_ratio=2.0, downsample=None, **_unused):
+    def __init__(
+        self,
+        dim,
+        input_resolution,
+        depth,
+        num_heads,
+        window_size,
+        down_ratio=1,
+        mlp_ratio=2.0,
+        downsample=None,
+        **_unused,
+    ):
         super().__init__()
         self.dim = dim
         self.input_resolution = input_resolution
         self.depth = depth
         self.downsample = downsample
-        self.blocks = nn.ModuleList([
-            SwinTransformerBlock(dim, input_resolution, num_heads, down_ratio=down_ratio,
-                                 window_size=window_size,
-                                 shift_size=0 if i % 2 == 0 else window_size // 2,
-                                 mlp_ratio=mlp_ratio)
-            for i in range(depth)
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                SwinTransformerBlock(
+                    dim,
+                    input_resolution,
+                    num_heads,
+                    down_ratio=down_ratio,
+                    window_size=window_size,
+                    shift_size=0 if i % 2 == 0 else window_size // 2,
+                    mlp_ratio=mlp_ratio,
+                )
+                for i in range(depth)
+            ]
+        )
         self.conv = Conv2dLayerPartial(dim, dim, kernel_size=3, activation="lrelu")
 
     def forward(self, x, x_size, mask=None):

@@ -41,16 +41,31 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from .native_sources import (AOT_DIGEST_FILE, HASHED_SUFFIXES, cuda_arch_list, hash_sources,
-                             source_digest)
+from .native_sources import (
+    AOT_DIGEST_FILE,
+    HASHED_SUFFIXES,
+    cuda_arch_list,
+    hash_sources,
+    source_digest,
+)
 
 try:  # POSIX; elsewhere the atomic rename alone keeps concurrent builds safe
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["LIBRARY", "BuildConfig", "NativeBuildError", "build", "cache_root", "is_loaded",
-           "kernel_dir", "load", "probe", "require"]
+__all__ = [
+    "LIBRARY",
+    "BuildConfig",
+    "NativeBuildError",
+    "build",
+    "cache_root",
+    "is_loaded",
+    "kernel_dir",
+    "load",
+    "probe",
+    "require",
+]
 
 log = logging.getLogger("mat_fast")
 
@@ -122,11 +137,14 @@ class BuildConfig:
         if kernels is None:
             raise NativeBuildError(
                 "the mat_fast kernel sources are missing (neither kernels/ in a source tree nor "
-                "mat_fast/_kernels/ in the installed package); reinstall mat_fast")
+                "mat_fast/_kernels/ in the installed package); reinstall mat_fast"
+            )
         from torch.utils import cpp_extension
 
         has_cu = any(kernels.glob("*.cu"))
-        with_cuda = torch.version.cuda is not None and has_cu and cpp_extension.CUDA_HOME is not None
+        with_cuda = (
+            torch.version.cuda is not None and has_cu and cpp_extension.CUDA_HOME is not None
+        )
         cflags: List[str] = []
         ldflags: List[str] = []
         if os.name != "nt":
@@ -135,16 +153,24 @@ class BuildConfig:
             # at::parallel_for is header code: without -fopenmp it runs on one thread.
             cflags.append("-fopenmp")
             ldflags.append("-fopenmp")
-        return cls(kernels=kernels, cache=cache_root(), with_cuda=with_cuda,
-                   cuda_arch_list=cuda_arch_list() if with_cuda else "",
-                   cflags=tuple(cflags), cuda_cflags=("-O3",) if with_cuda else (),
-                   ldflags=tuple(ldflags))
+        return cls(
+            kernels=kernels,
+            cache=cache_root(),
+            with_cuda=with_cuda,
+            cuda_arch_list=cuda_arch_list() if with_cuda else "",
+            cflags=tuple(cflags),
+            cuda_cflags=("-O3",) if with_cuda else (),
+            ldflags=tuple(ldflags),
+        )
 
     def files(self) -> List[Path]:
         """The sources the build reads (CUDA ones only when building with CUDA)."""
         skip = () if self.with_cuda else (".cu", ".cuh")
-        return sorted(p for p in self.kernels.iterdir()
-                      if p.suffix in HASHED_SUFFIXES and p.suffix not in skip)
+        return sorted(
+            p
+            for p in self.kernels.iterdir()
+            if p.suffix in HASHED_SUFFIXES and p.suffix not in skip
+        )
 
     def sources(self) -> List[str]:
         """Translation units (file names): the .cpp files, plus the .cu files with CUDA."""
@@ -158,9 +184,19 @@ class BuildConfig:
 
     def key(self, sources: Optional[Dict[str, bytes]] = None) -> str:
         h = hash_sources(sources or self.read_sources())
-        meta = [torch.__version__, str(torch.version.cuda), self.with_cuda, self.cuda_arch_list,
-                self.cflags, self.cuda_cflags, self.ldflags, sys.version_info[:2],
-                platform.machine(), sys.platform, os.environ.get("CXX", "")]
+        meta = [
+            torch.__version__,
+            str(torch.version.cuda),
+            self.with_cuda,
+            self.cuda_arch_list,
+            self.cflags,
+            self.cuda_cflags,
+            self.ldflags,
+            sys.version_info[:2],
+            platform.machine(),
+            sys.platform,
+            os.environ.get("CXX", ""),
+        ]
         h.update(json.dumps(meta, default=str).encode())
         return h.hexdigest()[:20]
 
@@ -223,8 +259,10 @@ def _preflight() -> Optional[str]:
         return "building the native kernels needs ninja (pip install ninja)"
     compiler = os.environ.get("CXX", "cl" if os.name == "nt" else "c++")
     if shutil.which(compiler) is None:
-        return (f"building the native kernels needs a C++ compiler; {compiler!r} is not on PATH "
-                "(set CXX)")
+        return (
+            f"building the native kernels needs a C++ compiler; {compiler!r} is not on PATH "
+            "(set CXX)"
+        )
     return None
 
 
@@ -250,32 +288,48 @@ def build(config: Optional[BuildConfig] = None) -> Path:
             return library
         tmp = Path(tempfile.mkdtemp(prefix=f".{LIBRARY}-{key}-", dir=config.cache))
         log_path = tmp / "build.log"
-        log.warning("mat_fast: compiling the native kernels (once per machine and torch "
-                    "version, about a minute); log: %s (%s if it fails)",
-                    final / "build.log", failed_log)
+        log.warning(
+            "mat_fast: compiling the native kernels (once per machine and torch "
+            "version, about a minute); log: %s (%s if it fails)",
+            final / "build.log",
+            failed_log,
+        )
         try:
             src = tmp / "src"
             src.mkdir()
             for name, data in snapshot.items():  # the very bytes the key hashed
                 (src / name).write_bytes(data)
-            spec = dict(name=LIBRARY, sources=[str(src / name) for name in config.sources()],
-                        build_directory=str(tmp), extra_include_paths=[str(src)],
-                        extra_cflags=list(config.cflags), extra_ldflags=list(config.ldflags),
-                        extra_cuda_cflags=list(config.cuda_cflags), with_cuda=config.with_cuda)
+            spec = dict(
+                name=LIBRARY,
+                sources=[str(src / name) for name in config.sources()],
+                build_directory=str(tmp),
+                extra_include_paths=[str(src)],
+                extra_cflags=list(config.cflags),
+                extra_ldflags=list(config.ldflags),
+                extra_cuda_cflags=list(config.cuda_cflags),
+                with_cuda=config.with_cuda,
+            )
             env = dict(os.environ)
             if config.with_cuda and config.cuda_arch_list:
                 env["TORCH_CUDA_ARCH_LIST"] = config.cuda_arch_list
             with open(log_path, "w") as log_file:
                 log_file.write(f"# mat_fast_native build, key {key}, torch {torch.__version__}\n")
                 log_file.flush()
-                result = subprocess.run([sys.executable, "-c", _BUILD_SCRIPT, json.dumps(spec)],
-                                        stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp,
-                                        env=env, stdin=subprocess.DEVNULL)
+                result = subprocess.run(
+                    [sys.executable, "-c", _BUILD_SCRIPT, json.dumps(spec)],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    cwd=tmp,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                )
             if result.returncode != 0 or not _library_file(tmp).is_file():
                 shutil.copyfile(log_path, failed_log)
                 raise NativeBuildError(
                     f"compiling the native kernels failed; the compiler's output ends with:\n"
-                    f"{_log_tail(failed_log)}\n(full log: {failed_log})", failed_log)
+                    f"{_log_tail(failed_log)}\n(full log: {failed_log})",
+                    failed_log,
+                )
             if final.exists() and not library.is_file():  # a stale, incomplete entry
                 shutil.rmtree(final)
             try:
@@ -299,6 +353,7 @@ def _prune_cache(cache: Path, keep: Path) -> None:
     ABANDONED_AFTER_S by killed builds. Builds in progress are hidden temporary directories
     younger than that and are never touched; a process that already loaded a removed
     library keeps its mapping, and one that needs it again rebuilds it."""
+
     def last_use(path: Path) -> Optional[float]:
         try:
             return path.stat().st_mtime
@@ -309,7 +364,7 @@ def _prune_cache(cache: Path, keep: Path) -> None:
     # same time may remove entries under our feet.
     used = [(last_use(p), p) for p in cache.glob(f"{LIBRARY}-*") if p.is_dir() and p != keep]
     entries = [p for t, p in sorted((u for u in used if u[0] is not None), reverse=True)]
-    for old in entries[CACHE_ENTRIES_KEPT - 1:]:
+    for old in entries[CACHE_ENTRIES_KEPT - 1 :]:
         trash = cache / f".trash-{old.name}-{os.getpid()}"
         try:
             os.rename(old, trash)  # atomic: no one sees a half-deleted entry
@@ -373,15 +428,23 @@ def _load_aot() -> bool:
     stale = _aot_staleness(spec.origin)
     if stale is not None:
         # Checked before importing: an imported library's operators cannot be replaced.
-        log.warning("mat_fast: ignoring the prebuilt %s: %s. The kernels are built just in "
-                    "time instead; to prebuild them again, reinstall with MAT_FAST_BUILD_EXT=1 "
-                    "(see the README)", AOT_MODULE, stale)
+        log.warning(
+            "mat_fast: ignoring the prebuilt %s: %s. The kernels are built just in "
+            "time instead; to prebuild them again, reinstall with MAT_FAST_BUILD_EXT=1 "
+            "(see the README)",
+            AOT_MODULE,
+            stale,
+        )
         return False
     try:
         importlib.import_module(AOT_MODULE)
     except Exception as err:  # noqa: BLE001 - e.g. built against another torch: JIT instead
-        log.info("mat_fast: ignoring the prebuilt %s (%s: %s); building the kernels instead",
-                 AOT_MODULE, type(err).__name__, err)
+        log.info(
+            "mat_fast: ignoring the prebuilt %s (%s: %s); building the kernels instead",
+            AOT_MODULE,
+            type(err).__name__,
+            err,
+        )
         return False
     return True
 
@@ -414,8 +477,9 @@ def load() -> str:
         _failures[identity] = error.reason
         # Once per configuration, where default logging shows it: under 'auto' the backend
         # falls back without raising, and this is how users learn why it is slow.
-        log.warning("mat_fast: the native kernels ('cpu'/'cuda' backends) are unavailable: %s",
-                    error.reason)
+        log.warning(
+            "mat_fast: the native kernels ('cpu'/'cuda' backends) are unavailable: %s", error.reason
+        )
         raise error
 
 

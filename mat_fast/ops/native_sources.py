@@ -62,17 +62,28 @@ def cuda_arch_list() -> str:
 @functools.lru_cache(maxsize=None)
 def _visible_gpu_archs() -> str:
     if torch.cuda.is_initialized():
-        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        caps = sorted(
+            {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+        )
     else:
         # Asking here would create a CUDA context (hundreds of MB of GPU memory, and forked
         # workers could no longer use CUDA) in a process that may only want the 'cpu'
         # backend: a child process asks instead, once per process.
         try:
-            proc = subprocess.run([sys.executable, "-c", _CAPABILITY_SCRIPT], capture_output=True,
-                                  text=True, timeout=300, check=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", _CAPABILITY_SCRIPT],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=True,
+            )
             caps = [tuple(cap) for cap in json.loads(proc.stdout.strip().splitlines()[-1])]
         except (OSError, ValueError, IndexError, subprocess.SubprocessError) as err:
-            log.info("mat_fast: could not query the GPUs' architectures (%s: %s); the CUDA "
-                     "kernels will be built for every architecture torch knows", type(err).__name__, err)
+            log.info(
+                "mat_fast: could not query the GPUs' architectures (%s: %s); the CUDA "
+                "kernels will be built for every architecture torch knows",
+                type(err).__name__,
+                err,
+            )
             return ""
     return ";".join(f"{major}.{minor}" for major, minor in caps)

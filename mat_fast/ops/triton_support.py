@@ -73,18 +73,22 @@ def check_device(op: str, *tensors: Optional[torch.Tensor], interpreted: bool) -
     device = present[0].device
     for t in present[1:]:
         if t.device != device:
-            raise ValueError(f"{op}: all tensors must be on one device; got {device} and {t.device}")
+            raise ValueError(
+                f"{op}: all tensors must be on one device; got {device} and {t.device}"
+            )
     if device.type == "cuda":
         if interpreted:
             raise ValueError(
                 f"{op}: the Triton kernels were imported under TRITON_INTERPRET=1 and only run on "
-                "CPU tensors in this process; unset it before importing mat_fast's kernels")
+                "CPU tensors in this process; unset it before importing mat_fast's kernels"
+            )
         return device
     if device.type == "cpu":
         if not interpreted:
             raise ValueError(
                 f"{op}: Triton kernels need CUDA tensors (CPU tensors only under TRITON_INTERPRET=1, "
-                "set before the kernels are first used); use the 'reference' or 'cpu' backend")
+                "set before the kernels are first used); use the 'reference' or 'cpu' backend"
+            )
         return device
     raise ValueError(f"{op}: Triton kernels do not run on {device.type} tensors")
 

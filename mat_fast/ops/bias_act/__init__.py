@@ -41,7 +41,9 @@ def bias_act(
     if act not in ACTIVATIONS:
         raise ValueError(f"unknown activation {act!r}; choose one of {sorted(ACTIVATIONS)}")
     if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[dim]):
-        raise ValueError(f"bias of shape {tuple(b.shape)} does not fit dim {dim} of {tuple(x.shape)}")
+        raise ValueError(
+            f"bias of shape {tuple(b.shape)} does not fit dim {dim} of {tuple(x.shape)}"
+        )
     op = "bias_act_inplace" if inplace else "bias_act"
     fn = backend.implementation(op, x.device, backend_name)
     return fn(x, b, dim, act, alpha, gain, clamp)

@@ -75,8 +75,9 @@ def bias_act_cpu_(
 ) -> torch.Tensor:
     """:func:`bias_act_cpu` that writes the result into ``x`` (unless autograd needs x or
     the activation has no in-place form: then a new tensor)."""
-    if act not in _INPLACE or (torch.is_grad_enabled() and (x.requires_grad or (
-            b is not None and b.requires_grad))):
+    if act not in _INPLACE or (
+        torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad))
+    ):
         return bias_act_cpu(x, b, dim, act, alpha, gain, clamp)
     alpha, gain, clamp = resolve_defaults(act, alpha, gain, clamp)
     if b is not None:

@@ -31,11 +31,14 @@ def _spec(act: str):
     try:
         return ACTIVATIONS[act]
     except KeyError:
-        raise ValueError(f"unknown activation {act!r}; choose one of {sorted(ACTIVATIONS)}") from None
+        raise ValueError(
+            f"unknown activation {act!r}; choose one of {sorted(ACTIVATIONS)}"
+        ) from None
 
 
-def resolve_defaults(act: str, alpha: Optional[float], gain: Optional[float],
-                     clamp: Optional[float]):
+def resolve_defaults(
+    act: str, alpha: Optional[float], gain: Optional[float], clamp: Optional[float]
+):
     """(alpha, gain, clamp) with the activation's defaults filled in; clamp None when off
     (None or negative)."""
     _, def_alpha, def_gain = _spec(act)

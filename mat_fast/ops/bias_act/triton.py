@@ -34,11 +34,15 @@ _OP = "bias_act (triton)"
 def _layout(x: torch.Tensor, dim: int) -> Tuple[torch.Tensor, int]:
     """x in a dense layout and ``inner``: elements between consecutive channels in memory
     (channels_last maps with the bias on dim 1 stay as they are, inner = 1)."""
-    if dim == 1 and x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-            and not x.is_contiguous():
+    if (
+        dim == 1
+        and x.ndim == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    ):
         return x, 1
     x = x.contiguous()
-    return x, math.prod(x.shape[dim + 1:])
+    return x, math.prod(x.shape[dim + 1 :])
 
 
 def _alloc_like(x: torch.Tensor) -> torch.Tensor:
@@ -55,20 +59,43 @@ def _launch(kernel, x, bias, extra, dim, act, alpha, gain, clamp):
     n = x.numel()
     if n == 0:
         return x, [t.contiguous() for t in extra], _alloc_like(x)
-    extra = [t.contiguous(memory_format=torch.channels_last) if inner == 1 and x.ndim == 4 else t.contiguous()
-             for t in extra]
+    extra = [
+        t.contiguous(memory_format=torch.channels_last)
+        if inner == 1 and x.ndim == 4
+        else t.contiguous()
+        for t in extra
+    ]
     out = _alloc_like(x)
     with _device_ctx(x.device):
         kernel[(triton.cdiv(n, _BLOCK),)](
-            x, bias if bias is not None else x, *extra, out, n, x.shape[dim], inner,
-            float(alpha), float(gain), float(clamp if clamp is not None else 0.0),
-            ACT=_ACT_CODES[act], HAS_BIAS=bias is not None, HAS_CLAMP=clamp is not None, BLOCK=_BLOCK)
+            x,
+            bias if bias is not None else x,
+            *extra,
+            out,
+            n,
+            x.shape[dim],
+            inner,
+            float(alpha),
+            float(gain),
+            float(clamp if clamp is not None else 0.0),
+            ACT=_ACT_CODES[act],
+            HAS_BIAS=bias is not None,
+            HAS_CLAMP=clamp is not None,
+            BLOCK=_BLOCK,
+        )
     return x, extra, out
 
 
 @torch.library.custom_op("mat_fast::bias_act_fwd", mutates_args=())
-def _fwd_op(x: torch.Tensor, bias: Optional[torch.Tensor], dim: int, act: str, alpha: float,
-            gain: float, clamp: Optional[float]) -> torch.Tensor:
+def _fwd_op(
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    dim: int,
+    act: str,
+    alpha: float,
+    gain: float,
+    clamp: Optional[float],
+) -> torch.Tensor:
     return _launch(bias_act_fwd_kernel, x, bias, [], dim, act, alpha, gain, clamp)[2]
 
 
@@ -78,8 +105,16 @@ def _fwd_fake(x, bias, dim, act, alpha, gain, clamp):
 
 
 @torch.library.custom_op("mat_fast::bias_act_bwd", mutates_args=())
-def _bwd_op(dy: torch.Tensor, x: torch.Tensor, bias: Optional[torch.Tensor], dim: int, act: str,
-            alpha: float, gain: float, clamp: Optional[float]) -> torch.Tensor:
+def _bwd_op(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    dim: int,
+    act: str,
+    alpha: float,
+    gain: float,
+    clamp: Optional[float],
+) -> torch.Tensor:
     # dy goes in the kernel's argument list after bias (the kernel reads x, bias, dy)
     return _launch(bias_act_bwd_kernel, x, bias, [dy], dim, act, alpha, gain, clamp)[2]
 
@@ -125,7 +160,9 @@ def bias_act_triton(
         raise ValueError(f"{_OP}: dtype {x.dtype} is not supported (float32, float16, bfloat16)")
     dim = dim % x.ndim
     if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[dim]):
-        raise ValueError(f"{_OP}: bias of shape {tuple(b.shape)} does not fit dim {dim} of {tuple(x.shape)}")
+        raise ValueError(
+            f"{_OP}: bias of shape {tuple(b.shape)} does not fit dim {dim} of {tuple(x.shape)}"
+        )
     check_device(_OP, x, b, interpreted=INTERPRETED)
     alpha, gain, clamp = resolve_defaults(act, alpha, gain, clamp)
     return _fwd_op(x, b.contiguous() if b is not None else None, dim, act, alpha, gain, clamp)

@@ -42,24 +42,52 @@ def _activate(b_x, alpha, ACT: tl.constexpr):
 
 
 @triton.jit
-def bias_act_fwd_kernel(x, bias, y, n_elements, n_channels, inner, alpha, gain, clamp,
-                        ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr,
-                        BLOCK: tl.constexpr):
+def bias_act_fwd_kernel(
+    x,
+    bias,
+    y,
+    n_elements,
+    n_channels,
+    inner,
+    alpha,
+    gain,
+    clamp,
+    ACT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_CLAMP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """Grid (cdiv(n, BLOCK),): y = clamp(act(x + bias) * gain) over flat offsets."""
     i_p = tl.program_id(0)
     o_x = i_p.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m_x = o_x < n_elements
     # [BLOCK]
-    b_y = _activate(_pre_activation(x, bias, o_x, m_x, n_channels, inner, HAS_BIAS), alpha, ACT) * gain
+    b_y = (
+        _activate(_pre_activation(x, bias, o_x, m_x, n_channels, inner, HAS_BIAS), alpha, ACT)
+        * gain
+    )
     if HAS_CLAMP:
         b_y = tl.minimum(tl.maximum(b_y, -clamp), clamp)
     tl.store(y + o_x, b_y.to(y.dtype.element_ty), mask=m_x)
 
 
 @triton.jit
-def bias_act_bwd_kernel(x, bias, dy, dx, n_elements, n_channels, inner, alpha, gain, clamp,
-                        ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr,
-                        BLOCK: tl.constexpr):
+def bias_act_bwd_kernel(
+    x,
+    bias,
+    dy,
+    dx,
+    n_elements,
+    n_channels,
+    inner,
+    alpha,
+    gain,
+    clamp,
+    ACT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_CLAMP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """Grid (cdiv(n, BLOCK),): dx = dy * gain * act'(x + bias), zero where the clamp cut
     (the bias gradient is dx summed over all but the channel dimension, done by torch)."""
     i_p = tl.program_id(0)

@@ -10,7 +10,9 @@ from ... import backend
 from .reference import modulated_conv2d_reference
 
 backend.register("modulated_conv2d", "reference", modulated_conv2d_reference)
-backend.register_lazy("modulated_conv2d", "cpu", "mat_fast.ops.modulated_conv.cpu:modulated_conv2d_cpu")
+backend.register_lazy(
+    "modulated_conv2d", "cpu", "mat_fast.ops.modulated_conv.cpu:modulated_conv2d_cpu"
+)
 
 
 def modulated_conv2d(

@@ -30,8 +30,11 @@ def modulated_conv2d_reference(
     # underflow for small styles and their sum overflows for large ones), then cast once;
     # demodulated filters have unit norm, safely in range. fp32 runs exactly as upstream.
     half = x.dtype in (torch.float16, torch.bfloat16)
-    w = weight.float() * styles.float().view(batch, 1, in_channels, 1, 1) if half else \
-        weight * styles.view(batch, 1, in_channels, 1, 1)  # (B, Cout, Cin, k, k)
+    w = (
+        weight.float() * styles.float().view(batch, 1, in_channels, 1, 1)
+        if half
+        else weight * styles.view(batch, 1, in_channels, 1, 1)
+    )  # (B, Cout, Cin, k, k)
     if demodulate:
         dcoefs = (w.pow(2).sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # (B, Cout)
         w = w * dcoefs.view(batch, out_channels, 1, 1, 1)

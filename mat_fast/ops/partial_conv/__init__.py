@@ -8,26 +8,57 @@ from typing import Optional, Tuple
 import torch
 
 from ... import backend
-from .reference import (partial_conv_epilogue_reference, partial_conv_fused_reference,
-                        partial_conv_mask_reference)
+from .reference import (
+    partial_conv_epilogue_reference,
+    partial_conv_fused_reference,
+    partial_conv_mask_reference,
+)
 
 backend.register("partial_conv_mask", "reference", partial_conv_mask_reference)
 backend.register("partial_conv_epilogue", "reference", partial_conv_epilogue_reference)
 # Fast kernels, imported on first use; a missing module means that backend runs the reference.
-backend.register_lazy("partial_conv_mask", "triton", "mat_fast.ops.partial_conv.triton:partial_conv_mask_triton")
-backend.register_lazy("partial_conv_mask", "cpu", "mat_fast.ops.partial_conv.native:partial_conv_mask_native")
-backend.register_lazy("partial_conv_mask", "cuda", "mat_fast.ops.partial_conv.native:partial_conv_mask_native")
-backend.register_lazy("partial_conv_epilogue", "triton", "mat_fast.ops.partial_conv.triton:partial_conv_epilogue_triton")
-backend.register_lazy("partial_conv_epilogue", "cpu", "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native")
-backend.register_lazy("partial_conv_epilogue", "cuda", "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native")
+backend.register_lazy(
+    "partial_conv_mask", "triton", "mat_fast.ops.partial_conv.triton:partial_conv_mask_triton"
+)
+backend.register_lazy(
+    "partial_conv_mask", "cpu", "mat_fast.ops.partial_conv.native:partial_conv_mask_native"
+)
+backend.register_lazy(
+    "partial_conv_mask", "cuda", "mat_fast.ops.partial_conv.native:partial_conv_mask_native"
+)
+backend.register_lazy(
+    "partial_conv_epilogue",
+    "triton",
+    "mat_fast.ops.partial_conv.triton:partial_conv_epilogue_triton",
+)
+backend.register_lazy(
+    "partial_conv_epilogue", "cpu", "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native"
+)
+backend.register_lazy(
+    "partial_conv_epilogue", "cuda", "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native"
+)
 # inplace=True: implementations that may overwrite x (the others are the functional ones).
 backend.register("partial_conv_epilogue_inplace", "reference", partial_conv_epilogue_reference)
-backend.register_lazy("partial_conv_epilogue_inplace", "triton", "mat_fast.ops.partial_conv.triton:partial_conv_epilogue_triton")
-backend.register_lazy("partial_conv_epilogue_inplace", "cpu", "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native_")
-backend.register_lazy("partial_conv_epilogue_inplace", "cuda", "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native")
+backend.register_lazy(
+    "partial_conv_epilogue_inplace",
+    "triton",
+    "mat_fast.ops.partial_conv.triton:partial_conv_epilogue_triton",
+)
+backend.register_lazy(
+    "partial_conv_epilogue_inplace",
+    "cpu",
+    "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native_",
+)
+backend.register_lazy(
+    "partial_conv_epilogue_inplace",
+    "cuda",
+    "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native",
+)
 # Mask update + epilogue in one pass; backends without a fused kernel run the two ops above.
 backend.register("partial_conv_fused", "reference", partial_conv_fused_reference)
-backend.register_lazy("partial_conv_fused", "triton", "mat_fast.ops.partial_conv.triton:partial_conv_fused_triton")
+backend.register_lazy(
+    "partial_conv_fused", "triton", "mat_fast.ops.partial_conv.triton:partial_conv_fused_triton"
+)
 
 
 def partial_conv_mask(
@@ -80,11 +111,14 @@ def partial_conv_epilogue(
         raise ValueError(f"x must have shape (B, C, H, W); got {tuple(x.shape)}")
     B, C, H, W = x.shape
     if bias is not None and tuple(bias.shape) != (C,):
-        raise ValueError(f"bias must have shape ({C},) to match x {tuple(x.shape)}; "
-                         f"got {tuple(bias.shape)}")
+        raise ValueError(
+            f"bias must have shape ({C},) to match x {tuple(x.shape)}; got {tuple(bias.shape)}"
+        )
     if tuple(ratio.shape) != (B, 1, H, W):
-        raise ValueError(f"ratio must have shape {(B, 1, H, W)} to match x {tuple(x.shape)}; "
-                         f"got {tuple(ratio.shape)}")
+        raise ValueError(
+            f"ratio must have shape {(B, 1, H, W)} to match x {tuple(x.shape)}; "
+            f"got {tuple(ratio.shape)}"
+        )
     op = "partial_conv_epilogue_inplace" if inplace else "partial_conv_epilogue"
     fn = backend.implementation(op, x.device, backend_name)
     return fn(x, bias, ratio, float(gain), float(alpha), None if clamp is None else float(clamp))
@@ -112,16 +146,29 @@ def partial_conv_fused(
     if x.ndim != 4:
         raise ValueError(f"x must have shape (B, C, H, W); got {tuple(x.shape)}")
     if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] != x.shape[0]:
-        raise ValueError(f"mask must have shape ({x.shape[0]}, 1, H, W) for x {tuple(x.shape)}; "
-                         f"got {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask must have shape ({x.shape[0]}, 1, H, W) for x {tuple(x.shape)}; "
+            f"got {tuple(mask.shape)}"
+        )
     name = backend.resolve(x.device, backend_name)
     if not backend.has_kernel("partial_conv_fused", x.device, name):  # compose the two ops
         update, ratio = partial_conv_mask(mask, kernel_size, stride, padding, backend_name=name)
-        y = partial_conv_epilogue(x, bias, ratio, gain, alpha, clamp, inplace=inplace, backend_name=name)
+        y = partial_conv_epilogue(
+            x, bias, ratio, gain, alpha, clamp, inplace=inplace, backend_name=name
+        )
         return y, update
     fn = backend.implementation("partial_conv_fused", x.device, name)
-    return fn(x, bias, mask, int(kernel_size), int(stride), int(padding), float(gain), float(alpha),
-              None if clamp is None else float(clamp))
+    return fn(
+        x,
+        bias,
+        mask,
+        int(kernel_size),
+        int(stride),
+        int(padding),
+        float(gain),
+        float(alpha),
+        None if clamp is None else float(clamp),
+    )
 
 
 __all__ = [

@@ -24,8 +24,11 @@ import torch.nn.functional as F
 from .. import native_build
 from .reference import partial_conv_epilogue_reference
 
-__all__ = ["partial_conv_epilogue_native", "partial_conv_epilogue_native_",
-           "partial_conv_mask_native"]
+__all__ = [
+    "partial_conv_epilogue_native",
+    "partial_conv_epilogue_native_",
+    "partial_conv_mask_native",
+]
 
 _OPS = "mat_fast_native::"
 
@@ -69,7 +72,9 @@ def _epilogue_backward(ctx, grad):
     dbias = d_pre.sum((0, 2, 3)).to(bias.dtype) if bias is not None and needs[1] else None
     dratio = None
     if needs[2]:
-        dratio = (grad * F.leaky_relu(pre, ctx.alpha) * ctx.gain).sum(1, keepdim=True).to(ratio.dtype)
+        dratio = (
+            (grad * F.leaky_relu(pre, ctx.alpha) * ctx.gain).sum(1, keepdim=True).to(ratio.dtype)
+        )
     return dx, dbias, dratio, None, None
 
 
@@ -78,8 +83,9 @@ def _register_python_side() -> None:
     torch.library.register_fake(_OPS + "partial_conv_mask")(_fake_mask)
     torch.library.register_fake(_OPS + "partial_conv_epilogue")(_fake_epilogue)
     torch.library.register_fake(_OPS + "partial_conv_epilogue_")(_fake_epilogue_)
-    torch.library.register_autograd(_OPS + "partial_conv_epilogue", _epilogue_backward,
-                                    setup_context=_epilogue_setup_context)
+    torch.library.register_autograd(
+        _OPS + "partial_conv_epilogue", _epilogue_backward, setup_context=_epilogue_setup_context
+    )
 
 
 def _ops(device_type: str):
@@ -90,8 +96,9 @@ def _ops(device_type: str):
 # Entry points
 
 
-def partial_conv_mask_native(mask: torch.Tensor, kernel_size: int, stride: int = 1,
-                             padding: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+def partial_conv_mask_native(
+    mask: torch.Tensor, kernel_size: int, stride: int = 1, padding: int = 0
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(update, ratio)`` of a partial convolution; same contract as the reference.
 
     Args:
@@ -107,9 +114,14 @@ def partial_conv_mask_native(mask: torch.Tensor, kernel_size: int, stride: int =
         return ops.partial_conv_mask(mask, int(kernel_size), int(stride), int(padding))
 
 
-def partial_conv_epilogue_native(x: torch.Tensor, bias: Optional[torch.Tensor],
-                                 ratio: torch.Tensor, gain: float, alpha: float,
-                                 clamp: Optional[float] = None) -> torch.Tensor:
+def partial_conv_epilogue_native(
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    ratio: torch.Tensor,
+    gain: float,
+    alpha: float,
+    clamp: Optional[float] = None,
+) -> torch.Tensor:
     """Fused :func:`partial_conv_epilogue_reference` (fp32 math inside, output in x's dtype;
     a channels_last x gives a channels_last result)."""
     if clamp is not None and clamp >= 0:
@@ -118,13 +130,19 @@ def partial_conv_epilogue_native(x: torch.Tensor, bias: Optional[torch.Tensor],
     return _ops(x.device.type).partial_conv_epilogue(x, bias, ratio, float(gain), float(alpha))
 
 
-def partial_conv_epilogue_native_(x: torch.Tensor, bias: Optional[torch.Tensor],
-                                  ratio: torch.Tensor, gain: float, alpha: float,
-                                  clamp: Optional[float] = None) -> torch.Tensor:
+def partial_conv_epilogue_native_(
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    ratio: torch.Tensor,
+    gain: float,
+    alpha: float,
+    clamp: Optional[float] = None,
+) -> torch.Tensor:
     """:func:`partial_conv_epilogue_native` written into ``x`` when it can be (a CPU tensor,
     contiguous or channels_last, that autograd does not need); else a new tensor."""
     tracked = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, bias, ratio))
+        t is not None and t.requires_grad for t in (x, bias, ratio)
+    )
     layout_ok = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
     if tracked or not layout_ok or x.device.type != "cpu" or (clamp is not None and clamp >= 0):
         return partial_conv_epilogue_native(x, bias, ratio, gain, alpha, clamp)

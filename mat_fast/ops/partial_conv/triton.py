@@ -30,8 +30,12 @@ import triton
 import triton.language as tl
 
 from ..triton_support import check_device, interpreting, next_power_of_2
-from .triton_kernels import (partial_conv_epilogue_bwd_kernel, partial_conv_epilogue_fwd_kernel,
-                             partial_conv_fused_fwd_kernel, partial_conv_mask_kernel)
+from .triton_kernels import (
+    partial_conv_epilogue_bwd_kernel,
+    partial_conv_epilogue_fwd_kernel,
+    partial_conv_fused_fwd_kernel,
+    partial_conv_mask_kernel,
+)
 
 __all__ = [
     "partial_conv_epilogue_triton",
@@ -152,8 +156,23 @@ def partial_conv_mask_fwd(mask, kernel_size, stride, padding):
     block = min(_MASK_BLOCK, next_power_of_2(Ho * Wo))
     with _device_ctx(mask.device):
         partial_conv_mask_kernel[(triton.cdiv(Ho * Wo, block), B)](
-            mask, update, ratio, H, W, Ho, Wo, mask.stride(0), mask.stride(2), mask.stride(3),
-            K=kernel_size, STRIDE=stride, PAD=padding, BLOCK_P=block, ACC=_acc(mask), num_warps=4)
+            mask,
+            update,
+            ratio,
+            H,
+            W,
+            Ho,
+            Wo,
+            mask.stride(0),
+            mask.stride(2),
+            mask.stride(3),
+            K=kernel_size,
+            STRIDE=stride,
+            PAD=padding,
+            BLOCK_P=block,
+            ACC=_acc(mask),
+            num_warps=4,
+        )
     return update, ratio
 
 
@@ -167,12 +186,27 @@ def partial_conv_epilogue_fwd(x, bias, ratio, gain, alpha, clamp):
     block_c, block_p = _blocks(x)
     with _device_ctx(x.device):
         partial_conv_epilogue_fwd_kernel[_grid(x, block_c, block_p)](
-            x, bias if bias is not None else x, ratio, y, C, H * W, W,
-            *_feature_strides(x), *_feature_strides(y),
-            ratio.stride(0), ratio.stride(2), ratio.stride(3),
-            float(gain), float(alpha), clamp_v,
-            HAS_BIAS=bias is not None, HAS_CLAMP=has_clamp, BLOCK_C=block_c, BLOCK_P=block_p,
-            num_warps=4)
+            x,
+            bias if bias is not None else x,
+            ratio,
+            y,
+            C,
+            H * W,
+            W,
+            *_feature_strides(x),
+            *_feature_strides(y),
+            ratio.stride(0),
+            ratio.stride(2),
+            ratio.stride(3),
+            float(gain),
+            float(alpha),
+            clamp_v,
+            HAS_BIAS=bias is not None,
+            HAS_CLAMP=has_clamp,
+            BLOCK_C=block_c,
+            BLOCK_P=block_p,
+            num_warps=4,
+        )
     return y
 
 
@@ -186,12 +220,29 @@ def partial_conv_epilogue_bwd(dy, x, bias, ratio, gain, alpha, clamp):
     block_c, block_p = _blocks(x)
     with _device_ctx(x.device):
         partial_conv_epilogue_bwd_kernel[_grid(x, block_c, block_p)](
-            dy, x, bias if bias is not None else x, ratio, dx, C, H * W, W,
-            *_feature_strides(dy), *_feature_strides(x), *_feature_strides(dx),
-            ratio.stride(0), ratio.stride(2), ratio.stride(3),
-            float(gain), float(alpha), clamp_v,
-            HAS_BIAS=bias is not None, HAS_CLAMP=has_clamp, BLOCK_C=block_c, BLOCK_P=block_p,
-            num_warps=4)
+            dy,
+            x,
+            bias if bias is not None else x,
+            ratio,
+            dx,
+            C,
+            H * W,
+            W,
+            *_feature_strides(dy),
+            *_feature_strides(x),
+            *_feature_strides(dx),
+            ratio.stride(0),
+            ratio.stride(2),
+            ratio.stride(3),
+            float(gain),
+            float(alpha),
+            clamp_v,
+            HAS_BIAS=bias is not None,
+            HAS_CLAMP=has_clamp,
+            BLOCK_C=block_c,
+            BLOCK_P=block_p,
+            num_warps=4,
+        )
     return dx
 
 
@@ -211,14 +262,35 @@ def partial_conv_fused_fwd(x, bias, mask, kernel_size, stride, padding, gain, al
     grid = (triton.cdiv(H * W, block_p), triton.cdiv(C, block_c * c_split), B)
     with _device_ctx(x.device):
         partial_conv_fused_fwd_kernel[grid](
-            x, bias if bias is not None else x, mask, y, update,
-            C, H * W, W, mask.shape[2], mask.shape[3],
-            *_feature_strides(x), *_feature_strides(y),
-            mask.stride(0), mask.stride(2), mask.stride(3),
-            float(gain), float(alpha), clamp_v,
-            K=kernel_size, STRIDE=stride, PAD=padding, ACC=_acc(mask),
-            HAS_BIAS=bias is not None, HAS_CLAMP=has_clamp, BLOCK_C=block_c, BLOCK_P=block_p,
-            C_SPLIT=c_split, num_warps=4)
+            x,
+            bias if bias is not None else x,
+            mask,
+            y,
+            update,
+            C,
+            H * W,
+            W,
+            mask.shape[2],
+            mask.shape[3],
+            *_feature_strides(x),
+            *_feature_strides(y),
+            mask.stride(0),
+            mask.stride(2),
+            mask.stride(3),
+            float(gain),
+            float(alpha),
+            clamp_v,
+            K=kernel_size,
+            STRIDE=stride,
+            PAD=padding,
+            ACC=_acc(mask),
+            HAS_BIAS=bias is not None,
+            HAS_CLAMP=has_clamp,
+            BLOCK_C=block_c,
+            BLOCK_P=block_p,
+            C_SPLIT=c_split,
+            num_warps=4,
+        )
     return y, update
 
 
@@ -228,13 +300,19 @@ def partial_conv_fused_fwd(x, bias, mask, kernel_size, stride, padding, gain, al
 
 def _mask_fake(mask, kernel_size, stride, padding):
     B, _, H, W = mask.shape
-    shape = (B, 1, _out_size(H, kernel_size, stride, padding), _out_size(W, kernel_size, stride, padding))
+    shape = (
+        B,
+        1,
+        _out_size(H, kernel_size, stride, padding),
+        _out_size(W, kernel_size, stride, padding),
+    )
     return mask.new_empty(shape), mask.new_empty(shape)
 
 
 @torch.library.custom_op("mat_fast::partial_conv_mask", mutates_args=())
-def _mask_op(mask: torch.Tensor, kernel_size: int, stride: int,
-             padding: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _mask_op(
+    mask: torch.Tensor, kernel_size: int, stride: int, padding: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
     return partial_conv_mask_fwd(mask, kernel_size, stride, padding)
 
 
@@ -242,8 +320,14 @@ _mask_op.register_fake(_mask_fake)
 
 
 @torch.library.custom_op("mat_fast::partial_conv_epilogue_fwd", mutates_args=())
-def _epilogue_op(x: torch.Tensor, bias: Optional[torch.Tensor], ratio: torch.Tensor, gain: float,
-                 alpha: float, clamp: Optional[float]) -> torch.Tensor:
+def _epilogue_op(
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    ratio: torch.Tensor,
+    gain: float,
+    alpha: float,
+    clamp: Optional[float],
+) -> torch.Tensor:
     return partial_conv_epilogue_fwd(x, bias, ratio, gain, alpha, clamp)
 
 
@@ -253,9 +337,15 @@ def _epilogue_fake(x, bias, ratio, gain, alpha, clamp):
 
 
 @torch.library.custom_op("mat_fast::partial_conv_epilogue_bwd", mutates_args=())
-def _epilogue_bwd_op(dy: torch.Tensor, x: torch.Tensor, bias: Optional[torch.Tensor],
-                     ratio: torch.Tensor, gain: float, alpha: float,
-                     clamp: Optional[float]) -> torch.Tensor:
+def _epilogue_bwd_op(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    ratio: torch.Tensor,
+    gain: float,
+    alpha: float,
+    clamp: Optional[float],
+) -> torch.Tensor:
     return partial_conv_epilogue_bwd(_grad_like(dy, x), x, bias, ratio, gain, alpha, clamp)
 
 
@@ -265,9 +355,17 @@ def _epilogue_bwd_fake(dy, x, bias, ratio, gain, alpha, clamp):
 
 
 @torch.library.custom_op("mat_fast::partial_conv_fused_fwd", mutates_args=())
-def _fused_op(x: torch.Tensor, bias: Optional[torch.Tensor], mask: torch.Tensor, kernel_size: int,
-              stride: int, padding: int, gain: float, alpha: float,
-              clamp: Optional[float]) -> Tuple[torch.Tensor, torch.Tensor]:
+def _fused_op(
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    mask: torch.Tensor,
+    kernel_size: int,
+    stride: int,
+    padding: int,
+    gain: float,
+    alpha: float,
+    clamp: Optional[float],
+) -> Tuple[torch.Tensor, torch.Tensor]:
     return partial_conv_fused_fwd(x, bias, mask, kernel_size, stride, padding, gain, alpha, clamp)
 
 
@@ -349,41 +447,52 @@ _fused_op.register_autograd(_fused_backward, setup_context=_fused_setup_context)
 def _check_geometry(kernel_size: int, stride: int, padding: int) -> Tuple[int, int, int]:
     k, s, p = int(kernel_size), int(stride), int(padding)
     if k < 1 or s < 1 or p < 0:
-        raise ValueError(f"{_OP}: need kernel_size >= 1, stride >= 1, padding >= 0; "
-                         f"got {k}, {s}, {p}")
+        raise ValueError(
+            f"{_OP}: need kernel_size >= 1, stride >= 1, padding >= 0; got {k}, {s}, {p}"
+        )
     return k, s, p
 
 
 def _check_mask(mask: torch.Tensor, k: int, s: int, p: int) -> Tuple[int, int]:
     if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[1] != 1:
-        raise ValueError(f"{_OP}: mask must have shape (B, 1, H, W); got "
-                         f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask)}")
+        raise ValueError(
+            f"{_OP}: mask must have shape (B, 1, H, W); got "
+            f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask)}"
+        )
     if mask.dtype not in _MASK_DTYPES:
-        raise ValueError(f"{_OP}: mask dtype {mask.dtype} is not supported "
-                         "(float32, float16, bfloat16, float64)")
+        raise ValueError(
+            f"{_OP}: mask dtype {mask.dtype} is not supported (float32, float16, bfloat16, float64)"
+        )
     Ho, Wo = _out_size(mask.shape[2], k, s, p), _out_size(mask.shape[3], k, s, p)
     if Ho < 1 or Wo < 1:
-        raise ValueError(f"{_OP}: a {k}x{k} kernel with padding {p} does not fit a "
-                         f"{mask.shape[2]}x{mask.shape[3]} mask")
+        raise ValueError(
+            f"{_OP}: a {k}x{k} kernel with padding {p} does not fit a "
+            f"{mask.shape[2]}x{mask.shape[3]} mask"
+        )
     return Ho, Wo
 
 
 def _check_x(x: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        raise ValueError(f"{_OP}: x must have shape (B, C, H, W); got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}")
+        raise ValueError(
+            f"{_OP}: x must have shape (B, C, H, W); got "
+            f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}"
+        )
     if x.dtype not in _X_DTYPES:
         raise ValueError(f"{_OP}: x dtype {x.dtype} is not supported (float32, float16, bfloat16)")
     if bias is not None:
         if tuple(bias.shape) != (x.shape[1],):
-            raise ValueError(f"{_OP}: bias must have shape ({x.shape[1]},) to match x "
-                             f"{tuple(x.shape)}; got {tuple(bias.shape)}")
+            raise ValueError(
+                f"{_OP}: bias must have shape ({x.shape[1]},) to match x "
+                f"{tuple(x.shape)}; got {tuple(bias.shape)}"
+            )
         if not bias.is_floating_point():
             raise ValueError(f"{_OP}: bias must be floating point; got {bias.dtype}")
 
 
-def partial_conv_mask_triton(mask: torch.Tensor, kernel_size: int, stride: int = 1,
-                             padding: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+def partial_conv_mask_triton(
+    mask: torch.Tensor, kernel_size: int, stride: int = 1, padding: int = 0
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Partial-conv mask update; same contract as
     :func:`mat_fast.ops.partial_conv.reference.partial_conv_mask_reference`.
 
@@ -403,9 +512,14 @@ def partial_conv_mask_triton(mask: torch.Tensor, kernel_size: int, stride: int =
     return _mask_op(mask.detach(), k, s, p)
 
 
-def partial_conv_epilogue_triton(x: torch.Tensor, bias: Optional[torch.Tensor],
-                                 ratio: torch.Tensor, gain: float, alpha: float,
-                                 clamp: Optional[float] = None) -> torch.Tensor:
+def partial_conv_epilogue_triton(
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    ratio: torch.Tensor,
+    gain: float,
+    alpha: float,
+    clamp: Optional[float] = None,
+) -> torch.Tensor:
     """The conv epilogue of a partial conv in one pass; same contract as
     :func:`mat_fast.ops.partial_conv.reference.partial_conv_epilogue_reference`.
 
@@ -424,19 +538,34 @@ def partial_conv_epilogue_triton(x: torch.Tensor, bias: Optional[torch.Tensor],
     _check_x(x, bias)
     B, C, H, W = x.shape
     if not isinstance(ratio, torch.Tensor) or tuple(ratio.shape) != (B, 1, H, W):
-        raise ValueError(f"{_OP}: ratio must have shape {(B, 1, H, W)} to match x; got "
-                         f"{tuple(ratio.shape) if isinstance(ratio, torch.Tensor) else type(ratio)}")
+        raise ValueError(
+            f"{_OP}: ratio must have shape {(B, 1, H, W)} to match x; got "
+            f"{tuple(ratio.shape) if isinstance(ratio, torch.Tensor) else type(ratio)}"
+        )
     if not ratio.is_floating_point():
         raise ValueError(f"{_OP}: ratio must be floating point; got {ratio.dtype}")
     check_device(_OP, x, bias, ratio, interpreted=INTERPRETED)
-    return _epilogue_op(_as_kernel_layout(x), bias, ratio, float(gain), float(alpha),
-                        None if clamp is None else float(clamp))
+    return _epilogue_op(
+        _as_kernel_layout(x),
+        bias,
+        ratio,
+        float(gain),
+        float(alpha),
+        None if clamp is None else float(clamp),
+    )
 
 
-def partial_conv_fused_triton(x: torch.Tensor, bias: Optional[torch.Tensor], mask: torch.Tensor,
-                              kernel_size: int, stride: int, padding: int, gain: float,
-                              alpha: float, clamp: Optional[float] = None
-                              ) -> Tuple[torch.Tensor, torch.Tensor]:
+def partial_conv_fused_triton(
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    mask: torch.Tensor,
+    kernel_size: int,
+    stride: int,
+    padding: int,
+    gain: float,
+    alpha: float,
+    clamp: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Mask update and epilogue in one launch (one pass over x); same contract as
     :func:`mat_fast.ops.partial_conv.reference.partial_conv_fused_reference`.
 
@@ -458,9 +587,20 @@ def partial_conv_fused_triton(x: torch.Tensor, bias: Optional[torch.Tensor], mas
     _check_x(x, bias)
     Ho, Wo = _check_mask(mask, k, s, p)
     if x.shape[0] != mask.shape[0] or tuple(x.shape[2:]) != (Ho, Wo):
-        raise ValueError(f"{_OP}: x {tuple(x.shape)} is not the output of a {k}x{k} conv "
-                         f"(stride {s}, padding {p}) over mask {tuple(mask.shape)}: expected "
-                         f"({mask.shape[0]}, C, {Ho}, {Wo})")
+        raise ValueError(
+            f"{_OP}: x {tuple(x.shape)} is not the output of a {k}x{k} conv "
+            f"(stride {s}, padding {p}) over mask {tuple(mask.shape)}: expected "
+            f"({mask.shape[0]}, C, {Ho}, {Wo})"
+        )
     check_device(_OP, x, bias, mask, interpreted=INTERPRETED)
-    return _fused_op(_as_kernel_layout(x), bias, mask.detach(), k, s, p, float(gain), float(alpha),
-                     None if clamp is None else float(clamp))
+    return _fused_op(
+        _as_kernel_layout(x),
+        bias,
+        mask.detach(),
+        k,
+        s,
+        p,
+        float(gain),
+        float(alpha),
+        None if clamp is None else float(clamp),
+    )

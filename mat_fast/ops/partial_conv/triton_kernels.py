@@ -24,8 +24,22 @@ import triton.language as tl
 
 
 @triton.jit
-def _box_sum(mask, i_b, o_h, o_w, m_p, H, W, s_mb, s_mh, s_mw,
-             K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, ACC: tl.constexpr):
+def _box_sum(
+    mask,
+    i_b,
+    o_h,
+    o_w,
+    m_p,
+    H,
+    W,
+    s_mb,
+    s_mh,
+    s_mw,
+    K: tl.constexpr,
+    STRIDE: tl.constexpr,
+    PAD: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """[P] sum in ``ACC`` of ``mask`` (B, 1, H, W) over the K x K windows of output pixels
     (o_h, o_w); zero padding."""
     b_s = tl.zeros(o_h.shape, dtype=ACC)
@@ -66,9 +80,20 @@ def _act(b_pre, gain, alpha, clamp, HAS_CLAMP: tl.constexpr):
 
 @triton.jit
 def partial_conv_mask_kernel(
-    mask, update, ratio,
-    H, W, HO, WO, s_mb, s_mh, s_mw,
-    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, BLOCK_P: tl.constexpr,
+    mask,
+    update,
+    ratio,
+    H,
+    W,
+    HO,
+    WO,
+    s_mb,
+    s_mh,
+    s_mw,
+    K: tl.constexpr,
+    STRIDE: tl.constexpr,
+    PAD: tl.constexpr,
+    BLOCK_P: tl.constexpr,
     ACC: tl.constexpr,
 ):
     """Grid (cdiv(HO * WO, BLOCK_P), B). mask: (B, 1, H, W) any strides; update, ratio:
@@ -85,8 +110,28 @@ def partial_conv_mask_kernel(
 
 
 @triton.jit
-def _epilogue_tile(x, bias, y, i_b, o_c, o_p, m_p, b_r, C, s_xb, s_xc, s_xp, s_yb, s_yc, s_yp,
-                   gain, alpha, clamp, HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr):
+def _epilogue_tile(
+    x,
+    bias,
+    y,
+    i_b,
+    o_c,
+    o_p,
+    m_p,
+    b_r,
+    C,
+    s_xb,
+    s_xc,
+    s_xp,
+    s_yb,
+    s_yc,
+    s_yp,
+    gain,
+    alpha,
+    clamp,
+    HAS_BIAS: tl.constexpr,
+    HAS_CLAMP: tl.constexpr,
+):
     """y = act(x + bias) * ratio on one [C, P] tile; b_r: the tile's [P] fp32 ratio."""
     m_c = o_c < C
     m_cp = m_c[:, None] & m_p[None, :]
@@ -97,17 +142,38 @@ def _epilogue_tile(x, bias, y, i_b, o_c, o_p, m_p, b_r, C, s_xb, s_xc, s_xp, s_y
         # [C]
         b_pre += tl.load(bias + o_c, mask=m_c, other=0.0).to(tl.float32)[:, None]
     b_y = _act(b_pre, gain, alpha, clamp, HAS_CLAMP) * b_r[None, :]
-    tl.store(y + i_b * s_yb + o_c[:, None] * s_yc + o_p[None, :] * s_yp,
-             b_y.to(y.dtype.element_ty), mask=m_cp)
+    tl.store(
+        y + i_b * s_yb + o_c[:, None] * s_yc + o_p[None, :] * s_yp,
+        b_y.to(y.dtype.element_ty),
+        mask=m_cp,
+    )
 
 
 @triton.jit
 def partial_conv_epilogue_fwd_kernel(
-    x, bias, ratio, y,
-    C, HW, W, s_xb, s_xc, s_xp, s_yb, s_yc, s_yp, s_rb, s_rh, s_rw,
-    gain, alpha, clamp,
-    HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    x,
+    bias,
+    ratio,
+    y,
+    C,
+    HW,
+    W,
+    s_xb,
+    s_xc,
+    s_xp,
+    s_yb,
+    s_yc,
+    s_yp,
+    s_rb,
+    s_rh,
+    s_rw,
+    gain,
+    alpha,
+    clamp,
+    HAS_BIAS: tl.constexpr,
+    HAS_CLAMP: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """Grid (cdiv(HW, BLOCK_P), cdiv(C, BLOCK_C), B). x, y: (B, C, H, W) with a flat pixel
     stride; ratio: (B, 1, H, W) any strides; bias: (C,)."""
@@ -117,18 +183,63 @@ def partial_conv_epilogue_fwd_kernel(
     m_p = o_p < HW
     # [P]
     b_r = tl.load(ratio + i_b * s_rb + (o_p // W) * s_rh + (o_p % W) * s_rw, mask=m_p, other=0.0)
-    _epilogue_tile(x, bias, y, i_b, o_c, o_p, m_p, b_r.to(tl.float32), C, s_xb, s_xc, s_xp,
-                   s_yb, s_yc, s_yp, gain, alpha, clamp, HAS_BIAS, HAS_CLAMP)
+    _epilogue_tile(
+        x,
+        bias,
+        y,
+        i_b,
+        o_c,
+        o_p,
+        m_p,
+        b_r.to(tl.float32),
+        C,
+        s_xb,
+        s_xc,
+        s_xp,
+        s_yb,
+        s_yc,
+        s_yp,
+        gain,
+        alpha,
+        clamp,
+        HAS_BIAS,
+        HAS_CLAMP,
+    )
 
 
 @triton.jit
 def partial_conv_fused_fwd_kernel(
-    x, bias, mask, y, update,
-    C, HW, W, H_IN, W_IN, s_xb, s_xc, s_xp, s_yb, s_yc, s_yp, s_mb, s_mh, s_mw,
-    gain, alpha, clamp,
-    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, ACC: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, C_SPLIT: tl.constexpr,
+    x,
+    bias,
+    mask,
+    y,
+    update,
+    C,
+    HW,
+    W,
+    H_IN,
+    W_IN,
+    s_xb,
+    s_xc,
+    s_xp,
+    s_yb,
+    s_yc,
+    s_yp,
+    s_mb,
+    s_mh,
+    s_mw,
+    gain,
+    alpha,
+    clamp,
+    K: tl.constexpr,
+    STRIDE: tl.constexpr,
+    PAD: tl.constexpr,
+    ACC: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_CLAMP: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    C_SPLIT: tl.constexpr,
 ):
     """Grid (cdiv(HW, BLOCK_P), cdiv(C, BLOCK_C * C_SPLIT), B): one box sum per pixel tile,
     then C_SPLIT channel tiles. x, y: (B, C, H, W) conv output with a flat pixel stride;
@@ -139,7 +250,9 @@ def partial_conv_fused_fwd_kernel(
     m_p = o_p < HW
 
     # [P] box sum of the input mask under each output pixel's kernel window
-    b_s = _box_sum(mask, i_b, o_p // W, o_p % W, m_p, H_IN, W_IN, s_mb, s_mh, s_mw, K, STRIDE, PAD, ACC)
+    b_s = _box_sum(
+        mask, i_b, o_p // W, o_p % W, m_p, H_IN, W_IN, s_mb, s_mh, s_mw, K, STRIDE, PAD, ACC
+    )
     b_update, b_ratio = _update_and_ratio(b_s, K, ACC)
     if i_c == 0:
         tl.store(update + i_b * HW + o_p, b_update.to(update.dtype.element_ty), mask=m_p)
@@ -147,17 +260,59 @@ def partial_conv_fused_fwd_kernel(
     b_r = b_ratio.to(update.dtype.element_ty).to(tl.float32)
     for i_s in tl.static_range(C_SPLIT):
         o_c = (i_c * C_SPLIT + i_s) * BLOCK_C + tl.arange(0, BLOCK_C)
-        _epilogue_tile(x, bias, y, i_b, o_c, o_p, m_p, b_r, C, s_xb, s_xc, s_xp,
-                       s_yb, s_yc, s_yp, gain, alpha, clamp, HAS_BIAS, HAS_CLAMP)
+        _epilogue_tile(
+            x,
+            bias,
+            y,
+            i_b,
+            o_c,
+            o_p,
+            m_p,
+            b_r,
+            C,
+            s_xb,
+            s_xc,
+            s_xp,
+            s_yb,
+            s_yc,
+            s_yp,
+            gain,
+            alpha,
+            clamp,
+            HAS_BIAS,
+            HAS_CLAMP,
+        )
 
 
 @triton.jit
 def partial_conv_epilogue_bwd_kernel(
-    dy, x, bias, ratio, dx,
-    C, HW, W, s_gb, s_gc, s_gp, s_xb, s_xc, s_xp, s_db, s_dc, s_dp, s_rb, s_rh, s_rw,
-    gain, alpha, clamp,
-    HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    dy,
+    x,
+    bias,
+    ratio,
+    dx,
+    C,
+    HW,
+    W,
+    s_gb,
+    s_gc,
+    s_gp,
+    s_xb,
+    s_xc,
+    s_xp,
+    s_db,
+    s_dc,
+    s_dp,
+    s_rb,
+    s_rh,
+    s_rw,
+    gain,
+    alpha,
+    clamp,
+    HAS_BIAS: tl.constexpr,
+    HAS_CLAMP: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """Grid (cdiv(HW, BLOCK_P), cdiv(C, BLOCK_C), B): dx = dy * ratio * gain * lrelu'(pre),
     zero where the clamp was active (|v| > clamp, as torch.clamp's gradient)."""
@@ -168,17 +323,22 @@ def partial_conv_epilogue_bwd_kernel(
     m_cp = m_c[:, None] & m_p[None, :]
 
     # [C, P]
-    b_pre = tl.load(x + i_b * s_xb + o_c[:, None] * s_xc + o_p[None, :] * s_xp,
-                    mask=m_cp, other=0.0).to(tl.float32)
+    b_pre = tl.load(
+        x + i_b * s_xb + o_c[:, None] * s_xc + o_p[None, :] * s_xp, mask=m_cp, other=0.0
+    ).to(tl.float32)
     if HAS_BIAS:
         b_pre += tl.load(bias + o_c, mask=m_c, other=0.0).to(tl.float32)[:, None]
-    b_dy = tl.load(dy + i_b * s_gb + o_c[:, None] * s_gc + o_p[None, :] * s_gp,
-                   mask=m_cp, other=0.0).to(tl.float32)
+    b_dy = tl.load(
+        dy + i_b * s_gb + o_c[:, None] * s_gc + o_p[None, :] * s_gp, mask=m_cp, other=0.0
+    ).to(tl.float32)
     # [P]
     b_r = tl.load(ratio + i_b * s_rb + (o_p // W) * s_rh + (o_p % W) * s_rw, mask=m_p, other=0.0)
     b_d = b_dy * tl.where(b_pre > 0, gain, gain * alpha) * b_r.to(tl.float32)[None, :]
     if HAS_CLAMP:
         b_v = tl.where(b_pre > 0, b_pre, b_pre * alpha) * gain
         b_d = tl.where((b_v >= -clamp) & (b_v <= clamp), b_d, 0.0)
-    tl.store(dx + i_b * s_db + o_c[:, None] * s_dc + o_p[None, :] * s_dp,
-             b_d.to(dx.dtype.element_ty), mask=m_cp)
+    tl.store(
+        dx + i_b * s_db + o_c[:, None] * s_dc + o_p[None, :] * s_dp,
+        b_d.to(dx.dtype.element_ty),
+        mask=m_cp,
+    )

@@ -40,7 +40,7 @@ def upfirdn2d_cpu(
     x = x.contiguous(memory_format=torch.channels_last)
     x0, x1, y0, y1 = _padding4(padding)
     if min(x0, x1, y0, y1) < 0:  # negative padding crops: a view
-        x = x[:, :, max(-y0, 0): x.shape[2] - max(-y1, 0), max(-x0, 0): x.shape[3] - max(-x1, 0)]
+        x = x[:, :, max(-y0, 0) : x.shape[2] - max(-y1, 0), max(-x0, 0) : x.shape[3] - max(-x1, 0)]
         x0, x1, y0, y1 = max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)
     if f is None:  # padding (and downsampling) only
         x = F.pad(x, [x0, x1, y0, y1])

@@ -107,8 +107,14 @@ def conv2d_resample_reference(
 
 
 def conv2d_resample_with(
-    upfirdn2d, x: torch.Tensor, w: torch.Tensor, f: Optional[torch.Tensor], up: int, down: int,
-    padding: int, groups: int,
+    upfirdn2d,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    f: Optional[torch.Tensor],
+    up: int,
+    down: int,
+    padding: int,
+    groups: int,
 ) -> torch.Tensor:
     """:func:`conv2d_resample_reference`'s order of operations around a given ``upfirdn2d``
     (the fast backends pass their own FIR; the convolutions are torch's either way)."""

@@ -12,11 +12,21 @@ from .reference import normalize_tokens, window_attention_qkv_reference, window_
 
 backend.register("window_attention", "reference", window_attention_reference)
 # Fast kernels, imported on first use; a missing module means that backend runs the reference.
-backend.register_lazy("window_attention", "triton", "mat_fast.ops.window_attention.triton:window_attention_triton")
-backend.register_lazy("window_attention", "cpu", "mat_fast.ops.window_attention.native:window_attention_native")
-backend.register_lazy("window_attention", "cuda", "mat_fast.ops.window_attention.native:window_attention_native")
+backend.register_lazy(
+    "window_attention", "triton", "mat_fast.ops.window_attention.triton:window_attention_triton"
+)
+backend.register_lazy(
+    "window_attention", "cpu", "mat_fast.ops.window_attention.native:window_attention_native"
+)
+backend.register_lazy(
+    "window_attention", "cuda", "mat_fast.ops.window_attention.native:window_attention_native"
+)
 backend.register("window_attention_qkv", "reference", window_attention_qkv_reference)
-backend.register_lazy("window_attention_qkv", "triton", "mat_fast.ops.window_attention.triton:window_attention_qkv_triton")
+backend.register_lazy(
+    "window_attention_qkv",
+    "triton",
+    "mat_fast.ops.window_attention.triton:window_attention_qkv_triton",
+)
 
 
 def window_attention(
@@ -94,8 +104,10 @@ def window_attention_qkv(
         raise ValueError(f"x must be (B, H*W, C) tokens; got shape {tuple(x.shape)}")
     B, L, C = x.shape
     if tuple(qkv_weight.shape) != (3 * C, C):
-        raise ValueError(f"qkv_weight must be (3C, C) = {(3 * C, C)} for {C} channels; "
-                         f"got {tuple(qkv_weight.shape)}")
+        raise ValueError(
+            f"qkv_weight must be (3C, C) = {(3 * C, C)} for {C} channels; "
+            f"got {tuple(qkv_weight.shape)}"
+        )
     if qkv_bias is not None and tuple(qkv_bias.shape) != (3 * C,):
         raise ValueError(f"qkv_bias must be (3C,) = {(3 * C,)}; got {tuple(qkv_bias.shape)}")
     _check_geometry(B, L, C, mask, H, W, window_size, shift_size, num_heads)
@@ -109,7 +121,9 @@ def window_attention_qkv(
         attend = backend.implementation("window_attention", x.device, name)
         return attend(q, k, v, mask, (H, W), int(window_size), int(shift_size), int(num_heads))
     fn = backend.implementation("window_attention_qkv", x.device, name)
-    return fn(x, qkv_weight, qkv_bias, mask, (H, W), int(window_size), int(shift_size), int(num_heads))
+    return fn(
+        x, qkv_weight, qkv_bias, mask, (H, W), int(window_size), int(shift_size), int(num_heads)
+    )
 
 
 def _check_geometry(B, L, C, mask, H, W, window_size, shift_size, num_heads) -> None:
@@ -125,5 +139,9 @@ def _check_geometry(B, L, C, mask, H, W, window_size, shift_size, num_heads) -> 
         raise ValueError(f"mask must have shape {(B, L, 1)}; got {tuple(mask.shape)}")
 
 
-__all__ = ["window_attention", "window_attention_qkv", "window_attention_qkv_reference",
-           "window_attention_reference"]
+__all__ = [
+    "window_attention",
+    "window_attention_qkv",
+    "window_attention_qkv_reference",
+    "window_attention_reference",
+]

@@ -49,17 +49,28 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     q, k, v, mask = ctx.saved_tensors
-    dq, dk, dv = torch.ops.mat_fast_native.window_attention_backward(grad_out, q, k, v, mask,
-                                                                     *ctx.geometry)
+    dq, dk, dv = torch.ops.mat_fast_native.window_attention_backward(
+        grad_out, q, k, v, mask, *ctx.geometry
+    )
     needs = ctx.needs_input_grad
-    return (dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None,
-            None, None, None, None, None, None)
+    return (
+        dq if needs[0] else None,
+        dk if needs[1] else None,
+        dv if needs[2] else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 def _no_second_derivative(ctx, *grads):
     raise RuntimeError(
         "mat_fast's native window attention has no second derivative (a backward through "
-        "gradients taken with create_graph=True); run that part with backend 'reference'")
+        "gradients taken with create_graph=True); run that part with backend 'reference'"
+    )
 
 
 def _register_python_side() -> None:
@@ -67,8 +78,9 @@ def _register_python_side() -> None:
     torch.library.register_fake(_OPS + "window_attention")(_fake_forward)
     torch.library.register_fake(_OPS + "window_attention_backward")(_fake_backward)
     torch.library.register_fake(_OPS + "window_mask_update")(_fake_mask_update)
-    torch.library.register_autograd(_OPS + "window_attention", _backward,
-                                    setup_context=_setup_context)
+    torch.library.register_autograd(
+        _OPS + "window_attention", _backward, setup_context=_setup_context
+    )
     # Without a formula torch's fallback warns and then differentiates it as zero.
     torch.library.register_autograd(_OPS + "window_attention_backward", _no_second_derivative)
 

@@ -57,7 +57,9 @@ def _shift_region_mask(H: int, W: int, window: int, shift: int, device: str, dty
             labels[:, rows, cols, :] = 3 * i + j
     windows = window_partition(labels, window).squeeze(-1)  # (nW, N)
     diff = windows.unsqueeze(1) - windows.unsqueeze(2)  # (nW, N, N)
-    mask = torch.where(diff != 0, torch.tensor(MASK_PENALTY, device="cpu"), torch.tensor(0.0, device="cpu"))
+    mask = torch.where(
+        diff != 0, torch.tensor(MASK_PENALTY, device="cpu"), torch.tensor(0.0, device="cpu")
+    )
     return mask.to(device=device, dtype=dtype)
 
 

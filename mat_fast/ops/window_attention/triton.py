@@ -24,11 +24,19 @@ import torch
 import triton
 
 from ..triton_support import check_device, interpreting, next_power_of_2
-from .triton_kernels import (window_attention_bwd_dkdv_kernel, window_attention_bwd_dq_kernel,
-                             window_attention_fwd_kernel)
+from .triton_kernels import (
+    window_attention_bwd_dkdv_kernel,
+    window_attention_bwd_dq_kernel,
+    window_attention_fwd_kernel,
+)
 
-__all__ = ["window_attention_triton", "window_attention_qkv_triton", "window_attention_fwd",
-           "window_attention_bwd", "window_attention_qkv_fwd"]
+__all__ = [
+    "window_attention_triton",
+    "window_attention_qkv_triton",
+    "window_attention_fwd",
+    "window_attention_bwd",
+    "window_attention_qkv_fwd",
+]
 
 #: Whether the kernels above were built for Triton's interpreter (fixed at import).
 INTERPRETED = interpreting()
@@ -51,14 +59,26 @@ def _config(window: int, head_dim: int) -> dict:
     (online softmax over key tiles); head_dim padded to a power of two >= 16 (tl.dot)."""
     n_pad = max(16, next_power_of_2(window * window))
     block = min(n_pad, 64)
-    return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_D=max(16, next_power_of_2(head_dim)), num_warps=4)
+    return dict(
+        BLOCK_M=block, BLOCK_N=block, BLOCK_D=max(16, next_power_of_2(head_dim)), num_warps=4
+    )
 
 
 def _geometry(q: torch.Tensor, H: int, W: int, window: int, shift: int, heads: int) -> dict:
     B, L, C = q.shape
-    return dict(H=H, W=W, L=L, C=C, N_WIN=(H // window) * (W // window), N_WIN_W=W // window,
-                HEADS=heads, scale=float((C // heads) ** -0.5), HEAD_DIM=C // heads,
-                WINDOW=window, SHIFT=shift)
+    return dict(
+        H=H,
+        W=W,
+        L=L,
+        C=C,
+        N_WIN=(H // window) * (W // window),
+        N_WIN_W=W // window,
+        HEADS=heads,
+        scale=float((C // heads) ** -0.5),
+        HEAD_DIM=C // heads,
+        WINDOW=window,
+        SHIFT=shift,
+    )
 
 
 def _precision(dtype: torch.dtype, allow_tf32: bool) -> str:
@@ -87,13 +107,26 @@ def window_attention_fwd(q, k, v, mask, H, W, window, shift, heads, allow_tf32=F
     grid = (B * geo["N_WIN"], heads, triton.cdiv(window * window, cfg["BLOCK_M"]))
     with _device_ctx(q.device):
         window_attention_fwd_kernel[grid](
-            q, k, v, mask if mask is not None else q, out, new_mask if mask is not None else out, lse,
-            lse, lse,  # inv_norm, bias: unused unless PACKED
-            **geo, HAS_MASK=mask is not None, DOT_PRECISION=_precision(q.dtype, allow_tf32), **cfg)
+            q,
+            k,
+            v,
+            mask if mask is not None else q,
+            out,
+            new_mask if mask is not None else out,
+            lse,
+            lse,
+            lse,  # inv_norm, bias: unused unless PACKED
+            **geo,
+            HAS_MASK=mask is not None,
+            DOT_PRECISION=_precision(q.dtype, allow_tf32),
+            **cfg,
+        )
     return out, new_mask, lse
 
 
-def window_attention_qkv_fwd(qkv, inv_norm, bias, mask, H, W, window, shift, heads, allow_tf32=False):
+def window_attention_qkv_fwd(
+    qkv, inv_norm, bias, mask, H, W, window, shift, heads, allow_tf32=False
+):
     """Like :func:`window_attention_fwd` from packed raw projections: qkv (B, L, 3C) = W x,
     inv_norm (B, L) fp32, bias (3C,) or None; q, k, v are finished inside the kernel."""
     B, L, C3 = qkv.shape
@@ -106,10 +139,22 @@ def window_attention_qkv_fwd(qkv, inv_norm, bias, mask, H, W, window, shift, hea
     grid = (B * geo["N_WIN"], heads, triton.cdiv(window * window, cfg["BLOCK_M"]))
     with _device_ctx(qkv.device):
         window_attention_fwd_kernel[grid](
-            qkv, qkv, qkv, mask if mask is not None else qkv, out,
-            new_mask if mask is not None else out, lse, inv_norm, bias if bias is not None else inv_norm,
-            **geo, HAS_MASK=mask is not None, DOT_PRECISION=_precision(qkv.dtype, allow_tf32),
-            PACKED=True, HAS_BIAS=bias is not None, **cfg)
+            qkv,
+            qkv,
+            qkv,
+            mask if mask is not None else qkv,
+            out,
+            new_mask if mask is not None else out,
+            lse,
+            inv_norm,
+            bias if bias is not None else inv_norm,
+            **geo,
+            HAS_MASK=mask is not None,
+            DOT_PRECISION=_precision(qkv.dtype, allow_tf32),
+            PACKED=True,
+            HAS_BIAS=bias is not None,
+            **cfg,
+        )
     return out, new_mask, lse
 
 
@@ -119,17 +164,27 @@ def window_attention_bwd(do, q, k, v, mask, out, lse, H, W, window, shift, heads
     geo = _geometry(q, H, W, window, shift, heads)
     cfg = _config(window, geo["HEAD_DIM"])
     # delta = rowsum(dO * O) per token and head: (B, heads, L) fp32
-    delta = (do.float() * out.float()).view(B, L, heads, C // heads).sum(-1).transpose(1, 2).contiguous()
+    delta = (
+        (do.float() * out.float())
+        .view(B, L, heads, C // heads)
+        .sum(-1)
+        .transpose(1, 2)
+        .contiguous()
+    )
     dq, dk, dv = (_alloc((B, L, C), q.dtype, q.device) for _ in range(3))
     n_tiles = triton.cdiv(window * window, cfg["BLOCK_N"])
-    common = dict(**geo, HAS_MASK=mask is not None, DOT_PRECISION=_precision(q.dtype, allow_tf32), **cfg)
+    common = dict(
+        **geo, HAS_MASK=mask is not None, DOT_PRECISION=_precision(q.dtype, allow_tf32), **cfg
+    )
     m = mask if mask is not None else q
     with _device_ctx(q.device):
         window_attention_bwd_dkdv_kernel[(B * geo["N_WIN"], heads, n_tiles)](
-            q, k, v, m, do, lse, delta, dq, dk, dv, WITH_DQ=n_tiles == 1, **common)
+            q, k, v, m, do, lse, delta, dq, dk, dv, WITH_DQ=n_tiles == 1, **common
+        )
         if n_tiles > 1:
             window_attention_bwd_dq_kernel[(B * geo["N_WIN"], heads, n_tiles)](
-                q, k, v, m, do, lse, delta, dq, **common)
+                q, k, v, m, do, lse, delta, dq, **common
+            )
     return dq, dk, dv
 
 
@@ -138,9 +193,18 @@ def window_attention_bwd(do, q, k, v, mask, out, lse, H, W, window, shift, heads
 
 
 @torch.library.custom_op("mat_fast::window_attention_fwd", mutates_args=())
-def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
-            H: int, W: int, window: int, shift: int, heads: int,
-            allow_tf32: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _fwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    H: int,
+    W: int,
+    window: int,
+    shift: int,
+    heads: int,
+    allow_tf32: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return window_attention_fwd(q, k, v, mask, H, W, window, shift, heads, allow_tf32)
 
 
@@ -153,12 +217,24 @@ def _fwd_fake(q, k, v, mask, H, W, window, shift, heads, allow_tf32):
 
 
 @torch.library.custom_op("mat_fast::window_attention_bwd", mutates_args=())
-def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-            mask: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor,
-            H: int, W: int, window: int, shift: int, heads: int,
-            allow_tf32: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return window_attention_bwd(do.contiguous(), q, k, v, mask, out, lse, H, W, window, shift,
-                                heads, allow_tf32)
+def _bwd_op(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    H: int,
+    W: int,
+    window: int,
+    shift: int,
+    heads: int,
+    allow_tf32: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return window_attention_bwd(
+        do.contiguous(), q, k, v, mask, out, lse, H, W, window, shift, heads, allow_tf32
+    )
 
 
 @_bwd_op.register_fake
@@ -186,10 +262,21 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 @torch.library.custom_op("mat_fast::window_attention_qkv_fwd", mutates_args=())
-def _qkv_fwd_op(qkv: torch.Tensor, inv_norm: torch.Tensor, bias: Optional[torch.Tensor],
-                mask: Optional[torch.Tensor], H: int, W: int, window: int, shift: int, heads: int,
-                allow_tf32: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return window_attention_qkv_fwd(qkv, inv_norm, bias, mask, H, W, window, shift, heads, allow_tf32)
+def _qkv_fwd_op(
+    qkv: torch.Tensor,
+    inv_norm: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor],
+    H: int,
+    W: int,
+    window: int,
+    shift: int,
+    heads: int,
+    allow_tf32: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return window_attention_qkv_fwd(
+        qkv, inv_norm, bias, mask, H, W, window, shift, heads, allow_tf32
+    )
 
 
 @_qkv_fwd_op.register_fake
@@ -300,12 +387,24 @@ def window_attention_triton(
         if not isinstance(t, torch.Tensor) or t.ndim != 3:
             raise ValueError(f"{_OP}: {name} must be a (B, H*W, C) tensor")
         if t.shape != q.shape or t.dtype != q.dtype:
-            raise ValueError(f"{_OP}: q, k, v must share shape and dtype; got {name} "
-                             f"{tuple(t.shape)} {t.dtype} vs q {tuple(q.shape)} {q.dtype}")
+            raise ValueError(
+                f"{_OP}: q, k, v must share shape and dtype; got {name} "
+                f"{tuple(t.shape)} {t.dtype} vs q {tuple(q.shape)} {q.dtype}"
+            )
     mask = _checked_mask(q, mask, H, W, window, shift, heads)
     check_device(_OP, q, k, v, mask, interpreted=INTERPRETED)
-    out, new_mask, _ = _fwd_op(q.contiguous(), k.contiguous(), v.contiguous(), mask, H, W,
-                               window, shift, heads, bool(allow_tf32))
+    out, new_mask, _ = _fwd_op(
+        q.contiguous(),
+        k.contiguous(),
+        v.contiguous(),
+        mask,
+        H,
+        W,
+        window,
+        shift,
+        heads,
+        bool(allow_tf32),
+    )
     return out, (new_mask if mask is not None else None)
 
 
@@ -348,8 +447,11 @@ def window_attention_qkv_triton(
     check_device(_OP, x, qkv_weight, qkv_bias, mask, interpreted=INTERPRETED)
     qkv = torch.nn.functional.linear(x, qkv_weight.to(x.dtype)).contiguous()  # (B, L, 3C), one GEMM
     # fp32 norms: F.normalize's 1e-12 floor underflows to 0 in fp16 (0/0 on all-zero tokens)
-    inv_norm = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).clamp_min(1e-12).reciprocal()
+    inv_norm = (
+        torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).clamp_min(1e-12).reciprocal()
+    )
     bias = qkv_bias.to(x.dtype).contiguous() if qkv_bias is not None else None
-    out, new_mask, _ = _qkv_fwd_op(qkv, inv_norm, bias, mask, H, W, window, shift, heads,
-                                   bool(allow_tf32))
+    out, new_mask, _ = _qkv_fwd_op(
+        qkv, inv_norm, bias, mask, H, W, window, shift, heads, bool(allow_tf32)
+    )
     return out, (new_mask if mask is not None else None)

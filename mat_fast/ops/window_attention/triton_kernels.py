@@ -71,14 +71,31 @@ def _key_bias(mask, i_b, L, tok_n, m_n, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
-def _load_projected(qkv, inv_norm, bias, i_b, L, tok, m_tok, col, o_d, m_d, stride_l,
-                    PACKED: tl.constexpr, NORMALIZE: tl.constexpr,
-                    HAS_BIAS: tl.constexpr):
+def _load_projected(
+    qkv,
+    inv_norm,
+    bias,
+    i_b,
+    L,
+    tok,
+    m_tok,
+    col,
+    o_d,
+    m_d,
+    stride_l,
+    PACKED: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
     """[T, D] head slice starting at channel ``col`` of tokens ``tok``. PACKED: ``qkv`` holds
     raw projections W x (B, L, 3C), finished here as (W x) * inv_norm + b (NORMALIZE for q
     and k: W (x / ||x||) = (W x) / ||x||) in fp32, then rounded to the input dtype."""
     m_td = m_tok[:, None] & m_d[None, :]
-    b_t = tl.load(qkv + i_b * L * stride_l + tok[:, None] * stride_l + col + o_d[None, :], mask=m_td, other=0.0)
+    b_t = tl.load(
+        qkv + i_b * L * stride_l + tok[:, None] * stride_l + col + o_d[None, :],
+        mask=m_td,
+        other=0.0,
+    )
     if PACKED:
         b_f = b_t.to(tl.float32)
         if NORMALIZE:
@@ -95,11 +112,33 @@ def _load_projected(qkv, inv_norm, bias, i_b, L, tok, m_tok, col, o_d, m_d, stri
 
 @triton.jit
 def window_attention_fwd_kernel(
-    q, k, v, mask, o, new_mask, lse, inv_norm, bias,
-    H, W, L, C, N_WIN, N_WIN_W, HEADS, scale,
-    HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr, HAS_MASK: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, PACKED: tl.constexpr = False, HAS_BIAS: tl.constexpr = False,
+    q,
+    k,
+    v,
+    mask,
+    o,
+    new_mask,
+    lse,
+    inv_norm,
+    bias,
+    H,
+    W,
+    L,
+    C,
+    N_WIN,
+    N_WIN_W,
+    HEADS,
+    scale,
+    HEAD_DIM: tl.constexpr,
+    WINDOW: tl.constexpr,
+    SHIFT: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    PACKED: tl.constexpr = False,
+    HAS_BIAS: tl.constexpr = False,
 ):
     """Grid (B * nW, heads, cdiv(N, BLOCK_M)): out, log-sum-exp and (head 0) the new mask of
     one query tile. q, k, v, o: (B, L, C); mask, new_mask: (B, L, 1); lse: (B, heads, L) fp32.
@@ -126,7 +165,9 @@ def window_attention_fwd_kernel(
     else:
         col_k, col_v, stride_l = col_q, col_q, C
     # [M, D]
-    b_q = _load_projected(q, inv_norm, bias, i_b, L, tok_m, m_m, col_q, o_d, m_d, stride_l, PACKED, True, HAS_BIAS)
+    b_q = _load_projected(
+        q, inv_norm, bias, i_b, L, tok_m, m_m, col_q, o_d, m_d, stride_l, PACKED, True, HAS_BIAS
+    )
 
     b_mx = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -137,8 +178,25 @@ def window_attention_fwd_kernel(
         m_n = o_n < N
         tok_n, reg_n = _window_tokens(i_w, o_n, H, W, N_WIN_W, WINDOW, SHIFT)
         # [N, D]
-        b_k = _load_projected(k, inv_norm, bias, i_b, L, tok_n, m_n, col_k, o_d, m_d, stride_l, PACKED, True, HAS_BIAS)
-        b_v = _load_projected(v, inv_norm, bias, i_b, L, tok_n, m_n, col_v, o_d, m_d, stride_l, PACKED, False, HAS_BIAS)
+        b_k = _load_projected(
+            k, inv_norm, bias, i_b, L, tok_n, m_n, col_k, o_d, m_d, stride_l, PACKED, True, HAS_BIAS
+        )
+        b_v = _load_projected(
+            v,
+            inv_norm,
+            bias,
+            i_b,
+            L,
+            tok_n,
+            m_n,
+            col_v,
+            o_d,
+            m_d,
+            stride_l,
+            PACKED,
+            False,
+            HAS_BIAS,
+        )
         b_kb, b_km = _key_bias(mask, i_b, L, tok_n, m_n, HAS_MASK)
         b_msum += b_km
         # [M, N]; every tile holds a real key, so the running max is finite after tile 0
@@ -152,8 +210,11 @@ def window_attention_fwd_kernel(
         b_mx = b_mx_new
 
     b_o = b_acc / b_l[:, None]
-    tl.store(o + o_base + tok_m[:, None] * C + o_d[None, :], b_o.to(o.dtype.element_ty),
-             mask=m_m[:, None] & m_d[None, :])
+    tl.store(
+        o + o_base + tok_m[:, None] * C + o_d[None, :],
+        b_o.to(o.dtype.element_ty),
+        mask=m_m[:, None] & m_d[None, :],
+    )
     tl.store(lse + (i_b * HEADS + i_h) * L + tok_m, b_mx + tl.log(b_l), mask=m_m)
     if HAS_MASK:
         if i_h == 0:
@@ -165,11 +226,33 @@ def window_attention_fwd_kernel(
 
 @triton.jit
 def window_attention_bwd_dkdv_kernel(
-    q, k, v, mask, do, lse, delta, dq, dk, dv,
-    H, W, L, C, N_WIN, N_WIN_W, HEADS, scale,
-    HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr, HAS_MASK: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, WITH_DQ: tl.constexpr,
+    q,
+    k,
+    v,
+    mask,
+    do,
+    lse,
+    delta,
+    dq,
+    dk,
+    dv,
+    H,
+    W,
+    L,
+    C,
+    N_WIN,
+    N_WIN_W,
+    HEADS,
+    scale,
+    HEAD_DIM: tl.constexpr,
+    WINDOW: tl.constexpr,
+    SHIFT: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    WITH_DQ: tl.constexpr,
 ):
     """Grid (B * nW, heads, cdiv(N, BLOCK_N)): dk, dv of one key tile, looping over query
     tiles with P recomputed from the saved log-sum-exp. With ``WITH_DQ`` (one tile covers
@@ -218,7 +301,11 @@ def window_attention_bwd_dkdv_kernel(
         if WITH_DQ:
             # [M, N] @ [N, D]
             b_dq = _dot(b_ds.to(b_k.dtype), b_k, DOT_PRECISION) * scale
-            tl.store(dq + o_base + tok_m[:, None] * C + o_d[None, :], b_dq.to(dq.dtype.element_ty), mask=m_md)
+            tl.store(
+                dq + o_base + tok_m[:, None] * C + o_d[None, :],
+                b_dq.to(dq.dtype.element_ty),
+                mask=m_md,
+            )
 
     p_n = o_base + tok_n[:, None] * C + o_d[None, :]
     tl.store(dk + p_n, (b_dk * scale).to(dk.dtype.element_ty), mask=m_nd)
@@ -227,10 +314,29 @@ def window_attention_bwd_dkdv_kernel(
 
 @triton.jit
 def window_attention_bwd_dq_kernel(
-    q, k, v, mask, do, lse, delta, dq,
-    H, W, L, C, N_WIN, N_WIN_W, HEADS, scale,
-    HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr, HAS_MASK: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    q,
+    k,
+    v,
+    mask,
+    do,
+    lse,
+    delta,
+    dq,
+    H,
+    W,
+    L,
+    C,
+    N_WIN,
+    N_WIN_W,
+    HEADS,
+    scale,
+    HEAD_DIM: tl.constexpr,
+    WINDOW: tl.constexpr,
+    SHIFT: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     """Grid (B * nW, heads, cdiv(N, BLOCK_M)): dq of one query tile, looping over key tiles
@@ -274,4 +380,8 @@ def window_attention_bwd_dq_kernel(
         # [M, N] @ [N, D]
         b_dq += _dot(b_ds.to(b_k.dtype), b_k, DOT_PRECISION)
 
-    tl.store(dq + o_base + tok_m[:, None] * C + o_d[None, :], (b_dq * scale).to(dq.dtype.element_ty), mask=m_md)
+    tl.store(
+        dq + o_base + tok_m[:, None] * C + o_d[None, :],
+        (b_dq * scale).to(dq.dtype.element_ty),
+        mask=m_md,
+    )
