@@ -53,7 +53,7 @@ from mat_fast.ops.resample.reference import (
     upsample2d_reference,
 )
 
-from .golden_recipes import FORMAT, checksum, make_overrides, regen, subsample
+from .helpers.golden_recipes import FORMAT, checksum, make_overrides, regen, subsample
 
 GOLDEN = Path(__file__).parent / "golden"
 RTOL = 1e-4

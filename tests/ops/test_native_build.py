@@ -8,7 +8,7 @@
 * the cache keeps its most recently used entries and sweeps abandoned builds; a build
   compiles exactly the sources its key hashed; a cache hit marks the entry used.
 
-The kernels' numbers against their references are in test_native_ops.py.
+The kernels' numbers against their references are in test_window_attention_native.py and test_partial_conv_native.py.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from mat_fast import backend
 from mat_fast.ops import native_build
 from mat_fast.ops.window_attention.reference import window_attention_reference
 
-from .conftest import ROOT
+from ..helpers.paths import ROOT
 
 pytestmark = pytest.mark.usefixtures("default_backend")
 

@@ -8,6 +8,8 @@ import torch
 import mat_fast
 from mat_fast.model.transformer import SwinTransformerBlock
 
+from ..helpers.asserts import assert_close_verbose, assert_finite
+
 
 def _shapes(module):
     return {k: list(v.shape) for k, v in module.state_dict().items()}
@@ -157,3 +159,57 @@ def test_discriminator_scores_both_stages():
     score, score_stg1 = D(images, masks, images, None)
     assert score.shape == (4, 1) and score_stg1.shape == (4, 1)
     assert torch.isfinite(score).all() and torch.isfinite(score_stg1).all()
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_dropout_map_ignores_the_input_layout(transposed):
+    from mat_fast.model.generator import _dropout_half
+
+    x = torch.randn(1, 64, 180)
+    layouts = [x, x.transpose(1, 2).contiguous().transpose(1, 2)]  # contiguous, transposed
+    maps = []
+    for t in layouts:
+        torch.manual_seed(11)
+        maps.append(_dropout_half(t, transposed=transposed))
+    assert torch.equal(maps[0], maps[1])
+    # ... and it is upstream's draw: ones_like of a tensor of that layout
+    torch.manual_seed(11)
+    upstream = torch.nn.functional.dropout(
+        torch.ones_like(layouts[int(transposed)]) * 0.5, p=0.5, training=True
+    )
+    assert torch.equal(maps[0], upstream)
+
+
+@pytest.mark.parametrize(
+    "size,batch,noise_mode",
+    [
+        (128, 1, "const"),
+        (256, 1, "random"),  # B = 1: upstream's dropout map is drawn in a transposed layout
+        (256, 2, "random"),  # B > 1: contiguous; non-binary mask
+        pytest.param(512, 1, "random", marks=pytest.mark.slow),
+    ],
+    ids=lambda v: str(v),
+)
+def test_generator_cpu_backend_matches_reference(native_ops, size, batch, noise_mode):
+    """Same seed, 'cpu' (channels_last, fused and in-place ops) vs 'reference': the same
+    dropout maps and noise, so the outputs agree to float rounding."""
+    from mat_fast.inpaint import random_generator
+
+    G = random_generator(seed=5, resolution=min(size, 512))
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(batch, 3, size, size, generator=g) * 2 - 1
+    m = torch.ones(batch, 1, size, size)
+    m[..., size // 5 : size * 3 // 4, size // 4 : size * 2 // 3] = 0
+    if batch > 1:
+        m[1, :, : size // 2, : size // 3] = 0.5
+    z = torch.randn(batch, 512, generator=g)
+    outs = {}
+    for name in ("reference", "cpu"):
+        with mat_fast.use_backend(name):
+            torch.manual_seed(0)
+            with torch.no_grad():
+                outs[name] = G(x, m, z, None, noise_mode=noise_mode)
+    assert_finite(outs["cpu"], "generator output")
+    assert_close_verbose(outs["cpu"], outs["reference"], rtol=1e-4, what="generator")
+    diff, ref = (outs["cpu"] - outs["reference"]).double(), outs["reference"].double()
+    assert float(diff.norm() / ref.norm()) <= 1e-4

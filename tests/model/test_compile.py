@@ -21,7 +21,7 @@ import torch
 import mat_fast
 from mat_fast import backend
 
-from .conftest import assert_close_verbose
+from ..helpers.asserts import assert_close_verbose
 
 
 def _inputs(device, B=1, size=256, seed=0):
