@@ -57,11 +57,13 @@ def poison_outputs(monkeypatch, default_backend):
 
 
 @pytest.fixture(scope="session")
-def generator_256():
-    """A seeded random 256 generator (cheap enough for end-to-end tests on CPU)."""
+def generator_128():
+    """A seeded random generator at 128, the smallest resolution MAT's architecture allows,
+    built once per test session: the plumbing tests (API, Inpainter, compile, checkpoints)
+    share it. Tests must not change it (eval mode; no training steps)."""
     from mat_fast.inpaint import random_generator
 
-    return random_generator(seed=3, resolution=256)
+    return random_generator(seed=3, resolution=128)
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,10 @@ def _tower(
 
 
 class Discriminator(nn.Module):
-    """``forward(images_in, masks_in, images_stg1, c) -> (score, score_stg1)``."""
+    """``forward(images_in, masks_in, images_stg1, c) -> (score, score_stg1)``.
+
+    ``channel_base``, ``channel_max`` and ``channel_decay`` are kept for upstream's signature
+    only: the widths come from the fixed table ``nf`` whatever they say (as upstream's)."""
 
     def __init__(
         self,

@@ -205,7 +205,10 @@ class ConvBlockDown(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Second-stage conv encoder from the input size down to 16x16 (for 512 input)."""
+    """Second-stage conv encoder from the input size down to 16x16 (for 512 input).
+
+    ``patch_size`` and ``channels`` are accepted only because upstream's signature has them
+    (upstream ignores them too)."""
 
     def __init__(self, res_log2, img_channels, activation, patch_size=5, channels=16):
         super().__init__()
@@ -228,6 +231,9 @@ class Encoder(nn.Module):
 
 
 class ToStyle(nn.Module):
+    """Global style code from the encoder's 16x16 features: three strided convs, average
+    pooling, a linear layer. ``drop_rate`` is upstream's signature only (unused there too)."""
+
     def __init__(self, in_channels, out_channels, activation, drop_rate):
         super().__init__()
         self.conv = nn.Sequential(
@@ -352,6 +358,11 @@ class Decoder(nn.Module):
 
 
 class SynthesisNet(nn.Module):
+    """Both stages: the transformer first stage, the conv encoder, the style path and the
+    modulated decoder. ``channel_base``, ``channel_decay`` and ``channel_max`` are kept for
+    upstream's signature only: its widths come from the fixed table ``nf`` whatever they say.
+    """
+
     def __init__(
         self,
         w_dim,
@@ -500,6 +511,14 @@ class Generator(nn.Module):
                 f"this Generator (img_resolution={r}) needs height and width that are positive "
                 f"multiples of {r}; got {H}x{W}. Pad the image first (mat_fast.Inpainter pads "
                 f"and crops for you)"
+            )
+        if noise_mode == "const" and self.use_noise and (H, W) != (r, r):
+            # Checked here, not only where the constant noise is added (after the whole first
+            # stage has run).
+            raise ValueError(
+                f"noise_mode='const' needs the training resolution: the constant noise is "
+                f"{r}x{r} but the input is {H}x{W}; use noise_mode='random' or 'none' for "
+                f"other sizes"
             )
         param = self.synthesis.first_stage.conv_first.conv.weight  # (the style path stays fp32)
         for name, t in (("images_in", images), ("masks_in", masks)):

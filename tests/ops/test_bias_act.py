@@ -74,7 +74,7 @@ def test_half_within_twice_reference_error(dtype):
 def test_no_bias_and_dispatch():
     x = torch.randn(3, 4, 5).to(DEVICE)
     with mat_fast.use_backend("triton"):
-        y = mat_fast.ops.bias_act(x, None, dim=2, act="lrelu", inplace=True)
+        y = mat_fast.ops.bias_act.bias_act(x, None, dim=2, act="lrelu", inplace=True)
     assert_close_verbose(
         y.cpu(), bias_act_reference(x.cpu(), None, dim=2, act="lrelu"), rtol=1e-6, what="y"
     )
@@ -125,7 +125,7 @@ def test_bias_act_lrelu_gain_and_clamp():
     clamped = bias_act_reference(x, b, dim=1, act="lrelu", gain=1.0, clamp=2.5)
     assert torch.allclose(clamped, torch.tensor([[-0.2, 2.5]]))
     with pytest.raises(ValueError, match="unknown activation"):
-        ops.bias_act(x, act="gelu")
+        ops.bias_act.bias_act(x, act="gelu")
 
 
 BIAS_ACT_CASES = [
@@ -165,7 +165,7 @@ def test_bias_act_inplace_contract():
         "cpu" if mat_fast.backend.available_backends("cpu")["cpu"] is None else "reference"
     ):
         kept = x.clone()
-        out = ops.bias_act(kept, b, act="lrelu")  # functional: x untouched
+        out = ops.bias_act.bias_act(kept, b, act="lrelu")  # functional: x untouched
         assert torch.equal(kept, x)
         assert out.is_contiguous(memory_format=torch.channels_last)
         assert_close_verbose(out, ref, rtol=1e-6, what="bias_act")

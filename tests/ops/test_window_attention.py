@@ -159,7 +159,7 @@ def test_window_attention_rejects_bad_arguments(bad):
     kwargs = dict(mask=None, x_size=(8, 8), window_size=4, shift_size=0, num_heads=2)
     kwargs.update(bad)
     with pytest.raises(ValueError):
-        ops.window_attention(q, q, q, **kwargs)
+        ops.window_attention.window_attention(q, q, q, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------

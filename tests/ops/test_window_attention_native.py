@@ -218,12 +218,12 @@ def test_window_attention_gradcheck(native_ops):
 def test_window_attention_strided_inputs_and_public_dispatch(native_ops):
     """Non-contiguous q/k/v/mask (as the model's transposed feature views), through the
     public op with the backend forced per call."""
-    from mat_fast import ops
+    from mat_fast.ops.window_attention import window_attention
 
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(2, 180, 256, generator=g).transpose(1, 2) for _ in range(3))
     mask = (torch.rand(2, 1, 256, generator=g) > 0.3).float().transpose(1, 2)
-    out, new_mask = ops.window_attention(q, k, v, mask, (16, 16), 8, 4, 6, backend_name="cpu")
+    out, new_mask = window_attention(q, k, v, mask, (16, 16), 8, 4, 6, backend_name="cpu")
     ref_out, ref_mask = window_attention_reference(q, k, v, mask, (16, 16), 8, 4, 6)
     assert_close_verbose(out, ref_out, rtol=1e-5, what="out")
     assert torch.equal(new_mask, ref_mask)

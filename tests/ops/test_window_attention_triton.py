@@ -238,7 +238,7 @@ def test_invalid_inputs_raise_clear_errors():
         f(q, k.half(), v, mask, (16, 16), 8, 0, 2)
     with pytest.raises(ValueError, match="not supported"):
         f(q.double(), k.double(), v.double(), mask, (16, 16), 8, 0, 2)
-    with pytest.raises(ValueError, match="do not fit"):
+    with pytest.raises(ValueError, match="not a multiple of the window size"):
         f(q, k, v, mask, (16, 16), 6, 0, 2)
     with pytest.raises(ValueError, match="shift_size"):
         f(q, k, v, mask, (16, 16), 8, 8, 2)
