@@ -320,7 +320,10 @@ def infer_generator_kwargs(state_dict: Mapping) -> dict:
 
 
 def load_generator(
-    path_or_state_dict: PathOrStateDict, *, device="cpu", dtype: torch.dtype = torch.float32
+    path_or_state_dict: PathOrStateDict,
+    *,
+    device: Union[str, torch.device] = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> Generator:
     """Build a ``Generator`` matching a checkpoint and load its weights strictly.
 

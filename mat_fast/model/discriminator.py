@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -128,7 +129,13 @@ class Discriminator(nn.Module):
         self.fc0_stg1 = FullyConnectedLayer(nf(2) // 2 * 4**2, nf(2) // 2, activation=activation)
         self.fc1_stg1 = FullyConnectedLayer(nf(2) // 2, 1 if cmap_dim == 0 else cmap_dim)
 
-    def forward(self, images_in, masks_in, images_stg1, c):
+    def forward(
+        self,
+        images_in: torch.Tensor,
+        masks_in: torch.Tensor,
+        images_stg1: torch.Tensor,
+        c: Optional[torch.Tensor],
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         x = self.Dis(torch.cat([masks_in - 0.5, images_in], dim=1))
         x = self.fc1(self.fc0(x.flatten(start_dim=1)))
         x_stg1 = self.Dis_stg1(torch.cat([masks_in - 0.5, images_stg1], dim=1))

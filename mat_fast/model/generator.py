@@ -7,6 +7,7 @@ upstream so that checkpoints load strictly and seeds reproduce upstream's output
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -143,7 +144,13 @@ class FirstStage(nn.Module):
                 )
             )
 
-    def forward(self, images_in, masks_in, ws, noise_mode="random"):
+    def forward(
+        self,
+        images_in: torch.Tensor,
+        masks_in: torch.Tensor,
+        ws: torch.Tensor,
+        noise_mode: str = "random",
+    ) -> torch.Tensor:
         x = torch.cat([masks_in - 0.5, images_in * masks_in], dim=1)
         skips = []
         x, mask = self.conv_first(x, masks_in)
@@ -402,7 +409,14 @@ class SynthesisNet(nn.Module):
             resolution_log2, activation, style_dim, use_noise, demodulate, img_channels
         )
 
-    def forward(self, images_in, masks_in, ws, noise_mode="random", return_stg1=False):
+    def forward(
+        self,
+        images_in: torch.Tensor,
+        masks_in: torch.Tensor,
+        ws: torch.Tensor,
+        noise_mode: str = "random",
+        return_stg1: bool = False,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         out_stg1 = self.first_stage(images_in, masks_in, ws, noise_mode=noise_mode)
 
         x = images_in * masks_in + out_stg1 * (1 - masks_in)
@@ -466,16 +480,16 @@ class Generator(nn.Module):
 
     def forward(
         self,
-        images_in,
-        masks_in,
-        z,
-        c,
-        truncation_psi=1,
-        truncation_cutoff=None,
-        skip_w_avg_update=False,
-        noise_mode="random",
-        return_stg1=False,
-    ):
+        images_in: torch.Tensor,
+        masks_in: torch.Tensor,
+        z: torch.Tensor,
+        c: Optional[torch.Tensor],
+        truncation_psi: float = 1,
+        truncation_cutoff: Optional[int] = None,
+        skip_w_avg_update: bool = False,
+        noise_mode: str = "random",
+        return_stg1: bool = False,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         self._check_inputs(images_in, masks_in, z, noise_mode)
         ws = self.mapping(
             z,

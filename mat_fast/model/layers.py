@@ -382,7 +382,14 @@ class MappingNet(StyleCanStayFp32, nn.Module):
         if num_ws is not None and w_avg_beta is not None:
             self.register_buffer("w_avg", torch.zeros([w_dim]))
 
-    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, skip_w_avg_update=False):
+    def forward(
+        self,
+        z: torch.Tensor,
+        c: Optional[torch.Tensor],
+        truncation_psi: float = 1,
+        truncation_cutoff: Optional[int] = None,
+        skip_w_avg_update: bool = False,
+    ) -> torch.Tensor:
         # Normalise in fp32 (as upstream), then run in the parameters' dtype.
         dtype = self.fc0.weight.dtype
         x = None
