@@ -11,7 +11,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from .layers import (
     NOISE_MODES,
@@ -145,12 +145,8 @@ class FirstStage(nn.Module):
             )
 
     def forward(
-        self,
-        images_in: torch.Tensor,
-        masks_in: torch.Tensor,
-        ws: torch.Tensor,
-        noise_mode: str = "random",
-    ) -> torch.Tensor:
+        self, images_in: Tensor, masks_in: Tensor, ws: Tensor, noise_mode: str = "random"
+    ) -> Tensor:
         x = torch.cat([masks_in - 0.5, images_in * masks_in], dim=1)
         skips = []
         x, mask = self.conv_first(x, masks_in)
