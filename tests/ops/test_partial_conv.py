@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-import mat_fast
 from mat_fast import ops
 from mat_fast.ops.bias_act.reference import bias_act_reference
 from mat_fast.ops.partial_conv.reference import (
@@ -43,10 +42,6 @@ def test_partial_conv_mask_nonbinary_clamps_update():
     assert math.isclose(ratio[0, 0, 1, 1].item(), 9 / 0.45 * 0.45, rel_tol=1e-5)
 
 
-def _cpu_available() -> bool:
-    return mat_fast.backend.available_backends("cpu")["cpu"] is None
-
-
 def test_partial_conv_epilogue_validates_shapes():
     x, ratio = torch.randn(2, 3, 4, 5), torch.rand(2, 1, 4, 5)
     with pytest.raises(ValueError, match="x must have shape"):
@@ -73,9 +68,7 @@ def test_partial_conv_epilogue_reference_clamps_before_the_ratio():
 @pytest.mark.parametrize("fmt", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("inplace", [False, True], ids=["functional", "inplace"])
-def test_partial_conv_epilogue_cpu_matches_reference(inplace, dtype, fmt, clamp):
-    if not _cpu_available():
-        pytest.skip("the 'cpu' backend (native build) is unavailable here")
+def test_partial_conv_epilogue_cpu_matches_reference(native_ops, inplace, dtype, fmt, clamp):
     g = torch.Generator().manual_seed(6)
     x = layout(torch.randn(2, 5, 7, 9, generator=g), fmt)
     bias = torch.randn(5, generator=g)
@@ -97,9 +90,7 @@ def test_partial_conv_epilogue_cpu_matches_reference(inplace, dtype, fmt, clamp)
     assert out.dtype == dtype and rel_err(out, ref) <= tol
 
 
-def test_partial_conv_epilogue_inplace_keeps_autograd_inputs():
-    if not _cpu_available():
-        pytest.skip("the 'cpu' backend (native build) is unavailable here")
+def test_partial_conv_epilogue_inplace_keeps_autograd_inputs(native_ops):
     g = torch.Generator().manual_seed(7)
     x = torch.randn(1, 3, 5, 5, generator=g, requires_grad=True)
     ratio = torch.rand(1, 1, 5, 5, generator=g)
