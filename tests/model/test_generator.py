@@ -154,8 +154,8 @@ def test_gradients_flow_through_the_generator():
 
 def test_discriminator_scores_both_stages():
     torch.manual_seed(0)
-    D = mat_fast.Discriminator(0, 256, 3)
-    images, masks, _ = _inputs(B=4)
+    D = mat_fast.Discriminator(0, 128, 3)
+    images, masks, _ = _inputs(B=4, size=128)
     score, score_stg1 = D(images, masks, images, None)
     assert score.shape == (4, 1) and score_stg1.shape == (4, 1)
     assert torch.isfinite(score).all() and torch.isfinite(score_stg1).all()
