@@ -58,7 +58,10 @@ def kernels_interpreted(kernel) -> bool:
 def probe(device_type: str) -> Optional[str]:
     """None when mat_fast's Triton kernels can run on ``device_type``, else the reason; the
     one place that decides it (:mod:`mat_fast.backend` asks here)."""
-    version = triton_version()
+    try:
+        version = triton_version()
+    except Exception as err:  # noqa: BLE001 - a broken Triton install must not break dispatch
+        return f"Triton failed to import: {type(err).__name__}: {err}"
     if version is None:
         return "Triton is not installed (pip install triton; it comes with CUDA builds of torch)"
     if version < MIN_TRITON:
