@@ -51,7 +51,16 @@ def compiled_vs_eager(G, backend_name, device, compile_backend, **compile_kwargs
     return out, eager
 
 
-@pytest.mark.parametrize("backend_name", ["reference", "cpu"])
+@pytest.mark.parametrize(
+    "backend_name",
+    [
+        # Tracing the whole network takes minutes on 2 cores: the default run traces the
+        # backend with custom ops (their fakes are what can break a graph); the reference
+        # (plain torch ops) is traced with the slow tests.
+        pytest.param("reference", marks=pytest.mark.slow),
+        "cpu",
+    ],
+)
 def test_generator_compiles_in_one_graph_and_matches_eager_cpu(generator_128, backend_name):
     out, eager = compiled_vs_eager(generator_128, backend_name, "cpu", "aot_eager")
     assert_close_verbose(out, eager, rtol=1e-5, what=f"compiled vs eager ({backend_name})")
