@@ -39,7 +39,8 @@ from ..helpers.partial_conv_cases import (
     out_size,
     pct,
     run_fused,
-)  # noqa: F401 (autouse fixture)
+    triton_env,  # noqa: F401 (an autouse fixture: importing it turns it on here)
+)
 
 # ---------------------------------------------------------------------------------------
 # The reference twins themselves
