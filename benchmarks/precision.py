@@ -44,7 +44,7 @@ from mat_fast.model.layers import (
 )  # noqa: E402
 from mat_fast.model.transformer import WindowAttention  # noqa: E402
 from tests.helpers.paths import TEST_SETS  # noqa: E402  (../shared, or $MAT_FAST_SHARED)
-from tests.test_precision import (
+from tests.model.test_precision import (
     CONFIGS,
     PSNR_MIN,
     REL_RMS_MAX,
