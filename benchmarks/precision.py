@@ -3,7 +3,7 @@
     python benchmarks/precision.py                           # CPU: bf16 and fp16, 256 (both layouts) and 512
     python benchmarks/precision.py --dtypes bfloat16 --seeds 1,2,3,4
 
-The cases are the precision tests' (tests/test_precision.py): the shared test images, a
+The cases are the precision tests' (tests/model/test_precision.py): the shared test images, a
 random-weight generator per configuration, the fp32 'reference' backend as ground truth.
 For each half dtype it reports the relative RMS error of the unclamped output and the PSNR
 after clamping to [-1, 1] (the issue's bar: <= 1e-2 and >= 40 dB), for
@@ -43,8 +43,8 @@ from mat_fast.model.layers import (
     ModulatedConv2d,
 )  # noqa: E402
 from mat_fast.model.transformer import WindowAttention  # noqa: E402
-from tests.conftest import TEST_SETS  # noqa: E402  (../shared, or $MAT_FAST_SHARED)
-from tests.test_precision import (
+from tests.helpers.paths import TEST_SETS  # noqa: E402  (../shared, or $MAT_FAST_SHARED)
+from tests.model.test_precision import (
     CONFIGS,
     PSNR_MIN,
     REL_RMS_MAX,

@@ -5,19 +5,17 @@
 safetensors; ``Inpainter`` fills holes in real images of any size.
 """
 
-__version__ = "0.1.0"
-
 from .backend import (
-    BackendUnavailableError,
     available_backends,
     get_backend,
     set_backend,
     use_backend,
 )
-from .checkpoints import CheckpointError, CheckpointNotFoundError, load_generator, save_generator
-from .image_io import InputError
+from .checkpoints import load_generator, save_generator
+from .errors import BackendUnavailableError, CheckpointError, CheckpointNotFoundError, InputError
 from .inpaint import Inpainter
 from .model import Discriminator, Generator
+from .version import __version__
 
 __all__ = [
     "BackendUnavailableError",

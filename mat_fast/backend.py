@@ -13,6 +13,13 @@ logs why, once per (device type, backend) pair.
 Each op registers its implementations with :func:`register`; a backend that is usable but
 has no kernel for a given op runs that op's reference twin (e.g. a backend that only fuses
 attention still runs the reference resampling).
+
+Kernel layers: an implementation may need more than its backend, e.g. the 'cpu' backend's
+attention and partial-conv kernels are C++ (the native extension, built on first use),
+while its resampling, bias_act and modulated conv are plain PyTorch. Such implementations
+name their layer (:func:`register_lazy`'s ``layer``); when that layer cannot load here, the
+op runs its reference and the rest of the backend keeps its fast paths.
+:func:`kernel_layers` says which layers load (``mat-fast info`` prints it).
 """
 
 from __future__ import annotations
@@ -22,11 +29,13 @@ import contextvars
 import importlib
 import importlib.util
 import logging
-import os
 import threading
-from typing import Callable, Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
+
+from . import settings
+from .errors import BackendUnavailableError
 
 __all__ = [
     "BACKEND_NAMES",
@@ -37,15 +46,19 @@ __all__ = [
     "resolve",
     "set_backend",
     "use_backend",
+    "has_kernel",
     "implementation",
+    "kernel_layers",
     "register_lazy",
 ]
+
+Device = Union[torch.device, str, None]
 
 log = logging.getLogger("mat_fast")
 
 #: Every name a user may ask for. 'auto' is a policy, the rest are implementations.
 BACKEND_NAMES = ("auto", "reference", "triton", "cuda", "cpu")
-ENV_VAR = "MAT_FAST_BACKEND"
+ENV_VAR = settings.BACKEND
 
 # Auto preference per device type: the first backend that can run wins.
 _AUTO_ORDER = {
@@ -54,15 +67,9 @@ _AUTO_ORDER = {
 }
 
 
-class BackendUnavailableError(RuntimeError):
-    """An explicitly requested backend cannot run here; the message says why."""
-
-
 # ----------------------------------------------------------------------------------------
 # Availability probes. Each returns None when the backend can run on that device type, or
-# a sentence saying why not. Later work replaces the 'not built yet' probes.
-
-_NOT_YET = "mat_fast {ver} has no '{name}' kernels yet; use 'reference' (or 'auto')"
+# a sentence saying why not.
 
 
 def _probe_reference(device_type: str) -> Optional[str]:
@@ -70,58 +77,58 @@ def _probe_reference(device_type: str) -> Optional[str]:
 
 
 def _probe_triton(device_type: str) -> Optional[str]:
-    if importlib.util.find_spec("triton") is None:
-        return "Triton is not installed (pip install triton; it comes with CUDA builds of torch)"
-    if device_type == "cuda":
-        if not torch.cuda.is_available():
-            return "no CUDA GPU is visible"
-    elif device_type == "cpu":
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            return "Triton runs on CPU tensors only under its interpreter (TRITON_INTERPRET=1, slow; for tests)"
-    else:
-        return f"Triton kernels do not run on {device_type}"
-    return _module_probe("mat_fast.ops.triton_support", "triton", device_type)
+    from .ops import triton_support  # (does not import Triton until asked)
+
+    return triton_support.probe(device_type)
 
 
-def _probe_native(name: str) -> Callable[[str], Optional[str]]:
-    def probe(device_type: str) -> Optional[str]:
-        wanted = "cuda" if name == "cuda" else "cpu"
-        if device_type != wanted:
-            return f"the '{name}' backend runs on {wanted} tensors, not {device_type}"
-        if name == "cuda" and not torch.cuda.is_available():
-            return "no CUDA GPU is visible"
-        return _module_probe("mat_fast.ops.native_build", name, device_type)
-
-    return probe
+def _probe_cpu(device_type: str) -> Optional[str]:
+    # Plain PyTorch at its core: it runs on every CPU. Its native kernels are a layer
+    # under it (see kernel_layers); without them those ops run their reference.
+    if device_type != "cpu":
+        return f"the 'cpu' backend runs on cpu tensors, not {device_type}"
+    return None
 
 
-def _module_probe(module: str, name: str, device_type: str) -> Optional[str]:
-    """Ask the kernel package's own ``probe(device_type)``; absent package = not built yet."""
-    if importlib.util.find_spec(module) is None:
-        from . import __version__
+def _probe_cuda(device_type: str) -> Optional[str]:
+    if device_type != "cuda":
+        return f"the 'cuda' backend runs on cuda tensors, not {device_type}"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible"
+    return _probe_native(device_type)  # every 'cuda' kernel is native
 
-        return _NOT_YET.format(ver=__version__, name=name)
-    try:
-        return importlib.import_module(module).probe(name, device_type)
-    except Exception as err:  # noqa: BLE001 - a broken kernel package must not break import
-        return f"{module} failed to load: {type(err).__name__}: {err}"
+
+def _probe_native(device_type: str) -> Optional[str]:
+    from .ops import native_build
+
+    return native_build.probe("cuda" if device_type == "cuda" else "cpu", device_type)
 
 
 _PROBES: Dict[str, Callable[[str], Optional[str]]] = {
     "reference": _probe_reference,
     "triton": _probe_triton,
-    "cuda": _probe_native("cuda"),
-    "cpu": _probe_native("cpu"),
+    "cuda": _probe_cuda,
+    "cpu": _probe_cpu,
 }
 
+#: Kernel layers under the backends: name -> probe(device_type).
+_LAYERS: Dict[str, Callable[[str], Optional[str]]] = {"native": _probe_native}
 
-def available_backends(device: Optional[torch.device | str] = None) -> Dict[str, Optional[str]]:
+
+def available_backends(device: Device = None) -> Dict[str, Optional[str]]:
     """Map every backend name to ``None`` (can run) or the reason it cannot.
 
     ``device`` defaults to CUDA when a GPU is visible, else CPU.
     """
     device_type = _device_type(device)
     return {name: _PROBES[name](device_type) for name in BACKEND_NAMES if name != "auto"}
+
+
+def kernel_layers(device: Device = None) -> Dict[str, Optional[str]]:
+    """Map every kernel layer ('native': the C++/CUDA extension) to ``None`` (it loads for
+    ``device``) or the reason it cannot; asking may build the native extension once."""
+    device_type = _device_type(device)
+    return {name: probe(device_type) for name, probe in _LAYERS.items()}
 
 
 # ----------------------------------------------------------------------------------------
@@ -145,7 +152,7 @@ def _check_name(name: str, allow_auto: bool = True) -> str:
     return name.lower()
 
 
-def set_backend(name: Optional[str], device=None) -> None:
+def set_backend(name: Optional[str], device: Device = None) -> None:
     """Set the process-wide backend ('auto', 'reference', ...). ``None`` clears it.
 
     An explicit name is checked at once for ``device`` (default: CUDA when a GPU is
@@ -180,10 +187,10 @@ def get_backend() -> str:
     for choice in (_context_choice.get(), _global_choice):
         if choice is not None:
             return choice
-    env = os.environ.get(ENV_VAR)
+    env = settings.requested_backend()
     if env:
         try:
-            return _check_name(env.strip())
+            return _check_name(env)
         except ValueError:
             raise ValueError(
                 f"{ENV_VAR}={env!r} is not a mat_fast backend; "
@@ -198,7 +205,7 @@ def get_backend() -> str:
 _logged_fallbacks: set = set()
 
 
-def _device_type(device) -> str:
+def _device_type(device: Device) -> str:
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device).type
@@ -226,7 +233,7 @@ def _constant_under_compile(fn: Callable) -> Callable:
 # baked into the graph: choose the backend before compiling, or torch._dynamo.reset() after
 # switching.
 @_constant_under_compile
-def resolve(device=None, explicit: Optional[str] = None) -> str:
+def resolve(device: Device = None, explicit: Optional[str] = None) -> str:
     """The concrete backend that runs on ``device`` right now."""
     device_type = _device_type(device)
     name = _check_name(explicit) if explicit is not None else get_backend()
@@ -248,7 +255,8 @@ def resolve(device=None, explicit: Optional[str] = None) -> str:
 # Op registry.
 
 _REGISTRY: Dict[str, Dict[str, Callable]] = {}
-_LAZY: Dict[str, Dict[str, str]] = {}  # op -> backend -> "module:function"
+# op -> backend -> ("module:function", kernel layer it needs or None)
+_LAZY: Dict[str, Dict[str, Tuple[str, Optional[str]]]] = {}
 
 
 def register(op: str, backend: str, fn: Callable) -> Callable:
@@ -258,25 +266,32 @@ def register(op: str, backend: str, fn: Callable) -> Callable:
     return fn
 
 
-def register_lazy(op: str, backend: str, target: str) -> None:
+def register_lazy(op: str, backend: str, target: str, *, layer: Optional[str] = None) -> None:
     """Register ``"package.module:function"`` as ``backend``'s ``op``, imported on first use
-    (so ``import mat_fast`` never imports Triton or builds an extension)."""
+    (so ``import mat_fast`` never imports Triton or builds an extension). ``layer`` names
+    the kernel layer it needs ('native'); where that layer cannot load, the op runs its
+    reference instead."""
     _check_name(backend, allow_auto=False)
-    _LAZY.setdefault(op, {})[backend] = target
+    if layer is not None and layer not in _LAYERS:
+        raise ValueError(f"unknown kernel layer {layer!r}; choose one of {sorted(_LAYERS)}")
+    _LAZY.setdefault(op, {})[backend] = (target, layer)
 
 
 _lazy_lock = threading.RLock()  # re-entrant: an import may register or resolve ops
 
 
-def _load_lazy(op: str, name: str) -> Optional[Callable]:
+def _load_lazy(op: str, name: str, device_type: str) -> Optional[Callable]:
     # Under a lock, and the entry dropped only once imported: a second thread must not see
     # "no kernel" (and run the reference) while the first is still importing.
     with _lazy_lock:
         if name in _REGISTRY.get(op, {}):
             return _REGISTRY[op][name]
-        target = _LAZY.get(op, {}).get(name)
-        if target is None:
+        entry = _LAZY.get(op, {}).get(name)
+        if entry is None:
             return None
+        target, layer = entry
+        if layer is not None and _LAYERS[layer](device_type) is not None:
+            return None  # kept: the layer's own probe remembers (and logged) why not
         module, _, attr = target.partition(":")
         if importlib.util.find_spec(module) is None:
             _LAZY[op].pop(name)
@@ -290,17 +305,17 @@ def _load_lazy(op: str, name: str) -> Optional[Callable]:
 def _implementation_key(op: str, device_type: str, explicit: Optional[str]) -> str:
     """The backend whose registered function computes ``op`` (after any lazy import)."""
     name = resolve(device_type, explicit)
-    if name in _REGISTRY[op] or _load_lazy(op, name) is not None:
+    if name in _REGISTRY[op] or _load_lazy(op, name, device_type) is not None:
         return name
     return "reference"
 
 
-def implementation(op: str, device, explicit: Optional[str] = None) -> Callable:
+def implementation(op: str, device: Device, explicit: Optional[str] = None) -> Callable:
     """The function that computes ``op`` for a tensor on ``device``."""
     return _REGISTRY[op][_implementation_key(op, _device_type(device), explicit)]
 
 
-def has_kernel(op: str, device, explicit: Optional[str] = None) -> bool:
+def has_kernel(op: str, device: Device, explicit: Optional[str] = None) -> bool:
     """Whether the backend that runs on ``device`` has its own ``op`` (rather than falling
     back to the reference): fused ops use it to compose the backend's smaller kernels."""
     device_type = _device_type(device)

@@ -26,6 +26,7 @@ from typing import Optional, Union
 
 import torch
 
+from .errors import CheckpointError, CheckpointNotFoundError
 from .model import Generator
 from .network_pickle import ModuleStub, RefusedPickle, load_network_pickle, network_state_dict
 
@@ -52,14 +53,6 @@ _WHERE = (
     "https://github.com/fenglinglwb/MAT's README, or IOPaint's converted "
     "Places_512_FullData_G.pth."
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint could not be read, is not a MAT generator, or does not match one."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """The checkpoint path does not exist (also catchable as ``FileNotFoundError``)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -327,7 +320,10 @@ def infer_generator_kwargs(state_dict: Mapping) -> dict:
 
 
 def load_generator(
-    path_or_state_dict: PathOrStateDict, *, device="cpu", dtype: torch.dtype = torch.float32
+    path_or_state_dict: PathOrStateDict,
+    *,
+    device: Union[str, torch.device] = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> Generator:
     """Build a ``Generator`` matching a checkpoint and load its weights strictly.
 
@@ -415,7 +411,7 @@ def save_generator(
         if format == "safetensors":
             from safetensors.torch import save_file
 
-            from . import __version__
+            from .version import __version__
 
             meta = {
                 k: str(kwargs[k])

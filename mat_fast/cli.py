@@ -16,9 +16,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from . import __version__
 from .backend import BackendUnavailableError, available_backends, get_backend, resolve
 from .image_io import InputError, load_image, output_extension_error, save_image
+from .version import __version__
 
 WEIGHTS_HELP = (
     "no checkpoint given. MAT's weights are not shipped (CC BY-NC): download upstream's "
@@ -346,10 +346,8 @@ def cmd_info(args) -> int:
             print(f"    {name:<10} {'ok' if reason is None else reason}")
     from .ops import native_build
 
-    if native_build.is_loaded():  # the probes above load it when it can be had
-        library = native_build.load()
-        origin = "prebuilt" if library == native_build.AOT_MODULE else "built just in time"
-        print(f"native   {library} ({origin})")
+    # The native kernels: a layer under the 'cpu' backend, all of the 'cuda' one.
+    print(f"native   {native_build.describe()}")
     return 0
 
 

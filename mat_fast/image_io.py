@@ -15,12 +15,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError
+
 # ITU-R 601 luma, what PIL uses for RGB -> L: fills of grayscale images use it.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-class InputError(ValueError):
-    """Bad user input (file, image, mask); the message says what is wrong and how to fix it."""
 
 
 @dataclass

@@ -11,15 +11,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .cpu_memory import keep_freed_memory_for
 from .image_io import ImageData, InputError, compose, to_hole_mask, to_image_data
 from .model import Generator
+
+#: An image or mask as the Inpainter takes and returns it: a PIL image, a numpy array
+#: (H, W[, C]) or a tensor (C, H, W) (masks: (H, W)).
+ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
 
 log = logging.getLogger("mat_fast")
 
@@ -196,7 +202,7 @@ class Inpainter:
         dtype: torch.dtype = torch.float32,
         batch_size: int = 4,
         cuda_graphs: bool = False,
-    ):
+    ) -> None:
         """``cuda_graphs=True`` (CUDA only) captures the forward once per canvas shape and
         replays it: faster for repeated same-size images, at the cost of one capture per
         shape and a memory pool per captured shape (see :class:`_GraphedGenerator`)."""
@@ -220,8 +226,13 @@ class Inpainter:
 
     @classmethod
     def from_checkpoint(
-        cls, path, *, device: Any = "auto", dtype: torch.dtype = torch.float32, **kwargs
-    ):
+        cls,
+        path: Union[str, os.PathLike],
+        *,
+        device: Any = "auto",
+        dtype: torch.dtype = torch.float32,
+        **kwargs: Any,
+    ) -> "Inpainter":
         from .checkpoints import load_generator
 
         device = resolve_device(device)
@@ -230,7 +241,9 @@ class Inpainter:
         )
 
     @classmethod
-    def random(cls, seed: int = 0, *, resolution: int = 512, device: Any = "auto", **kwargs):
+    def random(
+        cls, seed: int = 0, *, resolution: int = 512, device: Any = "auto", **kwargs: Any
+    ) -> "Inpainter":
         """An Inpainter around :func:`random_generator` (no download needed)."""
         return cls(random_generator(seed, resolution), device=device, **kwargs)
 
@@ -241,8 +254,8 @@ class Inpainter:
     # ------------------------------------------------------------------------------------
     def __call__(
         self,
-        image,
-        mask,
+        image: Union[ImageLike, Sequence[ImageLike]],
+        mask: Union[ImageLike, Sequence[ImageLike]],
         *,
         seed: Optional[int] = None,
         truncation_psi: float = 1.0,
@@ -251,7 +264,7 @@ class Inpainter:
         strategy: str = "auto",
         crop_trigger: int = 1024,
         crop_margin: int = 128,
-    ):
+    ) -> Union[ImageLike, List[ImageLike]]:
         """Inpaint one image (or a list of images with a list of masks).
 
         Args:

@@ -21,6 +21,6 @@ fi
 echo "Triton $found (venv $VENV): Triton op tests"
 # PYTHONPATH: this tree, not whatever mat_fast the shared packages hold.
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec "$VENV/bin/python" -m pytest -p no:cacheprovider \
-    tests/test_window_attention_triton.py tests/test_window_attention_qkv.py \
-    tests/test_partial_conv_triton.py tests/test_partial_conv_triton_graph.py \
-    tests/test_bias_act_triton.py "$@"
+    tests/ops/test_window_attention_triton.py tests/ops/test_window_attention_qkv.py \
+    tests/ops/test_partial_conv_triton.py tests/ops/test_partial_conv_triton_graph.py \
+    tests/ops/test_bias_act.py "$@"

@@ -18,8 +18,31 @@ def test_default_is_auto_and_picks_the_first_usable_cpu_backend():
     status = mat_fast.available_backends("cpu")
     assert set(status) == {"reference", "triton", "cuda", "cpu"}
     assert status["reference"] is None
-    expected = "cpu" if status["cpu"] is None else "reference"
-    assert backend.resolve("cpu") == expected
+    assert status["cpu"] is None  # plain PyTorch at its core: no compiler needed
+    assert backend.resolve("cpu") == "cpu"
+
+
+def test_a_missing_kernel_layer_runs_the_reference_for_its_ops_only(monkeypatch):
+    """Without the native layer the 'cpu' backend keeps its PyTorch fast paths; the ops
+    whose kernels are native run their reference twins."""
+    monkeypatch.setitem(backend._LAYERS, "native", lambda device_type: "no compiler here")
+    monkeypatch.setattr(backend, "_REGISTRY", {k: dict(v) for k, v in backend._REGISTRY.items()})
+    monkeypatch.setattr(backend, "_LAZY", {k: dict(v) for k, v in backend._LAZY.items()})
+
+    def native_op(x):
+        raise AssertionError("the native kernel ran without its layer")
+
+    backend.register("layer_op", "reference", lambda x: "reference")
+    backend.register_lazy("layer_op", "cpu", "mat_fast.nowhere:native_op", layer="native")
+    backend.register("plain_op", "reference", lambda x: "reference")
+    backend.register("plain_op", "cpu", lambda x: "cpu")
+    with mat_fast.use_backend("cpu"):  # explicit: still fine
+        assert backend.implementation("layer_op", "cpu")(None) == "reference"
+        assert backend.implementation("plain_op", "cpu")(None) == "cpu"
+        assert not backend.has_kernel("layer_op", "cpu")
+    assert backend.kernel_layers("cpu") == {"native": "no compiler here"}
+    with pytest.raises(ValueError, match="unknown kernel layer"):
+        backend.register_lazy("layer_op", "cpu", "x:y", layer="gpu-magic")
 
 
 def test_every_backend_either_runs_or_says_why():
@@ -138,10 +161,12 @@ def test_lazy_kernels_import_once_even_from_two_threads(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "slow_kernel_module", raising=False)
     monkeypatch.setitem(backend._REGISTRY, "test_lazy_op", {})
-    monkeypatch.setitem(backend._LAZY, "test_lazy_op", {"cpu": "slow_kernel_module:kernel"})
+    monkeypatch.setitem(backend._LAZY, "test_lazy_op", {"cpu": ("slow_kernel_module:kernel", None)})
     found = []
     threads = [
-        threading.Thread(target=lambda: found.append(backend._load_lazy("test_lazy_op", "cpu")))
+        threading.Thread(
+            target=lambda: found.append(backend._load_lazy("test_lazy_op", "cpu", "cpu"))
+        )
         for _ in range(2)
     ]
     for t in threads:

@@ -19,7 +19,7 @@ import torch
 
 from mat_fast import cpu_memory
 
-from .conftest import ROOT
+from .helpers.paths import ROOT
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 needs_glibc = pytest.mark.skipif(not GLIBC, reason="the malloc knobs are glibc's (Linux)")

@@ -26,8 +26,8 @@ class Spy:
 
 
 @pytest.fixture()
-def inpainter(generator_256):
-    ip = Inpainter(generator_256, device="cpu")
+def inpainter(generator_128):
+    ip = Inpainter(generator_128, device="cpu")
     spy = Spy(ip.generator)
     ip.spy = spy
     yield ip
@@ -49,22 +49,22 @@ def _assert_known_untouched(before: np.ndarray, after: np.ndarray, hole: np.ndar
 
 
 def test_pil_rgb_non_multiple_size_pads_each_side_independently(inpainter):
-    img, hole = _scene(200, 300)
+    img, hole = _scene(100, 150)
     out = inpainter(Image.fromarray(img), Image.fromarray(hole.astype(np.uint8) * 255), seed=1)
-    assert isinstance(out, Image.Image) and out.size == (300, 200) and out.mode == "RGB"
+    assert isinstance(out, Image.Image) and out.size == (150, 100) and out.mode == "RGB"
     _assert_known_untouched(img, np.asarray(out), hole)
-    assert inpainter.spy.calls[0][0] == (1, 3, 256, 512)  # not a 512x512 square
+    assert inpainter.spy.calls[0][0] == (1, 3, 128, 256)  # not a 256x256 square
 
 
 @pytest.mark.parametrize(
     "kind", ["rgba", "gray", "gray16", "numpy_float_gray", "tensor_float", "tensor_uint8"]
 )
 def test_formats_come_back_as_they_went_in(inpainter, kind):
-    img, hole = _scene(256, 256, seed=2)
+    img, hole = _scene(128, 128, seed=2)
     mask = hole.astype(np.uint8) * 255
     if kind == "rgba":
         rgba = np.dstack(
-            [img, np.arange(256 * 256, dtype=np.uint32).reshape(256, 256) % 256]
+            [img, np.arange(128 * 128, dtype=np.uint32).reshape(128, 128) % 256]
         ).astype(np.uint8)
         out = np.asarray(inpainter(Image.fromarray(rgba, "RGBA"), mask, seed=0))
         _assert_known_untouched(rgba[..., :3], out[..., :3], hole)
@@ -97,8 +97,8 @@ def test_formats_come_back_as_they_went_in(inpainter, kind):
 
 
 def test_mask_conventions_and_rgb_masks_agree(inpainter):
-    img, hole = _scene(256, 256, seed=3)
-    rgb_mask = np.zeros((256, 256, 3), np.uint8)
+    img, hole = _scene(128, 128, seed=3)
+    rgb_mask = np.zeros((128, 128, 3), np.uint8)
     rgb_mask[hole, 0] = 200  # a red stroke counts as fill
     assert np.array_equal(to_hole_mask(rgb_mask, hole.shape), hole)
     assert np.array_equal(to_hole_mask((~hole).astype(np.uint8) * 255, hole.shape, "keep"), hole)
@@ -108,7 +108,7 @@ def test_mask_conventions_and_rgb_masks_agree(inpainter):
 
 
 def test_seed_reproduces_without_touching_global_rng(inpainter):
-    img, hole = _scene(256, 256, seed=5)
+    img, hole = _scene(128, 128, seed=5)
     state = torch.get_rng_state()
     a = inpainter(img, hole, seed=7)
     assert torch.equal(torch.get_rng_state(), state)
@@ -118,19 +118,19 @@ def test_seed_reproduces_without_touching_global_rng(inpainter):
 
 
 def test_equal_sizes_run_as_one_batch(inpainter):
-    (a, ha), (b, hb) = _scene(256, 256, 1), _scene(256, 256, 2)
-    c, hc = _scene(200, 300, 3)
+    (a, ha), (b, hb) = _scene(128, 128, 1), _scene(128, 128, 2)
+    c, hc = _scene(100, 150, 3)
     outs = inpainter([a, b, c], [ha, hb, hc], seed=0)
     shapes = sorted(call[0] for call in inpainter.spy.calls)
-    assert shapes == [(1, 3, 256, 512), (2, 3, 256, 256)]
+    assert shapes == [(1, 3, 128, 256), (2, 3, 128, 128)]
     for before, after, hole in zip((a, b, c), outs, (ha, hb, hc)):
         _assert_known_untouched(before, after, hole)
 
 
 def test_noise_mode_auto_is_const_at_training_size_else_random(inpainter):
-    img, hole = _scene(256, 256)
+    img, hole = _scene(128, 128)
     inpainter(img, hole, seed=0)
-    img2, hole2 = _scene(256, 300)
+    img2, hole2 = _scene(128, 150)
     inpainter(img2, hole2, seed=0)
     assert [c[1] for c in inpainter.spy.calls] == ["const", "random"]
 
@@ -139,11 +139,11 @@ def test_crop_strategy_inpaints_each_region_on_its_own_canvas(inpainter):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (700, 1100, 3), dtype=np.uint8)
     hole = np.zeros((700, 1100), bool)
-    hole[40:80, 50:120] = True  # two far-apart holes
-    hole[600:650, 1000:1060] = True
+    hole[40:70, 50:100] = True  # two far-apart holes
+    hole[600:640, 1000:1050] = True
     out = inpainter(img, hole, seed=0, strategy="crop", crop_margin=32)
     _assert_known_untouched(img, out, hole)
-    assert inpainter.spy.calls == [((2, 3, 256, 256), "const")]  # one batch of two crops
+    assert inpainter.spy.calls == [((2, 3, 128, 128), "const")]  # one batch of two crops
 
 
 def test_hole_regions_merge_overlaps_and_cover_every_hole_pixel():
@@ -159,8 +159,8 @@ def test_hole_regions_merge_overlaps_and_cover_every_hole_pixel():
 
 
 def test_no_hole_returns_the_input_without_running(inpainter):
-    img, _ = _scene(256, 256)
-    out = inpainter(img, np.zeros((256, 256), np.uint8))
+    img, _ = _scene(128, 128)
+    out = inpainter(img, np.zeros((128, 128), np.uint8))
     assert np.array_equal(out, img) and inpainter.spy.calls == []
 
 
@@ -197,15 +197,15 @@ def test_lists_need_one_mask_per_image(inpainter):
         inpainter([img, img], [hole])
 
 
-def test_cuda_graphs_need_a_cuda_device(generator_256):
+def test_cuda_graphs_need_a_cuda_device(generator_128):
     with pytest.raises(InputError, match="cuda_graphs=True needs a CUDA device"):
-        Inpainter(generator_256, device="cpu", cuda_graphs=True)
+        Inpainter(generator_128, device="cpu", cuda_graphs=True)
 
 
 @pytest.mark.gpu
-def test_cuda_graphs_replay_is_seeded_and_keeps_known_pixels(generator_256):
-    eager = Inpainter(generator_256, device="cuda")
-    graphed = Inpainter(generator_256, device="cuda", cuda_graphs=True)
+def test_cuda_graphs_replay_is_seeded_and_keeps_known_pixels(generator_128):
+    eager = Inpainter(generator_128, device="cuda")
+    graphed = Inpainter(generator_128, device="cuda", cuda_graphs=True)
     img, hole = _scene(300, 260)
     first = graphed(img, hole, seed=5)  # captures this canvas shape
     again = graphed(img, hole, seed=5)  # replays it

@@ -71,7 +71,14 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from tests.golden_recipes import FORMAT, checksum, fp16_exact, make_overrides, regen, subsample  # noqa: E402
+from tests.helpers.golden_recipes import (  # noqa: E402
+    FORMAT,
+    checksum,
+    fp16_exact,
+    make_overrides,
+    regen,
+    subsample,
+)
 
 _ONLY = None  # --only: build and run only the cases whose name contains this
 

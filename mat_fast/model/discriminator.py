@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -80,7 +81,10 @@ def _tower(
 
 
 class Discriminator(nn.Module):
-    """``forward(images_in, masks_in, images_stg1, c) -> (score, score_stg1)``."""
+    """``forward(images_in, masks_in, images_stg1, c) -> (score, score_stg1)``.
+
+    ``channel_base``, ``channel_max`` and ``channel_decay`` are kept for upstream's signature
+    only: the widths come from the fixed table ``nf`` whatever they say (as upstream's)."""
 
     def __init__(
         self,
@@ -125,7 +129,13 @@ class Discriminator(nn.Module):
         self.fc0_stg1 = FullyConnectedLayer(nf(2) // 2 * 4**2, nf(2) // 2, activation=activation)
         self.fc1_stg1 = FullyConnectedLayer(nf(2) // 2, 1 if cmap_dim == 0 else cmap_dim)
 
-    def forward(self, images_in, masks_in, images_stg1, c):
+    def forward(
+        self,
+        images_in: torch.Tensor,
+        masks_in: torch.Tensor,
+        images_stg1: torch.Tensor,
+        c: Optional[torch.Tensor],
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         x = self.Dis(torch.cat([masks_in - 0.5, images_in], dim=1))
         x = self.fc1(self.fc0(x.flatten(start_dim=1)))
         x_stg1 = self.Dis_stg1(torch.cat([masks_in - 0.5, images_stg1], dim=1))

@@ -7,10 +7,11 @@ upstream so that checkpoints load strictly and seeds reproduce upstream's output
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from .layers import (
     NOISE_MODES,
@@ -143,7 +144,9 @@ class FirstStage(nn.Module):
                 )
             )
 
-    def forward(self, images_in, masks_in, ws, noise_mode="random"):
+    def forward(
+        self, images_in: Tensor, masks_in: Tensor, ws: Tensor, noise_mode: str = "random"
+    ) -> Tensor:
         x = torch.cat([masks_in - 0.5, images_in * masks_in], dim=1)
         skips = []
         x, mask = self.conv_first(x, masks_in)
@@ -205,7 +208,10 @@ class ConvBlockDown(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Second-stage conv encoder from the input size down to 16x16 (for 512 input)."""
+    """Second-stage conv encoder from the input size down to 16x16 (for 512 input).
+
+    ``patch_size`` and ``channels`` are accepted only because upstream's signature has them
+    (upstream ignores them too)."""
 
     def __init__(self, res_log2, img_channels, activation, patch_size=5, channels=16):
         super().__init__()
@@ -228,6 +234,9 @@ class Encoder(nn.Module):
 
 
 class ToStyle(nn.Module):
+    """Global style code from the encoder's 16x16 features: three strided convs, average
+    pooling, a linear layer. ``drop_rate`` is upstream's signature only (unused there too)."""
+
     def __init__(self, in_channels, out_channels, activation, drop_rate):
         super().__init__()
         self.conv = nn.Sequential(
@@ -352,6 +361,11 @@ class Decoder(nn.Module):
 
 
 class SynthesisNet(nn.Module):
+    """Both stages: the transformer first stage, the conv encoder, the style path and the
+    modulated decoder. ``channel_base``, ``channel_decay`` and ``channel_max`` are kept for
+    upstream's signature only: its widths come from the fixed table ``nf`` whatever they say.
+    """
+
     def __init__(
         self,
         w_dim,
@@ -391,7 +405,14 @@ class SynthesisNet(nn.Module):
             resolution_log2, activation, style_dim, use_noise, demodulate, img_channels
         )
 
-    def forward(self, images_in, masks_in, ws, noise_mode="random", return_stg1=False):
+    def forward(
+        self,
+        images_in: torch.Tensor,
+        masks_in: torch.Tensor,
+        ws: torch.Tensor,
+        noise_mode: str = "random",
+        return_stg1: bool = False,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         out_stg1 = self.first_stage(images_in, masks_in, ws, noise_mode=noise_mode)
 
         x = images_in * masks_in + out_stg1 * (1 - masks_in)
@@ -455,16 +476,16 @@ class Generator(nn.Module):
 
     def forward(
         self,
-        images_in,
-        masks_in,
-        z,
-        c,
-        truncation_psi=1,
-        truncation_cutoff=None,
-        skip_w_avg_update=False,
-        noise_mode="random",
-        return_stg1=False,
-    ):
+        images_in: torch.Tensor,
+        masks_in: torch.Tensor,
+        z: torch.Tensor,
+        c: Optional[torch.Tensor],
+        truncation_psi: float = 1,
+        truncation_cutoff: Optional[int] = None,
+        skip_w_avg_update: bool = False,
+        noise_mode: str = "random",
+        return_stg1: bool = False,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         self._check_inputs(images_in, masks_in, z, noise_mode)
         ws = self.mapping(
             z,
@@ -500,6 +521,14 @@ class Generator(nn.Module):
                 f"this Generator (img_resolution={r}) needs height and width that are positive "
                 f"multiples of {r}; got {H}x{W}. Pad the image first (mat_fast.Inpainter pads "
                 f"and crops for you)"
+            )
+        if noise_mode == "const" and self.use_noise and (H, W) != (r, r):
+            # Checked here, not only where the constant noise is added (after the whole first
+            # stage has run).
+            raise ValueError(
+                f"noise_mode='const' needs the training resolution: the constant noise is "
+                f"{r}x{r} but the input is {H}x{W}; use noise_mode='random' or 'none' for "
+                f"other sizes"
             )
         param = self.synthesis.first_stage.conv_first.conv.weight  # (the style path stays fp32)
         for name, t in (("images_in", images), ("masks_in", masks)):

@@ -9,12 +9,13 @@ seed builds the same network.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
 from .. import ops
+from ..ops.bias_act import bias_act
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -75,7 +76,7 @@ class FullyConnectedLayer(StyleCanStayFp32, nn.Module):
         x = x.to(w.dtype).matmul(w.t())
         if self.activation == "linear" and b is not None:
             return x + b
-        return ops.bias_act(x, b, dim=x.ndim - 1, act=self.activation)
+        return bias_act(x, b, dim=x.ndim - 1, act=self.activation)
 
 
 class Conv2dLayer(StyleCanStayFp32, nn.Module):
@@ -124,7 +125,7 @@ class Conv2dLayer(StyleCanStayFp32, nn.Module):
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         x = self.convolve(x)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return ops.bias_act(
+        return bias_act(
             x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp, inplace=True
         )  # x: the conv's own output
 
@@ -159,19 +160,21 @@ class Conv2dLayerPartial(nn.Module):
             conv_clamp,
             trainable,
         )
+        if activation not in _EPILOGUE_SLOPE:  # the fused epilogue is a leaky ReLU
+            raise ValueError(
+                f"Conv2dLayerPartial supports activation 'lrelu' or 'linear' (MAT uses lrelu); "
+                f"got {activation!r}"
+            )
         self.kernel_size = kernel_size
         self.stride = down
         self.padding = kernel_size // 2 if kernel_size % 2 == 1 else 0
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
+    def forward(
+        self, x: torch.Tensor, mask: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         if mask is None:
             return self.conv(x), None
         conv = self.conv
-        if conv.activation not in _EPILOGUE_SLOPE:  # (MAT only uses lrelu here)
-            update_mask, ratio = ops.partial_conv_mask(
-                mask, self.kernel_size, self.stride, self.padding
-            )
-            return conv(x) * ratio, update_mask
         # conv(x) * ratio: the mask update, bias, activation, gain, clamp and ratio in one op.
         return ops.partial_conv_fused(
             conv.convolve(x),
@@ -294,7 +297,7 @@ class StyleConv(nn.Module):
                 )
             x = x.add_((self.noise_const * self.noise_strength).to(x.dtype))
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return ops.bias_act(
+        return bias_act(
             x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp, inplace=True
         )  # x: this layer's own temporary
 
@@ -327,7 +330,7 @@ class ToRGB(nn.Module):
         self.conv_clamp = conv_clamp
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, skip: Optional[torch.Tensor] = None):
-        out = ops.bias_act(self.conv(x, style), self.bias, clamp=self.conv_clamp, inplace=True)
+        out = bias_act(self.conv(x, style), self.bias, clamp=self.conv_clamp, inplace=True)
         if skip is not None:
             if skip.shape != out.shape:
                 skip = ops.upsample2d(skip, self.resample_filter)
@@ -379,7 +382,14 @@ class MappingNet(StyleCanStayFp32, nn.Module):
         if num_ws is not None and w_avg_beta is not None:
             self.register_buffer("w_avg", torch.zeros([w_dim]))
 
-    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, skip_w_avg_update=False):
+    def forward(
+        self,
+        z: torch.Tensor,
+        c: Optional[torch.Tensor],
+        truncation_psi: float = 1,
+        truncation_cutoff: Optional[int] = None,
+        skip_w_avg_update: bool = False,
+    ) -> torch.Tensor:
         # Normalise in fp32 (as upstream), then run in the parameters' dtype.
         dtype = self.fc0.weight.dtype
         x = None

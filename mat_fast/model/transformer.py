@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..ops.window_attention.reference import shift_region_mask
 from .layers import Conv2dLayerPartial, FullyConnectedLayer
 
 
@@ -76,7 +75,11 @@ class WindowAttention(nn.Module):
 
 class SwinTransformerBlock(nn.Module):
     """Contextual attention + fusion of the shortcut by concatenation + MLP (no LayerNorm:
-    MAT drops it, paper Sec. 3.2)."""
+    MAT drops it, paper Sec. 3.2).
+
+    ``down_ratio`` and any other keyword (upstream's ``qkv_bias``, ``drop``, ``norm_layer``,
+    ...) are accepted for upstream's signature only and have no effect here (MAT's generator
+    leaves them at upstream's defaults)."""
 
     def __init__(
         self,
@@ -110,7 +113,7 @@ class SwinTransformerBlock(nn.Module):
         attn_mask = None
         if self.shift_size > 0:
             H, W = self.input_resolution
-            attn_mask = shift_region_mask(
+            attn_mask = ops.shift_region_mask(
                 H, W, self.window_size, self.shift_size, "cpu", torch.float32
             ).clone()  # cached: never share
         self.register_buffer("attn_mask", attn_mask)
@@ -164,7 +167,9 @@ class PatchUpsampling(nn.Module):
 
 class BasicLayer(nn.Module):
     """One transformer stage: optional resampling, ``depth`` blocks alternating plain and
-    shifted windows, then a partial conv with a residual connection."""
+    shifted windows, then a partial conv with a residual connection. Other keywords
+    (upstream's ``qkv_bias``, ``drop``, ``norm_layer``, ...) are accepted for upstream's
+    signature only and have no effect here (MAT's generator leaves them at their defaults)."""
 
     def __init__(
         self,

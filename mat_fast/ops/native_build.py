@@ -16,7 +16,9 @@ temporary directory that is renamed into place when done, under a file lock, so 
 that build at once wait for one another and never see half a build. The kernel sources are
 ``kernels/`` of a source tree, or ``mat_fast/_kernels/`` inside an installed wheel.
 
-:mod:`mat_fast.backend` calls :func:`probe`; the op wrappers call :func:`require`.
+:mod:`mat_fast.backend` calls :func:`probe` (the 'native' kernel layer); the op wrappers
+call :func:`require`; :func:`describe` says what is loaded. This module never imports the
+backend switch above it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from .. import settings
+from ..errors import BackendUnavailableError, NativeBuildError
 from .native_sources import (
     AOT_DIGEST_FILE,
     HASHED_SUFFIXES,
@@ -60,6 +64,7 @@ __all__ = [
     "NativeBuildError",
     "build",
     "cache_root",
+    "describe",
     "is_loaded",
     "kernel_dir",
     "load",
@@ -85,16 +90,6 @@ _PACKAGE = Path(__file__).resolve().parents[1]  # .../mat_fast
 _SOURCE_SUFFIXES = (".cpp", ".cu")
 
 
-class NativeBuildError(RuntimeError):
-    """The extension could not be built; ``reason`` is one paragraph for users, ``log``
-    the path of the full compiler output (or None)."""
-
-    def __init__(self, reason: str, log_path: Optional[Path] = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.log = log_path
-
-
 # ----------------------------------------------------------------------------------------
 # Where things are.
 
@@ -111,12 +106,8 @@ def kernel_dir() -> Optional[Path]:
 
 def cache_root() -> Path:
     """``$MAT_FAST_CACHE/ext``, else ``$XDG_CACHE_HOME/mat_fast/ext``, else
-    ``~/.cache/mat_fast/ext``."""
-    if os.environ.get("MAT_FAST_CACHE"):
-        return Path(os.environ["MAT_FAST_CACHE"]).expanduser() / "ext"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "mat_fast" / "ext"
+    ``~/.cache/mat_fast/ext`` (:func:`mat_fast.settings.cache_root`, read on every call)."""
+    return settings.cache_root()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,8 +390,7 @@ def is_loaded() -> bool:
 def _config_identity() -> tuple:
     # What selects the library before one is loaded, cheaply (no hashing): a failure is
     # remembered per identity, so pointing MAT_FAST_CACHE elsewhere retries.
-    env = os.environ
-    return (kernel_dir(), env.get("MAT_FAST_CACHE"), env.get("XDG_CACHE_HOME"), AOT_MODULE)
+    return (kernel_dir(), settings.cache_root())
 
 
 def _aot_staleness(origin: Optional[str]) -> Optional[str]:
@@ -422,7 +412,7 @@ def _aot_staleness(origin: Optional[str]) -> Optional[str]:
 def _load_aot() -> bool:
     """Import the ahead-of-time build if one is installed and matches the kernel sources;
     whether that worked."""
-    spec = importlib.util.find_spec(AOT_MODULE) if AOT_MODULE else None
+    spec = importlib.util.find_spec(AOT_MODULE)
     if spec is None:
         return False
     stale = _aot_staleness(spec.origin)
@@ -483,6 +473,17 @@ def load() -> str:
         raise error
 
 
+def describe() -> str:
+    """One line for ``mat-fast info``: the library loaded and where it came from, or why
+    none loads (asking may build it once)."""
+    try:
+        library = load()
+    except NativeBuildError as err:
+        return f"unavailable: {err.reason}"
+    origin = "prebuilt" if library == AOT_MODULE else "built just in time"
+    return f"{library} ({origin})"
+
+
 def _has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"{LIBRARY}::{op}", dispatch_key)
 
@@ -516,8 +517,6 @@ def require(device_type: str = "cpu") -> None:
     """Make sure the operators are loaded with kernels for ``device_type``; raise
     :class:`mat_fast.BackendUnavailableError` with the reason otherwise (the wrappers call
     this, so using them without a library fails with one clear message)."""
-    from ..backend import BackendUnavailableError
-
     name = "cuda" if device_type == "cuda" else "cpu"
     reason = probe(name, device_type)
     if reason is not None:

@@ -1,5 +1,6 @@
-"""What every Triton kernel package of mat_fast shares: the availability probe that
-:mod:`mat_fast.backend` calls, and small launch helpers.
+"""What every Triton kernel package of mat_fast shares, in one place: the availability
+probe that :mod:`mat_fast.backend` calls, the interpreter check, output allocation (NaN
+poisoning for tests) and the launch's device context.
 
 Importing this module never imports Triton (the probe does, once asked), so
 ``import mat_fast`` stays cheap on machines without it.
@@ -7,16 +8,22 @@ Importing this module never imports Triton (the probe does, once asked), so
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
-import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
+from .. import settings
+
 __all__ = [
     "MIN_TRITON",
+    "alloc",
+    "alloc_like",
     "check_device",
-    "interpreting",
+    "device_context",
+    "kernels_interpreted",
     "next_power_of_2",
     "probe",
     "triton_version",
@@ -26,8 +33,9 @@ __all__ = [
 MIN_TRITON = (3, 0)
 
 
+@functools.lru_cache(maxsize=None)
 def triton_version() -> Optional[tuple]:
-    """(major, minor) of the installed Triton, or None when it is missing."""
+    """(major, minor) of the installed Triton, or None when it is missing (asked once)."""
     if importlib.util.find_spec("triton") is None:
         return None
     import triton
@@ -39,36 +47,45 @@ def triton_version() -> Optional[tuple]:
     return tuple(parts)
 
 
-def interpreting() -> bool:
-    """True when Triton runs kernels in its (CPU, slow) interpreter."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
+def kernels_interpreted(kernel) -> bool:
+    """Whether the ``@triton.jit`` function ``kernel`` runs in Triton's (CPU, slow)
+    interpreter: Triton fixed that from ``TRITON_INTERPRET`` when its module was imported."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(kernel, InterpretedFunction)
 
 
-def probe(name: str, device_type: str) -> Optional[str]:
-    """None when mat_fast's Triton kernels can run on ``device_type``, else the reason.
-
-    :mod:`mat_fast.backend` has already checked that Triton is importable and that the
-    device is CUDA (or CPU under ``TRITON_INTERPRET=1``).
-    """
-    version = triton_version()
+def probe(device_type: str) -> Optional[str]:
+    """None when mat_fast's Triton kernels can run on ``device_type``, else the reason; the
+    one place that decides it (:mod:`mat_fast.backend` asks here)."""
+    try:
+        version = triton_version()
+    except Exception as err:  # noqa: BLE001 - a broken Triton install must not break dispatch
+        return f"Triton failed to import: {type(err).__name__}: {err}"
     if version is None:
-        return "Triton is not installed"
+        return "Triton is not installed (pip install triton; it comes with CUDA builds of torch)"
     if version < MIN_TRITON:
         want = ".".join(map(str, MIN_TRITON))
         return f"Triton {'.'.join(map(str, version))} is too old; mat_fast's kernels need >= {want}"
     if not hasattr(torch.library, "custom_op"):
         return f"torch {torch.__version__} lacks torch.library.custom_op; the Triton backend needs torch >= 2.4"
-    if device_type not in ("cuda", "cpu"):
-        return f"Triton kernels do not run on {device_type}"
-    return None
+    if device_type == "cuda":
+        return None if torch.cuda.is_available() else "no CUDA GPU is visible"
+    if device_type == "cpu":
+        if not settings.triton_interpret():
+            return (
+                "Triton runs on CPU tensors only under its interpreter (TRITON_INTERPRET=1, "
+                "slow; for tests)"
+            )
+        return None
+    return f"Triton kernels do not run on {device_type}"
 
 
-def check_device(op: str, *tensors: Optional[torch.Tensor], interpreted: bool) -> torch.device:
-    """Raise a clear ``ValueError`` unless all tensors share one device the kernels run on.
-
-    ``interpreted`` says whether the kernels were built for Triton's interpreter (decided
-    when the kernel module was imported, from ``TRITON_INTERPRET``).
-    """
+def check_device(op: str, kernel, *tensors: Optional[torch.Tensor]) -> torch.device:
+    """Raise a clear ``ValueError`` unless all tensors share one device that ``kernel`` (a
+    ``@triton.jit`` function of the op) runs on: CUDA, or CPU when it was built for Triton's
+    interpreter (see :func:`kernels_interpreted`)."""
+    interpreted = kernels_interpreted(kernel)
     present = [t for t in tensors if t is not None]
     device = present[0].device
     for t in present[1:]:
@@ -97,3 +114,33 @@ def next_power_of_2(n: int) -> int:
     """Smallest power of two >= n (1 for n <= 1)."""
     n = int(n)
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def alloc(
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    poison: Optional[bool] = None,
+) -> torch.Tensor:
+    """An uninitialised kernel output; NaN-filled when ``poison`` (default:
+    ``MAT_FAST_POISON_OUTPUTS=1``, read now), so an element the kernel does not write fails
+    loudly in the tests (one fill per output; off by default)."""
+    if settings.poison_outputs() if poison is None else poison:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def alloc_like(x: torch.Tensor, *, poison: Optional[bool] = None) -> torch.Tensor:
+    """:func:`alloc` with x's shape, dtype, device and (dense) strides: NCHW stays NCHW,
+    channels_last stays channels_last."""
+    out = torch.empty_like(x, memory_format=torch.preserve_format)
+    if settings.poison_outputs() if poison is None else poison:
+        out.fill_(float("nan"))
+    return out
+
+
+def device_context(device: torch.device):
+    """The context a launch on ``device`` runs in: that GPU current (Triton launches on the
+    current device), nothing for CPU tensors (interpreter)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

@@ -5,7 +5,7 @@ On CPU the first touch of a fresh 100-200 MB activation (page faults) costs seve
 the arithmetic, so here:
 
 * :func:`bias_act_cpu` writes one new tensor (the bias add) and runs the rest in place on it;
-* :func:`bias_act_cpu_` (``ops.bias_act(..., inplace=True)``) overwrites x itself, when
+* :func:`bias_act_cpu_` (``ops.bias_act.bias_act(..., inplace=True)``) overwrites x itself, when
   autograd does not need x; the model passes fresh convolution outputs.
 
 The result keeps x's memory format (channels_last stays so).

@@ -57,14 +57,13 @@ def bias_act_reference(
     clamp: Optional[float] = None,
 ) -> torch.Tensor:
     """``clamp(act(x + b, alpha) * gain, -clamp, clamp)``; ``b`` runs along ``dim`` of ``x``."""
-    func, def_alpha, def_gain = _spec(act)
-    alpha = float(def_alpha if alpha is None else alpha)
-    gain = float(def_gain if gain is None else gain)
+    func = _spec(act)[0]
+    alpha, gain, clamp = resolve_defaults(act, alpha, gain, clamp)
     if b is not None:
         x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
     x = func(x, alpha)
     if gain != 1:
         x = x * gain
-    if clamp is not None and clamp >= 0:
+    if clamp is not None:
         x = x.clamp(-clamp, clamp)
     return x

@@ -8,23 +8,18 @@ module was imported with ``TRITON_INTERPRET=1`` (tests).
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 
-from ..triton_support import check_device, interpreting
+from ..triton_support import alloc_like, check_device, device_context
 from .reference import resolve_defaults
 from .triton_kernels import bias_act_bwd_kernel, bias_act_fwd_kernel
 
 __all__ = ["bias_act_triton"]
 
-INTERPRETED = interpreting()
-#: Test hook: NaN-filled outputs, so an element the kernels do not write fails loudly.
-POISON_OUTPUTS = os.environ.get("MAT_FAST_POISON_OUTPUTS") == "1"
 _ACT_CODES = {"linear": 0, "relu": 1, "lrelu": 2, "tanh": 3, "sigmoid": 4}
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _BLOCK = 1024
@@ -45,28 +40,19 @@ def _layout(x: torch.Tensor, dim: int) -> Tuple[torch.Tensor, int]:
     return x, math.prod(x.shape[dim + 1 :])
 
 
-def _alloc_like(x: torch.Tensor) -> torch.Tensor:
-    out = torch.empty_like(x)  # keeps x's (dense) layout
-    return out.fill_(float("nan")) if POISON_OUTPUTS else out
-
-
-def _device_ctx(device: torch.device):
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def _launch(kernel, x, bias, extra, dim, act, alpha, gain, clamp):
     x, inner = _layout(x, dim)
     n = x.numel()
     if n == 0:
-        return x, [t.contiguous() for t in extra], _alloc_like(x)
+        return x, [t.contiguous() for t in extra], alloc_like(x)
     extra = [
         t.contiguous(memory_format=torch.channels_last)
         if inner == 1 and x.ndim == 4
         else t.contiguous()
         for t in extra
     ]
-    out = _alloc_like(x)
-    with _device_ctx(x.device):
+    out = alloc_like(x)
+    with device_context(x.device):
         kernel[(triton.cdiv(n, _BLOCK),)](
             x,
             bias if bias is not None else x,
@@ -163,6 +149,6 @@ def bias_act_triton(
         raise ValueError(
             f"{_OP}: bias of shape {tuple(b.shape)} does not fit dim {dim} of {tuple(x.shape)}"
         )
-    check_device(_OP, x, b, interpreted=INTERPRETED)
+    check_device(_OP, bias_act_fwd_kernel, x, b)
     alpha, gain, clamp = resolve_defaults(act, alpha, gain, clamp)
     return _fwd_op(x, b.contiguous() if b is not None else None, dim, act, alpha, gain, clamp)

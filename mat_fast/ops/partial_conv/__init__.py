@@ -16,15 +16,22 @@ from .reference import (
 
 backend.register("partial_conv_mask", "reference", partial_conv_mask_reference)
 backend.register("partial_conv_epilogue", "reference", partial_conv_epilogue_reference)
-# Fast kernels, imported on first use; a missing module means that backend runs the reference.
+# Fast kernels, imported on first use. The native ones need the C++/CUDA extension: where it
+# cannot load, the 'cpu' backend runs the reference for them (see mat_fast.backend).
 backend.register_lazy(
     "partial_conv_mask", "triton", "mat_fast.ops.partial_conv.triton:partial_conv_mask_triton"
 )
 backend.register_lazy(
-    "partial_conv_mask", "cpu", "mat_fast.ops.partial_conv.native:partial_conv_mask_native"
+    "partial_conv_mask",
+    "cpu",
+    "mat_fast.ops.partial_conv.native:partial_conv_mask_native",
+    layer="native",
 )
 backend.register_lazy(
-    "partial_conv_mask", "cuda", "mat_fast.ops.partial_conv.native:partial_conv_mask_native"
+    "partial_conv_mask",
+    "cuda",
+    "mat_fast.ops.partial_conv.native:partial_conv_mask_native",
+    layer="native",
 )
 backend.register_lazy(
     "partial_conv_epilogue",
@@ -32,10 +39,16 @@ backend.register_lazy(
     "mat_fast.ops.partial_conv.triton:partial_conv_epilogue_triton",
 )
 backend.register_lazy(
-    "partial_conv_epilogue", "cpu", "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native"
+    "partial_conv_epilogue",
+    "cpu",
+    "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native",
+    layer="native",
 )
 backend.register_lazy(
-    "partial_conv_epilogue", "cuda", "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native"
+    "partial_conv_epilogue",
+    "cuda",
+    "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native",
+    layer="native",
 )
 # inplace=True: implementations that may overwrite x (the others are the functional ones).
 backend.register("partial_conv_epilogue_inplace", "reference", partial_conv_epilogue_reference)
@@ -48,11 +61,13 @@ backend.register_lazy(
     "partial_conv_epilogue_inplace",
     "cpu",
     "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native_",
+    layer="native",
 )
 backend.register_lazy(
     "partial_conv_epilogue_inplace",
     "cuda",
     "mat_fast.ops.partial_conv.native:partial_conv_epilogue_native",
+    layer="native",
 )
 # Mask update + epilogue in one pass; backends without a fused kernel run the two ops above.
 backend.register("partial_conv_fused", "reference", partial_conv_fused_reference)

@@ -21,15 +21,13 @@ Runs on CUDA tensors, or on CPU tensors when this module was imported with
 ``TRITON_INTERPRET=1`` (Triton's interpreter: slow, for tests).
 """
 
-import contextlib
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ..triton_support import check_device, interpreting, next_power_of_2
+from ..triton_support import alloc, alloc_like, check_device, device_context, next_power_of_2
 from .triton_kernels import (
     partial_conv_epilogue_bwd_kernel,
     partial_conv_epilogue_fwd_kernel,
@@ -47,11 +45,6 @@ __all__ = [
     "partial_conv_mask_fwd",
 ]
 
-#: Whether the kernels above were built for Triton's interpreter (fixed at import).
-INTERPRETED = interpreting()
-#: Test hook: allocate every kernel output NaN-filled so an element the kernels do not
-#: write fails loudly (costs one fill per output; off by default).
-POISON_OUTPUTS = os.environ.get("MAT_FAST_POISON_OUTPUTS") == "1"
 
 _X_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MASK_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -61,22 +54,6 @@ _TILE = 4096
 _MASK_BLOCK = 256
 #: Channels per program of the fused kernel (at least; one box sum serves them all).
 _FUSED_CHANNELS = 32
-
-
-def _alloc(shape, dtype, device) -> torch.Tensor:
-    if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _alloc_like(x: torch.Tensor) -> torch.Tensor:
-    """Same shape, dtype and strides as ``x`` (NCHW or channels_last)."""
-    out = torch.empty_like(x, memory_format=torch.preserve_format)
-    return out.fill_(float("nan")) if POISON_OUTPUTS else out
-
-
-def _device_ctx(device: torch.device):
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _out_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
@@ -149,12 +126,12 @@ def partial_conv_mask_fwd(mask, kernel_size, stride, padding):
     """mask (B, 1, H, W) -> (update, ratio), each contiguous (B, 1, Ho, Wo) in mask's dtype."""
     B, _, H, W = mask.shape
     Ho, Wo = (_out_size(s, kernel_size, stride, padding) for s in (H, W))
-    update = _alloc((B, 1, Ho, Wo), mask.dtype, mask.device)
-    ratio = _alloc((B, 1, Ho, Wo), mask.dtype, mask.device)
+    update = alloc((B, 1, Ho, Wo), mask.dtype, mask.device)
+    ratio = alloc((B, 1, Ho, Wo), mask.dtype, mask.device)
     if update.numel() == 0:
         return update, ratio
     block = min(_MASK_BLOCK, next_power_of_2(Ho * Wo))
-    with _device_ctx(mask.device):
+    with device_context(mask.device):
         partial_conv_mask_kernel[(triton.cdiv(Ho * Wo, block), B)](
             mask,
             update,
@@ -179,12 +156,12 @@ def partial_conv_mask_fwd(mask, kernel_size, stride, padding):
 def partial_conv_epilogue_fwd(x, bias, ratio, gain, alpha, clamp):
     """y = clamp(lrelu(x + bias, alpha) * gain, -clamp, clamp) * ratio, x's dtype and strides."""
     B, C, H, W = x.shape
-    y = _alloc_like(x)
+    y = alloc_like(x)
     if y.numel() == 0:
         return y
     has_clamp, clamp_v = _clamp_args(clamp)
     block_c, block_p = _blocks(x)
-    with _device_ctx(x.device):
+    with device_context(x.device):
         partial_conv_epilogue_fwd_kernel[_grid(x, block_c, block_p)](
             x,
             bias if bias is not None else x,
@@ -213,12 +190,12 @@ def partial_conv_epilogue_fwd(x, bias, ratio, gain, alpha, clamp):
 def partial_conv_epilogue_bwd(dy, x, bias, ratio, gain, alpha, clamp):
     """dx (x's dtype and strides) of sum(dy * epilogue(x))."""
     B, C, H, W = x.shape
-    dx = _alloc_like(x)
+    dx = alloc_like(x)
     if dx.numel() == 0:
         return dx
     has_clamp, clamp_v = _clamp_args(clamp)
     block_c, block_p = _blocks(x)
-    with _device_ctx(x.device):
+    with device_context(x.device):
         partial_conv_epilogue_bwd_kernel[_grid(x, block_c, block_p)](
             dy,
             x,
@@ -249,8 +226,8 @@ def partial_conv_epilogue_bwd(dy, x, bias, ratio, gain, alpha, clamp):
 def partial_conv_fused_fwd(x, bias, mask, kernel_size, stride, padding, gain, alpha, clamp):
     """(y, update): the epilogue with the ratio computed from ``mask`` on the fly."""
     B, C, H, W = x.shape
-    y = _alloc_like(x)
-    update = _alloc((B, 1, H, W), mask.dtype, x.device)
+    y = alloc_like(x)
+    update = alloc((B, 1, H, W), mask.dtype, x.device)
     if y.numel() == 0:
         if update.numel():  # no channels: the mask update alone
             update = partial_conv_mask_fwd(mask, kernel_size, stride, padding)[0]
@@ -260,7 +237,7 @@ def partial_conv_fused_fwd(x, bias, mask, kernel_size, stride, padding, gain, al
     # >= _FUSED_CHANNELS channels per program share one box sum (9 mask loads per pixel)
     c_split = max(1, min(triton.cdiv(C, block_c), _FUSED_CHANNELS // block_c))
     grid = (triton.cdiv(H * W, block_p), triton.cdiv(C, block_c * c_split), B)
-    with _device_ctx(x.device):
+    with device_context(x.device):
         partial_conv_fused_fwd_kernel[grid](
             x,
             bias if bias is not None else x,
@@ -508,7 +485,7 @@ def partial_conv_mask_triton(
     """
     k, s, p = _check_geometry(kernel_size, stride, padding)
     _check_mask(mask, k, s, p)
-    check_device(_OP, mask, interpreted=INTERPRETED)
+    check_device(_OP, partial_conv_mask_kernel, mask)
     return _mask_op(mask.detach(), k, s, p)
 
 
@@ -544,7 +521,7 @@ def partial_conv_epilogue_triton(
         )
     if not ratio.is_floating_point():
         raise ValueError(f"{_OP}: ratio must be floating point; got {ratio.dtype}")
-    check_device(_OP, x, bias, ratio, interpreted=INTERPRETED)
+    check_device(_OP, partial_conv_epilogue_fwd_kernel, x, bias, ratio)
     return _epilogue_op(
         _as_kernel_layout(x),
         bias,
@@ -592,7 +569,7 @@ def partial_conv_fused_triton(
             f"(stride {s}, padding {p}) over mask {tuple(mask.shape)}: expected "
             f"({mask.shape[0]}, C, {Ho}, {Wo})"
         )
-    check_device(_OP, x, bias, mask, interpreted=INTERPRETED)
+    check_device(_OP, partial_conv_fused_fwd_kernel, x, bias, mask)
     return _fused_op(
         _as_kernel_layout(x),
         bias,

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .reference import Padding, _padding4, conv2d_resample_with, upfirdn2d_reference
+from .reference import Padding, conv2d_resample_with, padding_per_side, upfirdn2d_reference
 
 __all__ = ["conv2d_resample_cpu", "upfirdn2d_cpu"]
 
@@ -38,7 +38,7 @@ def upfirdn2d_cpu(
     if up > 1:
         return upfirdn2d_reference(x, f, up, down, padding, flip_filter, gain)
     x = x.contiguous(memory_format=torch.channels_last)
-    x0, x1, y0, y1 = _padding4(padding)
+    x0, x1, y0, y1 = padding_per_side(padding)
     if min(x0, x1, y0, y1) < 0:  # negative padding crops: a view
         x = x[:, :, max(-y0, 0) : x.shape[2] - max(-y1, 0), max(-x0, 0) : x.shape[3] - max(-x1, 0)]
         x0, x1, y0, y1 = max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)

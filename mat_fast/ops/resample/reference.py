@@ -29,7 +29,7 @@ def setup_filter(taps: Sequence[float] = (1, 3, 3, 1), device=None) -> torch.Ten
     return f / f.sum()
 
 
-def _padding4(padding: Padding) -> Tuple[int, int, int, int]:
+def padding_per_side(padding: Padding) -> Tuple[int, int, int, int]:
     """(x0, x1, y0, y1) from an int, [x, y] or [x0, x1, y0, y1]."""
     if isinstance(padding, int):
         return padding, padding, padding, padding
@@ -59,7 +59,7 @@ def upfirdn2d_reference(
     if f is None:
         f = torch.ones(1, 1, dtype=torch.float32, device=x.device)
     batch, channels, height, width = x.shape
-    x0, x1, y0, y1 = _padding4(padding)
+    x0, x1, y0, y1 = padding_per_side(padding)
 
     if up > 1:  # zero insertion: one sample followed by up-1 zeros, both axes
         x = x.reshape(batch, channels, height, 1, width, 1)

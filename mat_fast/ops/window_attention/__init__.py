@@ -8,18 +8,31 @@ import torch
 import torch.nn.functional as F
 
 from ... import backend
-from .reference import normalize_tokens, window_attention_qkv_reference, window_attention_reference
+from .checks import check_geometry, check_qkv_projection
+from .reference import (
+    normalize_tokens,
+    shift_region_mask,
+    window_attention_qkv_reference,
+    window_attention_reference,
+)
 
 backend.register("window_attention", "reference", window_attention_reference)
-# Fast kernels, imported on first use; a missing module means that backend runs the reference.
+# Fast kernels, imported on first use. The native ones need the C++/CUDA extension: where it
+# cannot load, the 'cpu' backend runs the reference for them (see mat_fast.backend).
 backend.register_lazy(
     "window_attention", "triton", "mat_fast.ops.window_attention.triton:window_attention_triton"
 )
 backend.register_lazy(
-    "window_attention", "cpu", "mat_fast.ops.window_attention.native:window_attention_native"
+    "window_attention",
+    "cpu",
+    "mat_fast.ops.window_attention.native:window_attention_native",
+    layer="native",
 )
 backend.register_lazy(
-    "window_attention", "cuda", "mat_fast.ops.window_attention.native:window_attention_native"
+    "window_attention",
+    "cuda",
+    "mat_fast.ops.window_attention.native:window_attention_native",
+    layer="native",
 )
 backend.register("window_attention_qkv", "reference", window_attention_qkv_reference)
 backend.register_lazy(
@@ -65,7 +78,7 @@ def window_attention(
             f"{tuple(k.shape)}, {tuple(v.shape)}"
         )
     B, L, C = q.shape
-    _check_geometry(B, L, C, mask, H, W, window_size, shift_size, num_heads)
+    check_geometry(B, L, C, mask, H, W, window_size, shift_size, num_heads)
     fn = backend.implementation("window_attention", q.device, backend_name)
     return fn(q, k, v, mask, (H, W), int(window_size), int(shift_size), int(num_heads))
 
@@ -100,17 +113,9 @@ def window_attention_qkv(
         ``(out, new_mask)`` as :func:`window_attention`.
     """
     H, W = (int(s) for s in x_size)
-    if x.ndim != 3:
-        raise ValueError(f"x must be (B, H*W, C) tokens; got shape {tuple(x.shape)}")
+    check_qkv_projection(x, qkv_weight, qkv_bias)
     B, L, C = x.shape
-    if tuple(qkv_weight.shape) != (3 * C, C):
-        raise ValueError(
-            f"qkv_weight must be (3C, C) = {(3 * C, C)} for {C} channels; "
-            f"got {tuple(qkv_weight.shape)}"
-        )
-    if qkv_bias is not None and tuple(qkv_bias.shape) != (3 * C,):
-        raise ValueError(f"qkv_bias must be (3C,) = {(3 * C,)}; got {tuple(qkv_bias.shape)}")
-    _check_geometry(B, L, C, mask, H, W, window_size, shift_size, num_heads)
+    check_geometry(B, L, C, mask, H, W, window_size, shift_size, num_heads)
     name = backend.resolve(x.device, backend_name)
     if not backend.has_kernel("window_attention_qkv", x.device, name):
         # no fused projection for this backend: project as upstream, attend with its kernel
@@ -126,20 +131,8 @@ def window_attention_qkv(
     )
 
 
-def _check_geometry(B, L, C, mask, H, W, window_size, shift_size, num_heads) -> None:
-    if L != H * W:
-        raise ValueError(f"token count {L} does not match the grid {H}x{W}")
-    if window_size <= 0 or H % window_size or W % window_size:
-        raise ValueError(f"grid {H}x{W} is not a multiple of the window size {window_size}")
-    if not 0 <= shift_size < window_size:
-        raise ValueError(f"shift_size must be in [0, {window_size}); got {shift_size}")
-    if num_heads <= 0 or C % num_heads:
-        raise ValueError(f"{C} channels do not split into {num_heads} heads")
-    if mask is not None and tuple(mask.shape) != (B, L, 1):
-        raise ValueError(f"mask must have shape {(B, L, 1)}; got {tuple(mask.shape)}")
-
-
 __all__ = [
+    "shift_region_mask",
     "window_attention",
     "window_attention_qkv",
     "window_attention_qkv_reference",

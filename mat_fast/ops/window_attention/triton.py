@@ -16,14 +16,19 @@ Runs on CUDA tensors, or on CPU tensors when this module was imported with
 ``TRITON_INTERPRET=1`` (Triton's interpreter: slow, for tests).
 """
 
-import contextlib
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 
-from ..triton_support import check_device, interpreting, next_power_of_2
+from ..triton_support import (
+    alloc,
+    check_device,
+    device_context,
+    kernels_interpreted,
+    next_power_of_2,
+)
+from .checks import check_geometry, check_qkv_projection
 from .triton_kernels import (
     window_attention_bwd_dkdv_kernel,
     window_attention_bwd_dq_kernel,
@@ -38,20 +43,9 @@ __all__ = [
     "window_attention_qkv_fwd",
 ]
 
-#: Whether the kernels above were built for Triton's interpreter (fixed at import).
-INTERPRETED = interpreting()
-#: Test hook: allocate every kernel output NaN-filled so an element the kernels do not
-#: write fails loudly (costs one fill per output; off by default).
-POISON_OUTPUTS = os.environ.get("MAT_FAST_POISON_OUTPUTS") == "1"
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _OP = "window_attention (triton)"
-
-
-def _alloc(shape, dtype, device) -> torch.Tensor:
-    if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _config(window: int, head_dim: int) -> dict:
@@ -82,13 +76,9 @@ def _geometry(q: torch.Tensor, H: int, W: int, window: int, shift: int, heads: i
 
 
 def _precision(dtype: torch.dtype, allow_tf32: bool) -> str:
-    if INTERPRETED and dtype == torch.bfloat16:
+    if dtype == torch.bfloat16 and kernels_interpreted(window_attention_fwd_kernel):
         return "upcast"  # the interpreter's tl.dot multiplies bf16 bit patterns as integers
     return "tf32" if allow_tf32 else "ieee"
-
-
-def _device_ctx(device: torch.device):
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------------------
@@ -101,11 +91,11 @@ def window_attention_fwd(q, k, v, mask, H, W, window, shift, heads, allow_tf32=F
     B, L, C = q.shape
     geo = _geometry(q, H, W, window, shift, heads)
     cfg = _config(window, geo["HEAD_DIM"])
-    out = _alloc((B, L, C), q.dtype, q.device)
-    lse = _alloc((B, heads, L), torch.float32, q.device)
-    new_mask = _alloc((B, L, 1), mask.dtype, q.device) if mask is not None else q.new_empty(0)
+    out = alloc((B, L, C), q.dtype, q.device)
+    lse = alloc((B, heads, L), torch.float32, q.device)
+    new_mask = alloc((B, L, 1), mask.dtype, q.device) if mask is not None else q.new_empty(0)
     grid = (B * geo["N_WIN"], heads, triton.cdiv(window * window, cfg["BLOCK_M"]))
-    with _device_ctx(q.device):
+    with device_context(q.device):
         window_attention_fwd_kernel[grid](
             q,
             k,
@@ -133,11 +123,11 @@ def window_attention_qkv_fwd(
     C = C3 // 3
     geo = _geometry(qkv[..., :C], H, W, window, shift, heads)
     cfg = _config(window, geo["HEAD_DIM"])
-    out = _alloc((B, L, C), qkv.dtype, qkv.device)
-    lse = _alloc((B, heads, L), torch.float32, qkv.device)
-    new_mask = _alloc((B, L, 1), mask.dtype, qkv.device) if mask is not None else qkv.new_empty(0)
+    out = alloc((B, L, C), qkv.dtype, qkv.device)
+    lse = alloc((B, heads, L), torch.float32, qkv.device)
+    new_mask = alloc((B, L, 1), mask.dtype, qkv.device) if mask is not None else qkv.new_empty(0)
     grid = (B * geo["N_WIN"], heads, triton.cdiv(window * window, cfg["BLOCK_M"]))
-    with _device_ctx(qkv.device):
+    with device_context(qkv.device):
         window_attention_fwd_kernel[grid](
             qkv,
             qkv,
@@ -171,13 +161,13 @@ def window_attention_bwd(do, q, k, v, mask, out, lse, H, W, window, shift, heads
         .transpose(1, 2)
         .contiguous()
     )
-    dq, dk, dv = (_alloc((B, L, C), q.dtype, q.device) for _ in range(3))
+    dq, dk, dv = (alloc((B, L, C), q.dtype, q.device) for _ in range(3))
     n_tiles = triton.cdiv(window * window, cfg["BLOCK_N"])
     common = dict(
         **geo, HAS_MASK=mask is not None, DOT_PRECISION=_precision(q.dtype, allow_tf32), **cfg
     )
     m = mask if mask is not None else q
-    with _device_ctx(q.device):
+    with device_context(q.device):
         window_attention_bwd_dkdv_kernel[(B * geo["N_WIN"], heads, n_tiles)](
             q, k, v, m, do, lse, delta, dq, dk, dv, WITH_DQ=n_tiles == 1, **common
         )
@@ -336,16 +326,9 @@ def _checked_mask(x, mask, H, W, window, shift, heads):
     if x.dtype not in _DTYPES:
         raise ValueError(f"{_OP}: dtype {x.dtype} is not supported (float32, float16, bfloat16)")
     B, L, C = x.shape
-    if window <= 0 or H % window or W % window or L != H * W:
-        raise ValueError(f"{_OP}: {L} tokens, grid {H}x{W} and window {window} do not fit")
-    if not 0 <= shift < window:
-        raise ValueError(f"{_OP}: shift_size must be in [0, {window}); got {shift}")
-    if heads <= 0 or C % heads:
-        raise ValueError(f"{_OP}: {C} channels do not split into {heads} heads")
+    check_geometry(B, L, C, mask, H, W, window, shift, heads)
     if mask is None:
         return None
-    if tuple(mask.shape) != (B, L, 1):
-        raise ValueError(f"{_OP}: mask must have shape {(B, L, 1)}; got {tuple(mask.shape)}")
     if not mask.is_floating_point():
         raise ValueError(f"{_OP}: mask must be floating point; got {mask.dtype}")
     return mask.contiguous()
@@ -392,7 +375,7 @@ def window_attention_triton(
                 f"{tuple(t.shape)} {t.dtype} vs q {tuple(q.shape)} {q.dtype}"
             )
     mask = _checked_mask(q, mask, H, W, window, shift, heads)
-    check_device(_OP, q, k, v, mask, interpreted=INTERPRETED)
+    check_device(_OP, window_attention_fwd_kernel, q, k, v, mask)
     out, new_mask, _ = _fwd_op(
         q.contiguous(),
         k.contiguous(),
@@ -434,17 +417,11 @@ def window_attention_qkv_triton(
         x: (B, H*W, C) fp32/fp16/bf16 tokens; qkv_weight (3C, C); qkv_bias (3C,) or None
             (cast to x's dtype); the rest as :func:`window_attention_triton`.
     """
-    if not isinstance(x, torch.Tensor) or x.ndim != 3:
-        raise ValueError(f"{_OP}: x must be a (B, H*W, C) tensor")
-    C = x.shape[-1]
-    if tuple(qkv_weight.shape) != (3 * C, C):
-        raise ValueError(f"{_OP}: qkv_weight must be {(3 * C, C)}; got {tuple(qkv_weight.shape)}")
-    if qkv_bias is not None and tuple(qkv_bias.shape) != (3 * C,):
-        raise ValueError(f"{_OP}: qkv_bias must be {(3 * C,)}; got {tuple(qkv_bias.shape)}")
+    check_qkv_projection(x, qkv_weight, qkv_bias)
     H, W = (int(s) for s in x_size)
     window, shift, heads = int(window_size), int(shift_size), int(num_heads)
     mask = _checked_mask(x, mask, H, W, window, shift, heads)
-    check_device(_OP, x, qkv_weight, qkv_bias, mask, interpreted=INTERPRETED)
+    check_device(_OP, window_attention_fwd_kernel, x, qkv_weight, qkv_bias, mask)
     qkv = torch.nn.functional.linear(x, qkv_weight.to(x.dtype)).contiguous()  # (B, L, 3C), one GEMM
     # fp32 norms: F.normalize's 1e-12 floor underflows to 0 in fp16 (0/0 on all-zero tokens)
     inv_norm = (

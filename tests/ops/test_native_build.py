@@ -8,7 +8,7 @@
 * the cache keeps its most recently used entries and sweeps abandoned builds; a build
   compiles exactly the sources its key hashed; a cache hit marks the entry used.
 
-The kernels' numbers against their references are in test_native_ops.py.
+The kernels' numbers against their references are in test_window_attention_native.py and test_partial_conv_native.py.
 """
 
 from __future__ import annotations
@@ -28,14 +28,22 @@ import torch
 import mat_fast
 from mat_fast import backend
 from mat_fast.ops import native_build
+from mat_fast.ops.bias_act.reference import bias_act_reference
 from mat_fast.ops.window_attention.reference import window_attention_reference
 
-from .conftest import ROOT
+from ..helpers.paths import ROOT
 
 pytestmark = pytest.mark.usefixtures("default_backend")
 
+#: The 'cpu' backend's ops whose kernels are native, and their packages.
+NATIVE_CPU_OPS = {
+    "window_attention": "window_attention",
+    "partial_conv_mask": "partial_conv",
+    "partial_conv_epilogue": "partial_conv",
+}
 
-def test_broken_build_falls_back_under_auto_and_raises_when_explicit(
+
+def test_broken_build_leaves_the_cpu_backend_its_pytorch_paths_and_the_reference(
     native_ops, tmp_path, monkeypatch, caplog
 ):
     if native_build._loaded == native_build.AOT_MODULE:
@@ -46,7 +54,7 @@ def test_broken_build_falls_back_under_auto_and_raises_when_explicit(
         'static_assert(false, "mat_fast broken-build probe");\n'
     )
     monkeypatch.setattr(native_build, "kernel_dir", lambda: kernels)
-    monkeypatch.setattr(native_build, "AOT_MODULE", "")
+    monkeypatch.setattr(native_build, "_load_aot", lambda: False)
     monkeypatch.setenv("MAT_FAST_CACHE", str(tmp_path / "cache"))
     # As in a fresh process: this one has the real library loaded already.
     monkeypatch.setattr(native_build, "_loaded", None)
@@ -54,13 +62,23 @@ def test_broken_build_falls_back_under_auto_and_raises_when_explicit(
     monkeypatch.setattr(native_build, "_ready", set())
     backend._logged_fallbacks.clear()
 
+    # The 'cpu' backend needs no compiler: auto still picks it, and without the native
+    # layer its attention and partial-conv ops run their reference twins.
+    monkeypatch.setattr(backend, "_REGISTRY", {k: dict(v) for k, v in backend._REGISTRY.items()})
+    monkeypatch.setattr(backend, "_LAZY", {k: dict(v) for k, v in backend._LAZY.items()})
+    for op, package in NATIVE_CPU_OPS.items():  # as before their first use
+        backend._REGISTRY[op].pop("cpu", None)
+        backend._LAZY[op]["cpu"] = (f"mat_fast.ops.{package}.native:{op}_native", "native")
     with caplog.at_level(logging.INFO, logger="mat_fast"):
-        assert backend.resolve("cpu") == "reference"
-        assert backend.resolve("cpu") == "reference"  # remembered: neither rebuilt nor re-logged
-    records = [r.getMessage() for r in caplog.records if "skips 'cpu'" in r.getMessage()]
-    assert len(records) == 1, records
+        assert backend.resolve("cpu") == "cpu"
+        for _ in range(2):  # remembered: neither rebuilt nor re-logged
+            for op in NATIVE_CPU_OPS:
+                assert backend.implementation(op, "cpu") is backend._REGISTRY[op]["reference"]
+        assert backend.implementation("bias_act", "cpu") is not bias_act_reference
     logs = list((tmp_path / "cache" / "ext").glob("*.failed.log"))
-    assert len(logs) == 1 and str(logs[0]) in records[0]
+    assert len(logs) == 1
+    reason = backend.kernel_layers("cpu")["native"]
+    assert reason is not None and str(logs[0]) in reason
     # Seen with default logging (WARNING), once, naming the log that exists.
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     unavailable = [m for m in warnings if "native kernels" in m and "unavailable" in m]
@@ -72,9 +90,12 @@ def test_broken_build_falls_back_under_auto_and_raises_when_explicit(
         "temp build dirs left"
     )
 
-    with pytest.raises(mat_fast.BackendUnavailableError) as info:
-        with mat_fast.use_backend("cpu"):
-            pass
+    with mat_fast.use_backend("cpu"):  # an explicit 'cpu' runs too, on the same terms
+        q = torch.randn(1, 16, 12)
+        out, _ = mat_fast.ops.window_attention.window_attention(q, q, q, None, (4, 4), 4, 0, 2)
+    torch.testing.assert_close(out, window_attention_reference(q, q, q, None, (4, 4), 4, 0, 2)[0])
+    with pytest.raises(mat_fast.BackendUnavailableError) as info:  # the native kernels alone
+        native_build.require("cpu")
     message = str(info.value)
     assert "mat_fast broken-build probe" in message and str(logs[0]) in message
 
@@ -91,7 +112,9 @@ def test_loaded_library_survives_a_changed_cache_setting(native_ops, tmp_path, m
     monkeypatch.setattr(native_build, "_ready", set())
     assert native_build.probe("cpu", "cpu") is None
     q = torch.randn(1, 16, 12)
-    out, _ = mat_fast.ops.window_attention(q, q, q, None, (4, 4), 4, 0, 2, backend_name="cpu")
+    out, _ = mat_fast.ops.window_attention.window_attention(
+        q, q, q, None, (4, 4), 4, 0, 2, backend_name="cpu"
+    )
     torch.testing.assert_close(out, window_attention_reference(q, q, q, None, (4, 4), 4, 0, 2)[0])
     assert not (tmp_path / "elsewhere").exists()
 

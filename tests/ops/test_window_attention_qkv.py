@@ -19,7 +19,7 @@ from mat_fast.ops.window_attention.reference import (
     window_attention_reference,
 )
 
-from .conftest import assert_close_verbose
+from ..helpers.asserts import assert_close_verbose
 from .test_window_attention_triton import DEVICE, _triton_env, make_mask, wat  # noqa: F401 (fixture)
 
 

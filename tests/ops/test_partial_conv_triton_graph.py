@@ -1,7 +1,7 @@
 """Triton partial convolution as custom ops (fake implementations, opcheck, graph capture
 with torch.compile), MAT's real shapes on GPU (inductor and CUDA graphs included), and the
 kernels built for sm_90 without a GPU. Parity against the reference over shapes, dtypes and
-masks is test_partial_conv_triton.py; shared inputs are in partial_conv_cases.py.
+masks is test_partial_conv_triton.py; shared inputs are in helpers/partial_conv_cases.py.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 
 from mat_fast.ops.partial_conv.reference import partial_conv_mask_reference
 
-from .conftest import assert_close_verbose, assert_lowp_close
-from .partial_conv_cases import (
+from ..helpers.asserts import assert_close_verbose, assert_lowp_close
+from ..helpers.partial_conv_cases import (
     ALPHA,
     DEVICE,
     DTYPE_IDS,
@@ -29,7 +29,7 @@ from .partial_conv_cases import (
     run_fused,
     triton_env,  # noqa: F401 (an autouse fixture: importing it turns it on here)
 )
-from .sm90_compile import compile_for_sm90
+from ..helpers.sm90_compile import compile_for_sm90
 
 # ---------------------------------------------------------------------------------------
 # Custom ops: fake implementations, opcheck, graph capture

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mat_fast import ops
-from mat_fast.ops.bias_act.reference import bias_act_reference
-from mat_fast.ops.partial_conv.reference import partial_conv_mask_reference
-from mat_fast.ops.resample.reference import (
-    conv2d_resample_reference,
-    setup_filter,
-    upfirdn2d_reference,
-)
 from mat_fast.ops.window_attention.reference import window_attention_reference
 
-from .conftest import assert_close_verbose
+from ..helpers.asserts import assert_close_verbose
 
 # ---------------------------------------------------------------------------------------
 # Window attention
@@ -168,129 +159,16 @@ def test_window_attention_rejects_bad_arguments(bad):
     kwargs = dict(mask=None, x_size=(8, 8), window_size=4, shift_size=0, num_heads=2)
     kwargs.update(bad)
     with pytest.raises(ValueError):
-        ops.window_attention(q, q, q, **kwargs)
+        ops.window_attention.window_attention(q, q, q, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------
 # Partial convolution mask update
 
 
-def test_partial_conv_mask_single_valid_pixel():
-    mask = torch.zeros(1, 1, 5, 5)
-    mask[0, 0, 2, 2] = 1
-    update, ratio = partial_conv_mask_reference(mask, 3, stride=1, padding=1)
-    expected = torch.zeros(5, 5)
-    expected[1:4, 1:4] = 1
-    assert torch.equal(update[0, 0], expected)
-    assert torch.allclose(ratio[0, 0], expected * 9 / (1 + 1e-8))
-
-
-def test_partial_conv_mask_border_counts_and_stride():
-    mask = torch.ones(1, 1, 4, 4)
-    update, ratio = partial_conv_mask_reference(mask, 3, stride=2, padding=1)
-    assert update.shape == (1, 1, 2, 2) and torch.equal(update, torch.ones_like(update))
-    # top-left output sees a 2x2 valid corner (4 of 9 inputs), the others see 2x3 or 3x3
-    assert torch.allclose(ratio[0, 0], torch.tensor([[9 / 4, 9 / 6], [9 / 6, 9 / 9]]), rtol=1e-6)
-
-
-def test_partial_conv_mask_nonbinary_clamps_update():
-    mask = torch.full((1, 1, 3, 3), 0.05)
-    update, ratio = partial_conv_mask_reference(mask, 3, stride=1, padding=1)
-    assert math.isclose(update[0, 0, 1, 1].item(), 0.45, rel_tol=1e-6)  # 9 x 0.05, below 1
-    assert math.isclose(ratio[0, 0, 1, 1].item(), 9 / 0.45 * 0.45, rel_tol=1e-5)
-
-
 # ---------------------------------------------------------------------------------------
 # Bias + activation
 
 
-def test_bias_act_lrelu_gain_and_clamp():
-    x = torch.tensor([[-1.0, 2.0]])
-    b = torch.tensor([0.0, 1.0])
-    out = bias_act_reference(x, b, dim=1, act="lrelu")
-    assert torch.allclose(out, torch.tensor([[-0.2 * math.sqrt(2), 3 * math.sqrt(2)]]))
-    clamped = bias_act_reference(x, b, dim=1, act="lrelu", gain=1.0, clamp=2.5)
-    assert torch.allclose(clamped, torch.tensor([[-0.2, 2.5]]))
-    with pytest.raises(ValueError, match="unknown activation"):
-        ops.bias_act(x, act="gelu")
-
-
 # ---------------------------------------------------------------------------------------
 # FIR resampling
-
-
-def upfirdn_brute(x, f, up, down, p):
-    """scipy-style upfirdn by explicit loops (float64): zero-insert, pad, convolve, keep."""
-    x, f = x.double(), f.double()
-    B, C, H, W = x.shape
-    px0, px1, py0, py1 = p
-    u = torch.zeros(B, C, H * up, W * up, dtype=torch.float64)
-    u[:, :, ::up, ::up] = x
-    full = torch.zeros(
-        B,
-        C,
-        H * up + max(py0, 0) + max(py1, 0),
-        W * up + max(px0, 0) + max(px1, 0),
-        dtype=torch.float64,
-    )
-    full[:, :, max(py0, 0) : max(py0, 0) + H * up, max(px0, 0) : max(px0, 0) + W * up] = u
-    full = full[
-        :,
-        :,
-        max(-py0, 0) : full.shape[2] - max(-py1, 0),
-        max(-px0, 0) : full.shape[3] - max(-px1, 0),
-    ]
-    fh, fw = f.shape
-    oh, ow = full.shape[2] - fh + 1, full.shape[3] - fw + 1
-    out = torch.zeros(B, C, oh, ow, dtype=torch.float64)
-    for i in range(oh):
-        for j in range(ow):
-            patch = full[:, :, i : i + fh, j : j + fw]
-            out[:, :, i, j] = (patch * f.flip([0, 1])).sum(dim=(2, 3))  # true convolution
-    return out[:, :, ::down, ::down]
-
-
-@pytest.mark.parametrize(
-    "up,down,pad",
-    [(1, 1, (1, 2, 1, 2)), (2, 1, (2, 1, 2, 1)), (1, 2, (1, 1, 1, 1)), (2, 1, (-1, 0, 1, -2))],
-)
-def test_upfirdn2d_matches_loops(up, down, pad):
-    g = torch.Generator().manual_seed(up * 10 + down)
-    x = torch.randn(1, 2, 6, 5, generator=g)
-    f = torch.rand(4, 4, generator=g)  # asymmetric, so a flip error shows
-    out = upfirdn2d_reference(x, f, up=up, down=down, padding=pad)
-    assert_close_verbose(out, upfirdn_brute(x, f, up, down, pad), rtol=1e-6, what="upfirdn2d")
-
-
-def test_filter_is_normalised_outer_product():
-    f = setup_filter([1, 3, 3, 1])
-    assert torch.allclose(
-        f, torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])) / 64
-    )
-
-
-@pytest.mark.parametrize(
-    "k,up,down,groups",
-    [(3, 1, 2, 1), (1, 1, 2, 1), (3, 2, 1, 1), (3, 2, 1, 2), (1, 2, 1, 1), (3, 1, 1, 2)],
-)
-def test_conv2d_resample_fast_paths_equal_generic_chain(k, up, down, groups):
-    """Each fast path (filter before/after, transposed conv) equals the definition: pad +
-    upsample + filter, then convolve, then filter + downsample."""
-    g = torch.Generator().manual_seed(k * 100 + up * 10 + down)
-    x = torch.randn(2, 4, 8, 8, generator=g)
-    w = torch.randn(6, 4 // groups, k, k, generator=g)
-    f = setup_filter([1, 3, 3, 1])
-    out = conv2d_resample_reference(x, w, f, up=up, down=down, padding=k // 2, groups=groups)
-    p = k // 2
-    if up > 1:
-        p0, p1 = p + (4 + up - 1) // 2, p + (4 - up) // 2
-        y = upfirdn2d_reference(x, f, up=up, padding=[p0, p1, p0, p1], gain=up * up)
-        expected = F.conv2d(y, w, groups=groups)
-    else:
-        p0, p1 = (p + (4 - down + 1) // 2, p + (4 - down) // 2) if down > 1 else (p, p)
-        y = upfirdn2d_reference(x, None, padding=[p0, p1, p0, p1])
-        expected = F.conv2d(y, w, groups=groups)
-        if down > 1:
-            expected = upfirdn2d_reference(expected, f, down=down)
-    assert_close_verbose(out, expected, rtol=1e-5, what="conv2d_resample")
-    assert out.shape[-1] == 8 * up // down

@@ -22,10 +22,10 @@ from mat_fast import backend
 from mat_fast.ops.window_attention import window_attention
 from mat_fast.ops.window_attention.reference import window_attention_reference
 
-from .conftest import assert_close_verbose, assert_lowp_close
-from .sm90_compile import compile_for_sm90
-from .triton_interpreter import DEVICE, import_kernels, kernel_test_env
-from .triton_interpreter import INTERPRET as _INTERPRET
+from ..helpers.asserts import assert_close_verbose, assert_lowp_close
+from ..helpers.sm90_compile import compile_for_sm90
+from ..helpers.triton_interpreter import DEVICE, import_kernels, kernel_test_env
+from ..helpers.triton_interpreter import INTERPRET as _INTERPRET
 
 wat = import_kernels("mat_fast.ops.window_attention.triton")
 
@@ -238,7 +238,7 @@ def test_invalid_inputs_raise_clear_errors():
         f(q, k.half(), v, mask, (16, 16), 8, 0, 2)
     with pytest.raises(ValueError, match="not supported"):
         f(q.double(), k.double(), v.double(), mask, (16, 16), 8, 0, 2)
-    with pytest.raises(ValueError, match="do not fit"):
+    with pytest.raises(ValueError, match="not a multiple of the window size"):
         f(q, k, v, mask, (16, 16), 6, 0, 2)
     with pytest.raises(ValueError, match="shift_size"):
         f(q, k, v, mask, (16, 16), 8, 8, 2)

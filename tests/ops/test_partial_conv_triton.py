@@ -2,7 +2,7 @@
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors: shapes are small
 (20 channels, 16x16 and odd 13x11 maps). With a GPU the same tests run on CUDA. Inputs,
-tolerances and the interpreter fixture live in partial_conv_cases.py; the custom-op
+tolerances and the interpreter fixture live in helpers/partial_conv_cases.py; the custom-op
 plumbing (fakes, opcheck, torch.compile), MAT's real shapes on GPU and the sm_90 build are
 in test_partial_conv_triton_graph.py.
 """
@@ -20,8 +20,8 @@ from mat_fast.ops.partial_conv.reference import (
     partial_conv_mask_reference,
 )
 
-from .conftest import assert_close_verbose, assert_lowp_close
-from .partial_conv_cases import (
+from ..helpers.asserts import assert_close_verbose, assert_lowp_close
+from ..helpers.partial_conv_cases import (
     _INTERPRET,
     ALPHA,
     DEVICE,

@@ -3,15 +3,19 @@ CPU without a GPU; small shapes). Outputs are NaN-poisoned, so an unwritten elem
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 import mat_fast
+from mat_fast import ops
+from mat_fast.ops.bias_act import cpu as bias_act_cpu
 from mat_fast.ops.bias_act.reference import ACTIVATIONS, bias_act_reference
 
-from .conftest import assert_close_verbose
-from .sm90_compile import compile_for_sm90
-from .triton_interpreter import DEVICE, import_kernels, kernel_test_env
+from ..helpers.asserts import assert_close_verbose, check
+from ..helpers.sm90_compile import compile_for_sm90
+from ..helpers.triton_interpreter import DEVICE, import_kernels, kernel_test_env
 
 bat = import_kernels("mat_fast.ops.bias_act.triton")
 
@@ -70,7 +74,7 @@ def test_half_within_twice_reference_error(dtype):
 def test_no_bias_and_dispatch():
     x = torch.randn(3, 4, 5).to(DEVICE)
     with mat_fast.use_backend("triton"):
-        y = mat_fast.ops.bias_act(x, None, dim=2, act="lrelu", inplace=True)
+        y = mat_fast.ops.bias_act.bias_act(x, None, dim=2, act="lrelu", inplace=True)
     assert_close_verbose(
         y.cpu(), bias_act_reference(x.cpu(), None, dim=2, act="lrelu"), rtol=1e-6, what="y"
     )
@@ -111,3 +115,70 @@ def test_kernels_compile_for_cuda_target():
     from pathlib import Path
 
     compile_for_sm90(Path(bat.__file__).with_name("triton_kernels.py"), _BUILD_LOOP)
+
+
+def test_bias_act_lrelu_gain_and_clamp():
+    x = torch.tensor([[-1.0, 2.0]])
+    b = torch.tensor([0.0, 1.0])
+    out = bias_act_reference(x, b, dim=1, act="lrelu")
+    assert torch.allclose(out, torch.tensor([[-0.2 * math.sqrt(2), 3 * math.sqrt(2)]]))
+    clamped = bias_act_reference(x, b, dim=1, act="lrelu", gain=1.0, clamp=2.5)
+    assert torch.allclose(clamped, torch.tensor([[-0.2, 2.5]]))
+    with pytest.raises(ValueError, match="unknown activation"):
+        ops.bias_act.bias_act(x, act="gelu")
+
+
+BIAS_ACT_CASES = [
+    dict(act="lrelu"),
+    dict(act="lrelu", gain=2.0, clamp=0.5),
+    dict(act="linear"),
+    dict(act="linear", clamp=0.3, gain=0.5),
+    dict(act="relu"),
+    dict(act="tanh"),  # no in-place form: the reference runs
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("case", BIAS_ACT_CASES, ids=str)
+@pytest.mark.parametrize("shape,dim", [((2, 5, 7, 9), 1), ((2, 33, 12), 2)], ids=["nchw", "tokens"])
+def test_bias_act_cpu_matches_reference(shape, dim, case, with_bias, dtype):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(*shape, generator=g)
+    b = torch.randn(shape[dim], generator=g) if with_bias else None
+    for fn in (bias_act_cpu.bias_act_cpu, bias_act_cpu.bias_act_cpu_):
+        check(
+            lambda x, b, fn=fn: fn(x.clone(), b, dim, **case),
+            lambda x, b: bias_act_reference(x, b, dim, **case),
+            [x, b],
+            dtype,
+            f"{fn.__name__} {case}",
+        )
+
+
+def test_bias_act_inplace_contract():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 6, 6, generator=g).contiguous(memory_format=torch.channels_last)
+    b = torch.randn(4, generator=g)
+    ref = bias_act_reference(x, b, act="lrelu")
+    with mat_fast.use_backend("cpu"):
+        kept = x.clone()
+        out = ops.bias_act.bias_act(kept, b, act="lrelu")  # functional: x untouched
+        assert torch.equal(kept, x)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert_close_verbose(out, ref, rtol=1e-6, what="bias_act")
+    # The in-place function writes into x ...
+    y = x.clone()
+    out = bias_act_cpu.bias_act_cpu_(y, b, act="lrelu")
+    assert out.data_ptr() == y.data_ptr()
+    assert_close_verbose(out, ref, rtol=1e-6, what="bias_act_")
+    # ... but not into a tensor autograd needs: gradients match the reference's.
+    leaf = x.clone().requires_grad_(True)
+    out = bias_act_cpu.bias_act_cpu_(leaf, b, act="lrelu", gain=2.0)
+    assert torch.equal(leaf.detach(), x)
+    (grad,) = torch.autograd.grad(out.sum(), leaf)
+    leaf2 = x.clone().requires_grad_(True)
+    (ref_grad,) = torch.autograd.grad(
+        bias_act_reference(leaf2, b, act="lrelu", gain=2.0).sum(), leaf2
+    )
+    assert torch.equal(grad, ref_grad)

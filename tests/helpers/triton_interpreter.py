@@ -1,7 +1,7 @@
 """Import a Triton kernel module for the tests: under Triton's interpreter (CPU tensors)
 when no GPU is visible, compiled for CUDA otherwise.
 
-A kernel module reads ``TRITON_INTERPRET`` once, when it is imported, so the variable is
+Triton fixes ``TRITON_INTERPRET`` for a kernel module when it is imported, so the variable is
 set around that import only and then restored: other test modules see the environment
 they expect. :func:`kernel_test_env` makes the fixture that sets it again while a module's
 tests run (for the backend probe).
@@ -48,7 +48,7 @@ def kernel_test_env(kernels):
         if INTERPRET:
             monkeypatch.setenv("TRITON_INTERPRET", "1")
         monkeypatch.delenv(backend.ENV_VAR, raising=False)
-        monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
+        monkeypatch.setenv("MAT_FAST_POISON_OUTPUTS", "1")  # read on every allocation
         yield
 
     return triton_env
