@@ -8,6 +8,7 @@ with the same digest, or networks of your own.
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -19,7 +20,10 @@ def load_inception_detector(path: Optional[str] = None, *, device="cpu", downloa
     """The verified detector from ``path`` (``--detector``) or the cache / a download."""
     file = locate(INCEPTION, path, download=download)
     try:
-        detector = torch.jit.load(str(file), map_location="cpu")
+        with warnings.catch_warnings():
+            # the detector is published as TorchScript; torch's deprecation notice is not news
+            warnings.simplefilter("ignore", DeprecationWarning)
+            detector = torch.jit.load(str(file), map_location="cpu")
     except Exception as err:  # noqa: BLE001 - a damaged archive raises many kinds
         detail = " ".join(str(err).split())[:200]
         raise WeightsError(
