@@ -101,8 +101,10 @@ def test_cli_errors_are_one_line(folders, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     Image.new("RGBA", (40, 32)).save(os.path.join(fake, "img0.png"))
-    assert main(["evaluate", fake, real, "--metrics", "psnr", "--workers", "0"]) == 2
-    assert "RGBA image" in capsys.readouterr().err
+    for workers in ("0", "2"):
+        assert main(["evaluate", fake, real, "--metrics", "psnr", "--workers", workers]) == 2
+        err = capsys.readouterr().err
+        assert "img0.png is a RGBA image" in err and err.count("\n") == 1, err
 
 
 def test_a_missing_extra_names_the_pip_command(folders, monkeypatch, capsys):

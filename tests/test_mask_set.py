@@ -6,7 +6,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from mat_fast.cli import main

@@ -192,3 +192,32 @@ def test_pixel_metrics_reject_mismatched_and_tiny_images():
         psnr(a, a[:10])
     with pytest.raises(ValueError, match="11x11"):
         ssim(a[:8, :8], a[:8, :8])
+
+
+def test_core_install_without_the_eval_extra():
+    """Without scipy/scikit-learn the package imports and PSNR/L1 work; FID and the IDS say
+    which extra to install, in one line."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('scipy', 'scipy.linalg', 'scipy.ndimage', 'sklearn', 'sklearn.svm'):\n"
+        "    sys.modules[name] = None\n"
+        "import numpy as np, mat_fast.metrics as m, mat_fast.cli\n"
+        "a = np.zeros((16, 16, 3), np.uint8)\n"
+        "assert m.l1(a, a) == 0.0\n"
+        "for call in (lambda: m.fid_from_features(a[0], a[0]),\n"
+        "             lambda: m.pids_uids_from_features(a[0], a[0]), lambda: m.ssim(a, a)):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except m.MissingExtraError as err:\n"
+        "        print(err)\n"
+    )
+    root = __file__.rsplit("/tests/", 1)[0]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True
+    ).stdout.splitlines()
+    assert len(out) == 3
+    for line, needs in zip(out, ("scipy", "scikit-learn", "scipy")):
+        assert f"needs {needs}" in line and 'pip install "mat_fast[eval]"' in line

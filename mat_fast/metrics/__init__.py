@@ -10,8 +10,11 @@ function that needs a missing one raises ``MissingExtraError`` saying so.
 """
 
 from .deps import MissingExtraError
+from .detector import load_inception_detector
 from .features import fid_from_features, pids_uids_from_features
+from .lpips import LPIPS, load_lpips
 from .pixel import l1, psnr, ssim
+from .weights import WeightsError
 
 __all__ = [
     "MissingExtraError",
@@ -20,4 +23,8 @@ __all__ = [
     "psnr",
     "ssim",
     "l1",
+    "LPIPS",
+    "load_lpips",
+    "load_inception_detector",
+    "WeightsError",
 ]

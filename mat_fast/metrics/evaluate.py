@@ -140,15 +140,23 @@ class _PairData(torch.utils.data.Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index):
+        # A failure comes back as a message: raised in a worker, it would reach the user as
+        # a multi-line traceback from the DataLoader.
         pair = self.pairs[index]
-        fake, real = read_rgb8(pair.fake), read_rgb8(pair.real)
-        if fake.shape != real.shape:  # the header check ran; a file may have changed since
-            raise EvaluationError(f"{pair.fake} and {pair.real} differ in size")
-        scores = {m: getattr(pixel, m)(fake, real) for m in self.pixel_metrics}
+        try:
+            fake, real = read_rgb8(pair.fake), read_rgb8(pair.real)
+            if fake.shape != real.shape:  # checked from the headers; a file may have changed
+                raise EvaluationError(f"{pair.fake} and {pair.real} differ in size")
+            scores = {m: getattr(pixel, m)(fake, real) for m in self.pixel_metrics}
+        except (EvaluationError, ValueError, OSError) as err:
+            return index, None, None, str(err)
         return index, torch.from_numpy(fake), torch.from_numpy(real), scores
 
 
 def _collate(items):
+    failed = [s for _, f, _, s in items if f is None]
+    if failed:
+        return None, None, None, failed[0]
     indices = [i for i, _, _, _ in items]
     fake = torch.stack([f for _, f, _, _ in items]).permute(0, 3, 1, 2)
     real = torch.stack([r for _, _, r, _ in items]).permute(0, 3, 1, 2)
@@ -196,6 +204,8 @@ def compute_shard(
     fake_rows, real_rows, order = [], [], []
     with torch.no_grad():
         for positions, fake, real, scores in loader:
+            if positions is None:
+                raise EvaluationError(scores)
             order += positions
             if want_features:
                 fake_rows.append(detector_features(detector, fake.to(device)).cpu().numpy())
