@@ -133,17 +133,17 @@ def _agree(world: int, error: Optional[str]) -> None:
         raise ValueError(error)
 
 
-def _load_in_turn(load, rank: int, world: int):
-    """Rank 0 first (it may download into the cache), then the others from the cache."""
+def _load_in_turn(load, local_rank: int, world: int):
+    """Each machine's first rank first (it may download into the cache), then the others
+    from the cache; a failure anywhere stops every rank."""
     result, error = None, None
-    if rank == 0:
-        try:
-            result = load(download=True)
-        except (WeightsError, OSError, ValueError) as err:
-            error = str(err)
-    _agree(world, error)
-    if rank != 0:
-        result = load(download=False)
+    for first_turn in (True, False):
+        if (local_rank == 0) == first_turn:
+            try:
+                result = load(download=first_turn)
+            except (WeightsError, OSError, ValueError) as err:
+                error = str(err)
+        _agree(world, error)
     return result
 
 
@@ -210,7 +210,7 @@ def _evaluate(args) -> int:
             lambda download: load_inception_detector(
                 args.detector, device=device, download=download
             ),
-            rank,
+            local_rank,
             world,
         )
     if "lpips" in metrics:
@@ -218,7 +218,7 @@ def _evaluate(args) -> int:
             lambda download: load_lpips(
                 args.alexnet, args.lpips_weights, device=device, download=download
             ),
-            rank,
+            local_rank,
             world,
         )
     mine = ev.shard(pairs, rank, world)

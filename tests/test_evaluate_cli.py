@@ -153,3 +153,25 @@ def test_two_gloo_ranks_give_the_one_process_report(folders, tmp_path):
     two = json.loads((tmp_path / "two.json").read_text())
     assert two["ranks"] == 2 and one["ranks"] == 1
     assert one["metrics"] == two["metrics"] and one["per_image"] == two["per_image"]
+
+
+def test_a_failure_on_one_rank_stops_every_rank(folders, tmp_path):
+    fake, real, _ = folders
+    args = ["evaluate", fake, real, "--metrics", "fid", "--device", "cpu"]
+    done = _torchrun(args + ["--detector", str(tmp_path / "missing.pt")], nproc=2)
+    assert done.returncode != 0
+    assert "missing.pt does not exist" in done.stderr
+
+
+def test_shards_are_disjoint_and_merge_back_in_order():
+    from mat_fast.metrics.evaluate import Pair, merge_shards, shard, size_batches
+
+    pairs = [Pair(f"p{i}", "", "", (8, 8) if i % 3 else (4, 4)) for i in range(10)]
+    for world in (1, 2, 3, 4):
+        parts = [shard(pairs, rank, world) for rank in range(world)]
+        assert sorted(p.name for part in parts for p in part) == sorted(p.name for p in pairs)
+        results = [{"x": np.array([int(p.name[1:]) for p in part])} for part in parts]
+        np.testing.assert_array_equal(merge_shards(results, 10)["x"], np.arange(10))
+    batches = size_batches(pairs, 2)
+    assert sorted(i for b in batches for i in b) == list(range(10))
+    assert all(len({pairs[i].size for i in b}) == 1 and len(b) <= 2 for b in batches)
