@@ -172,6 +172,12 @@ def test_shards_are_disjoint_and_merge_back_in_order():
         assert sorted(p.name for part in parts for p in part) == sorted(p.name for p in pairs)
         results = [{"x": np.array([int(p.name[1:]) for p in part])} for part in parts]
         np.testing.assert_array_equal(merge_shards(results, 10)["x"], np.arange(10))
+    few = pairs[:2]  # more ranks than pairs: an empty shard
+    parts = [
+        {"f": np.full((1, 5), rank, np.float32) if shard(few, rank, 3) else np.zeros((0, 0))}
+        for rank in range(3)
+    ]
+    np.testing.assert_array_equal(merge_shards(parts, 2)["f"], [[0] * 5, [1] * 5])
     batches = size_batches(pairs, 2)
     assert sorted(i for b in batches for i in b) == list(range(10))
     assert all(len({pairs[i].size for i in b}) == 1 and len(b) <= 2 for b in batches)

@@ -163,6 +163,11 @@ def _collate(items):
     return indices, fake, real, [s for _, _, _, s in items]
 
 
+def _signed_unit(images: torch.Tensor, device) -> torch.Tensor:
+    """uint8 -> float32 in [-1, 1], as upstream's LPIPS script scales its inputs."""
+    return images.to(device=device, dtype=torch.float32) / 127.5 - 1
+
+
 def size_batches(pairs: Sequence[Pair], batch_size: int) -> List[List[int]]:
     """Batches of positions into ``pairs``, each of one image size, in pair order."""
     by_size: Dict[tuple, List[int]] = {}
@@ -211,14 +216,16 @@ def compute_shard(
                 fake_rows.append(detector_features(detector, fake.to(device)).cpu().numpy())
                 real_rows.append(detector_features(detector, real.to(device)).cpu().numpy())
             if lpips_model is not None and "lpips" in metrics:
-                to_unit = lambda x: x.to(device=device, dtype=torch.float32) / 127.5 - 1  # noqa: E731
-                out["lpips"][positions] = lpips_model(to_unit(fake), to_unit(real)).cpu().numpy()
+                distances = lpips_model(_signed_unit(fake, device), _signed_unit(real, device))
+                out["lpips"][positions] = distances.cpu().numpy()
             for position, score in zip(positions, scores):
                 for metric, value in score.items():
                     out[metric][position] = value
             if progress is not None:
                 progress.update(len(positions))
-    if want_features:
+    if want_features and not order:  # more ranks than pairs: this shard is empty
+        out["fake_features"] = out["real_features"] = np.zeros((0, 0), np.float32)
+    elif want_features:
         unsorted = np.argsort(order, kind="stable")
         out["fake_features"] = np.concatenate(fake_rows)[unsorted]
         out["real_features"] = np.concatenate(real_rows)[unsorted]
@@ -238,7 +245,8 @@ def merge_shards(shards: Sequence[dict], total: int) -> dict:
         first = shards[0][key]
         merged[key] = np.empty((total,) + first.shape[1:], dtype=first.dtype)
         for rank, part in enumerate(shards):
-            merged[key][rank::world] = part[key]
+            if len(part[key]):  # an empty shard's feature array has no width
+                merged[key][rank::world] = part[key]
     return merged
 
 
