@@ -181,3 +181,35 @@ def test_shards_are_disjoint_and_merge_back_in_order():
     batches = size_batches(pairs, 2)
     assert sorted(i for b in batches for i in b) == list(range(10))
     assert all(len({pairs[i].size for i in b}) == 1 and len(b) <= 2 for b in batches)
+
+
+def test_lpips_per_pair_matches_upstreams_scaling(folders, tmp_path, monkeypatch, capsys):
+    """The CLI's LPIPS path (weights replaced by a seeded random network) against calls on
+    one pair at a time, scaled like upstream's cal_lpips.py: x / 127.5 - 1."""
+    from mat_fast.metrics import lpips as lpips_module
+
+    torch.manual_seed(0)
+    model = lpips_module.LPIPS()
+    for p in model.parameters():
+        p.data.uniform_(0.0, 0.1)
+    monkeypatch.setattr(lpips_module, "load_lpips", lambda *a, **k: model)
+    fake, real, _ = folders
+    args = ["evaluate", fake, real, "--metrics", "lpips", "--workers", "0"]
+    assert main(args) == 2  # 24x56 images: too small for AlexNet
+    assert "at least 31x31 pixels; got 56x24" in capsys.readouterr().err
+    fake, real = write_image_pairs(tmp_path / "big", count=5, size=(72, 64))
+    out = tmp_path / "r.json"
+    args = ["evaluate", fake, real, "--metrics", "lpips", "--batch-size", "4", "--workers", "0"]
+    assert main(args + ["--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    values = []
+    for name, scores in report["per_image"].items():
+        [fake_file] = [f for f in os.listdir(fake) if os.path.splitext(f)[0] == name]
+        a, b = (
+            torch.from_numpy(read_rgb8(path)).permute(2, 0, 1)[None].float() / 127.5 - 1
+            for path in (os.path.join(fake, fake_file), os.path.join(real, name + ".png"))
+        )
+        with torch.no_grad():
+            values.append(float(model(a, b)))
+        assert scores["lpips"] == pytest.approx(values[-1], rel=1e-5)
+    assert report["metrics"]["lpips"] == pytest.approx(np.mean(values), rel=1e-6)

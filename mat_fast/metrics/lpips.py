@@ -21,6 +21,7 @@ from .weights import ALEXNET, LPIPS_ALEX_LINEAR, WeightsError, locate
 _SHIFT = (-0.030, -0.088, -0.188)
 _SCALE = (0.458, 0.448, 0.450)
 CHANNELS = (64, 192, 384, 256, 256)
+MIN_SIDE = 31  # smaller inputs leave nothing after AlexNet's second max-pool
 
 
 class AlexNetFeatures(nn.Module):
@@ -70,6 +71,11 @@ class LPIPS(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 3:
             raise ValueError(f"LPIPS needs two (N, 3, H, W) batches; got {a.shape} and {b.shape}")
+        if min(a.shape[2:]) < MIN_SIDE:
+            raise ValueError(
+                f"LPIPS (AlexNet) needs images of at least {MIN_SIDE}x{MIN_SIDE} pixels; got "
+                f"{a.shape[3]}x{a.shape[2]}"
+            )
         taps_a = self.trunk((a - self.shift) / self.scale)
         taps_b = self.trunk((b - self.shift) / self.scale)
         total = 0
