@@ -155,6 +155,8 @@ def _check_outputs(args) -> None:
         from .metrics.sheet import check_sheet_path
 
         check_sheet_path(args.sheet)
+    if args.masks and not args.sheet:
+        raise ValueError("--masks only serves the contact sheet: add --sheet PNG or drop it")
     if args.batch_size < 1 or args.workers < 0 or args.sheet_count < 1:
         raise ValueError("--batch-size and --sheet-count must be >= 1, --workers >= 0")
 

@@ -95,6 +95,7 @@ def test_cli_errors_are_one_line(folders, tmp_path, capsys):
         (["--detector", str(tmp_path / "none.pt")], "does not exist"),
         (["--metrics", "psnr", "--sheet", str(tmp_path / "s.xyz")], "unknown output image"),
         (["--metrics", "psnr", "--json", str(tmp_path / "no" / "r.json")], "does not exist"),
+        (["--metrics", "psnr", "--masks", str(tmp_path)], "add --sheet PNG"),
     ]
     for extra, message in cases:
         assert main(["evaluate", fake, real, *extra]) == 2
