@@ -182,3 +182,15 @@ def test_the_inception_detector_loader_rejects_non_torchscript(tmp_path):
     fake.write_bytes(b"not a zip archive")
     with pytest.raises(WeightsError, match="not a TorchScript feature detector.*--detector"):
         load_inception_detector(str(fake))
+
+
+def test_an_installed_lpips_package_supplies_the_linear_weights_unimported(cache):
+    import importlib.util
+
+    spec = importlib.util.find_spec("lpips")
+    if spec is None:
+        pytest.skip("the lpips package is not installed (pip install --no-deps lpips)")
+    already = "lpips" in sys.modules
+    path = locate(weights.LPIPS_ALEX_LINEAR, download=False)  # no cache, no download
+    assert path == Path(spec.origin).parent / "weights" / "v0.1" / "alex.pth"
+    assert ("lpips" in sys.modules) == already  # found without importing it (or torchvision)
