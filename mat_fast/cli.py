@@ -111,6 +111,9 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("dst", help="output path ending in .safetensors, .pth or .pt")
 
     sub.add_parser("info", help="versions, devices and backends (and why any cannot run)")
+    from .cli_eval import add_subcommands as add_eval_subcommands
+
+    add_eval_subcommands(sub)  # masks, evaluate: each sets args.run
     return parser
 
 
@@ -363,7 +366,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # checked for the device the command will run on, not the default one
             device = getattr(args, "device", "auto")
             set_backend(args.backend, None if device == "auto" else device)
-        command = {"inpaint": cmd_inpaint, "convert": cmd_convert, "info": cmd_info}[args.command]
+        commands = {"inpaint": cmd_inpaint, "convert": cmd_convert, "info": cmd_info}
+        command = commands.get(args.command) or args.run
         return command(args)
     except (
         CliError,

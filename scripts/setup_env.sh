@@ -10,3 +10,6 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install --quiet "torch==2.13.0"
 fi
 "$PY" -m pip install --quiet -e ".[test]"
+# The LPIPS test runs the lpips package's own code as the reference; without its dependencies
+# (torchvision's Linux wheels want a CUDA torch), the test stands in for torchvision.
+"$PY" -m pip install --quiet --no-deps "lpips==0.1.4"
