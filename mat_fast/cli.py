@@ -19,6 +19,7 @@ import torch
 from . import __version__
 from .backend import BackendUnavailableError, available_backends, get_backend, resolve
 from .image_io import InputError, load_image, output_extension_error, save_image
+from .serve import add_serve_parser, cmd_serve
 
 WEIGHTS_HELP = (
     "no checkpoint given. MAT's weights are not shipped (CC BY-NC): download upstream's "
@@ -111,6 +112,7 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("dst", help="output path ending in .safetensors, .pth or .pt")
 
     sub.add_parser("info", help="versions, devices and backends (and why any cannot run)")
+    add_serve_parser(sub)
     return parser
 
 
@@ -365,6 +367,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # checked for the device the command will run on, not the default one
             device = getattr(args, "device", "auto")
             set_backend(args.backend, None if device == "auto" else device)
+        if args.command == "serve":
+            return cmd_serve(args)
         command = {"inpaint": cmd_inpaint, "convert": cmd_convert, "info": cmd_info}[args.command]
         return command(args)
     except (

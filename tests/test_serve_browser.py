@@ -1,0 +1,190 @@
+"""`mat-fast serve`'s page in a real browser: headless Chromium (Debian's package, installed
+by scripts/install_browser.sh) driven through Selenium, the way a person uses it: open the
+page, load the bundled sample, paint a stroke, click Fill, read back the pixels.
+
+The server is the real command (`python -m mat_fast serve`, tiny random-weight network) on
+127.0.0.1 and a free port; every wait below is bounded. A screenshot of the painted page is
+saved to $MAT_FAST_TEST_ARTIFACTS (or the test's tmp dir); docs/images/serve.png is one.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import selectors
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("starlette", reason="mat-fast serve needs the app extra (pip install '.[app]')")
+pytest.importorskip("uvicorn", reason="mat-fast serve needs the app extra (pip install '.[app]')")
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="the browser test needs Selenium (pip install '.[test]')"
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "mat_fast" / "assets" / "sample.png"
+CHROMIUM = os.environ.get("MAT_FAST_CHROMIUM") or shutil.which("chromium")
+CHROMEDRIVER = os.environ.get("MAT_FAST_CHROMEDRIVER") or shutil.which("chromedriver")
+FILL_TIMEOUT = 300  # s: a 256 px random network on a busy 2-core CPU box takes 10-60 s
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="Chromium or chromedriver not found: run scripts/install_browser.sh "
+    "(or set MAT_FAST_CHROMIUM and MAT_FAST_CHROMEDRIVER)",
+)
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    """The real `mat-fast serve` on 127.0.0.1, a free port; stopped after the tests."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "mat_fast", "serve", "--random-weights"]
+    command += ["--random-resolution", "256", "--device", "cpu", "--host", "127.0.0.1"]
+    process = subprocess.Popen(
+        command + ["--port", "0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url, seen = None, []
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline and process.poll() is None:
+            if selector.select(timeout=1.0):
+                line = process.stdout.readline()
+                seen.append(line)
+                found = re.search(r"open (http://127\.0\.0\.1:\d+/)", line)
+                url = found and found.group(1)
+    try:
+        assert url, f"mat-fast serve printed no URL within 120 s: {''.join(seen)[-2000:]}"
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=20)
+        process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)  # no sandbox: CI runs as root in a container
+    options.add_argument("--window-size=1280,800")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(30)
+    driver.set_script_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _artifacts(tmp_path) -> Path:
+    folder = Path(os.environ.get("MAT_FAST_TEST_ARTIFACTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _blob_png(driver, expression: str) -> np.ndarray:
+    """A PNG blob the page holds (``expression`` gives a Promise of it), as an array."""
+    script = """
+        const done = arguments[arguments.length - 1];
+        Promise.resolve(%s)
+          .then((blob) => new Promise((resolve, reject) => {
+            const reader = new FileReader();
+            reader.onload = () => resolve(reader.result);
+            reader.onerror = () => reject(reader.error);
+            reader.readAsDataURL(blob);
+          }))
+          .then(done, (err) => done("error: " + err));
+    """
+    data_url = driver.execute_async_script(script % expression)
+    assert data_url.startswith("data:image/png;base64,"), data_url[:200]
+    png = base64.b64decode(data_url.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+def _wait(driver, condition, timeout: float, what: str):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.25).until(
+        condition, message=f"{what} (waited {timeout} s)"
+    )
+
+
+def test_paint_fill_and_read_back_in_chromium(server_url, browser, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    driver.get(server_url)
+    message = driver.find_element(By.ID, "message")
+    badge = driver.find_element(By.ID, "weights")
+    _wait(driver, lambda d: badge.is_displayed(), 30, "the page did not load /api/info")
+    assert "random weights" in badge.text
+
+    driver.find_element(By.ID, "sample").click()
+    _wait(driver, lambda d: "sample.png" in d.find_element(By.ID, "dims").text, 30, "no sample")
+    canvas = driver.find_element(By.ID, "mask")
+    rect = driver.execute_script("return arguments[0].getBoundingClientRect().toJSON()", canvas)
+
+    # One horizontal stroke across the middle, from 30% to 60% of the width.
+    start, end = -0.2 * rect["width"], 0.1 * rect["width"]
+    actions = ActionChains(driver, duration=50)
+    actions.move_to_element_with_offset(canvas, int(start), 0).click_and_hold()
+    for step in range(1, 11):
+        actions.move_to_element_with_offset(canvas, int(start + (end - start) * step / 10), 0)
+    actions.release().perform()
+    assert driver.find_element(By.ID, "undo").is_enabled(), "the stroke did not register"
+    artifacts = _artifacts(tmp_path)
+    driver.save_screenshot(str(artifacts / "serve-painted.png"))
+
+    driver.find_element(By.ID, "fill").click()
+    _wait(
+        driver,
+        lambda d: message.get_attribute("class") in ("ok", "error", "notice"),
+        FILL_TIMEOUT,
+        "no fill result",
+    )
+    assert message.get_attribute("class") == "ok", message.text
+    assert "seed 240" in message.text  # the seed field's default, shown with the result
+    driver.save_screenshot(str(artifacts / "serve-filled.png"))
+
+    original = np.asarray(Image.open(SAMPLE).convert("RGB"))
+    mask = _blob_png(driver, "window.matFast.maskBlob()")
+    result = _blob_png(driver, "window.matFast.resultBlob()")
+    assert mask.shape[:2] == result.shape[:2] == original.shape[:2]
+    hole = mask[..., :3].max(axis=2) > 0
+    # The stroke lies where it was painted (image coordinates of its middle and ends) ...
+    height, width = original.shape[:2]
+    row = height // 2
+    for frac in (0.32, 0.45, 0.58):
+        assert hole[row, int(frac * width)], f"no mask under the stroke at x={frac:.2f}"
+    assert not hole[: height // 4].any() and not hole[:, : width // 5].any()
+    # ... the result is the original bit for bit outside it, and new inside it.
+    assert np.array_equal(result[~hole], original[~hole])
+    changed = (result[hole] != original[hole]).any(axis=1).mean()
+    assert changed > 0.9, f"only {changed:.0%} of the stroke's pixels changed"
+
+    errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, f"the page logged errors: {errors}"
