@@ -135,6 +135,7 @@ def _wait(driver, condition, timeout: float, what: str):
 def test_paint_fill_and_read_back_in_chromium(server_url, browser, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     driver = browser
     driver.get(server_url)
@@ -147,16 +148,35 @@ def test_paint_fill_and_read_back_in_chromium(server_url, browser, tmp_path):
     _wait(driver, lambda d: "sample.png" in d.find_element(By.ID, "dims").text, 30, "no sample")
     canvas = driver.find_element(By.ID, "mask")
     rect = driver.execute_script("return arguments[0].getBoundingClientRect().toJSON()", canvas)
+    height, width = np.asarray(Image.open(SAMPLE)).shape[:2]
+    to_screen = rect["width"] / width  # CSS pixels per image pixel
 
-    # One horizontal stroke across the middle, from 30% to 60% of the width.
-    start, end = -0.2 * rect["width"], 0.1 * rect["width"]
+    # A bigger brush with "]" (40 -> 121 px), then one stroke down over the sample's tower
+    # (image x ~290-370, y ~200-400), offsets from the canvas centre as Selenium takes them.
+    page = driver.find_element(By.TAG_NAME, "body")
+    for _ in range(6):
+        page.send_keys("]")
+    assert driver.find_element(By.ID, "size-value").text == "121"
+    x, top, bottom = 330, 245, 355  # image pixels; the 121 px brush reaches ~60 px beyond
     actions = ActionChains(driver, duration=50)
-    actions.move_to_element_with_offset(canvas, int(start), 0).click_and_hold()
+    point = [(x - width / 2) * to_screen, (top - height / 2) * to_screen]
+    actions.move_to_element_with_offset(canvas, int(point[0]), int(point[1])).click_and_hold()
     for step in range(1, 11):
-        actions.move_to_element_with_offset(canvas, int(start + (end - start) * step / 10), 0)
+        y = top + (bottom - top) * step / 10
+        actions.move_to_element_with_offset(
+            canvas, int(point[0]), int((y - height / 2) * to_screen)
+        )
     actions.release().perform()
-    assert driver.find_element(By.ID, "undo").is_enabled(), "the stroke did not register"
+    undo, redo = driver.find_element(By.ID, "undo"), driver.find_element(By.ID, "redo")
+    assert undo.is_enabled() and not redo.is_enabled(), "the stroke did not register"
+    # Ctrl+Z takes it back, Ctrl+Shift+Z brings it again.
+    ActionChains(driver).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()
+    assert not undo.is_enabled() and redo.is_enabled()
+    shortcut = ActionChains(driver).key_down(Keys.CONTROL).key_down(Keys.SHIFT).send_keys("z")
+    shortcut.key_up(Keys.SHIFT).key_up(Keys.CONTROL).perform()
+    assert undo.is_enabled() and not redo.is_enabled()
     artifacts = _artifacts(tmp_path)
+    driver.execute_script("document.activeElement.blur()")  # no focus ring in the picture
     driver.save_screenshot(str(artifacts / "serve-painted.png"))
 
     driver.find_element(By.ID, "fill").click()
@@ -175,16 +195,32 @@ def test_paint_fill_and_read_back_in_chromium(server_url, browser, tmp_path):
     result = _blob_png(driver, "window.matFast.resultBlob()")
     assert mask.shape[:2] == result.shape[:2] == original.shape[:2]
     hole = mask[..., :3].max(axis=2) > 0
-    # The stroke lies where it was painted (image coordinates of its middle and ends) ...
-    height, width = original.shape[:2]
-    row = height // 2
-    for frac in (0.32, 0.45, 0.58):
-        assert hole[row, int(frac * width)], f"no mask under the stroke at x={frac:.2f}"
-    assert not hole[: height // 4].any() and not hole[:, : width // 5].any()
+    # The mask lies where the stroke was painted, in image coordinates ...
+    for y in (top, (top + bottom) // 2, bottom):
+        assert hole[y, x] and hole[y, x - 50] and hole[y, x + 50], (
+            f"no mask under the stroke at y={y}"
+        )
+    assert not hole[:100].any() and not hole[:, :250].any() and not hole[:, 410:].any()
     # ... the result is the original bit for bit outside it, and new inside it.
     assert np.array_equal(result[~hole], original[~hole])
     changed = (result[hole] != original[hole]).any(axis=1).mean()
     assert changed > 0.9, f"only {changed:.0%} of the stroke's pixels changed"
+
+    # Before/After switches what the picture shows: the stroke's middle changes with it.
+    def shown_pixel():
+        return driver.execute_script(
+            """const c = document.getElementById("photo");
+               const [x, y] = [Math.round(c.width * arguments[0]), Math.round(c.height * arguments[1])];
+               return Array.from(c.getContext("2d").getImageData(x, y, 1, 1).data);""",
+            x / width,
+            (top + bottom) / 2 / height,
+        )
+
+    after = shown_pixel()
+    driver.find_element(By.ID, "view-before").click()
+    before = shown_pixel()
+    driver.find_element(By.ID, "view-after").click()
+    assert shown_pixel() == after != before
 
     errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, f"the page logged errors: {errors}"

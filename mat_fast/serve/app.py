@@ -100,7 +100,7 @@ def decode_upload(data: bytes, what: str, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise RequestError(
             413,
-            f"the {what} is {width}x{height} ({width * height / 1e6:.1f} megapixels), over this "
+            f"the {what} is {width}x{height} ({width * height / 1e6:.3g} megapixels), over this "
             f"server's limit of {max_pixels / 1e6:g} megapixels (mat-fast serve --max-megapixels)",
         )
     try:
