@@ -298,3 +298,12 @@ def test_a_waiting_request_whose_client_disconnects_is_dropped(photo, hole):
             assert model.started == [1, 3]
     finally:
         app.state.queue.stop()
+
+
+def test_a_server_on_loopback_answers_only_to_its_own_names(inpainter):
+    app = create_app(inpainter, allowed_hosts=["127.0.0.1", "localhost"])
+    with TestClient(app, base_url="http://127.0.0.1:7860") as client:
+        assert client.get("/api/info").json()["resolution"] == 256
+        assert client.get("/api/info", headers={"host": "localhost:7860"}).status_code == 200
+        # a site whose DNS name was re-pointed to 127.0.0.1 sends its own name
+        assert client.get("/api/info", headers={"host": "evil.test:7860"}).status_code == 400

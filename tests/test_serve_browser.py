@@ -32,6 +32,7 @@ webdriver = pytest.importorskip(
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "mat_fast" / "assets" / "sample.png"
+SAMPLE_MASK = ROOT / "mat_fast" / "assets" / "sample_mask.png"  # white = fill
 CHROMIUM = os.environ.get("MAT_FAST_CHROMIUM") or shutil.which("chromium")
 CHROMEDRIVER = os.environ.get("MAT_FAST_CHROMEDRIVER") or shutil.which("chromedriver")
 FILL_TIMEOUT = 300  # s: a 256 px random network on a busy 2-core CPU box takes 10-60 s
@@ -221,6 +222,37 @@ def test_paint_fill_and_read_back_in_chromium(server_url, browser, tmp_path):
     before = shown_pixel()
     driver.find_element(By.ID, "view-after").click()
     assert shown_pixel() == after != before
+
+    errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, f"the page logged errors: {errors}"
+
+
+def test_file_picker_mask_file_clear_and_undo(server_url, browser):
+    """No fill here (no model run): open through the file picker, load a mask file, clear
+    it (Fill then says there is nothing to fill), and undo the clear."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = browser
+    driver.get(server_url)
+    message = driver.find_element(By.ID, "message")
+    driver.find_element(By.ID, "file").send_keys(str(SAMPLE))
+    _wait(driver, lambda d: "sample.png" in d.find_element(By.ID, "dims").text, 30, "no image")
+    driver.find_element(By.ID, "mask-file").send_keys(str(SAMPLE_MASK))
+    _wait(driver, lambda d: "Loaded sample_mask.png" in message.text, 30, "no mask loaded")
+
+    expected = np.asarray(Image.open(SAMPLE_MASK)) > 0
+    painted = _blob_png(driver, "window.matFast.maskBlob()")[..., :3].max(axis=2) > 0
+    assert np.array_equal(painted, expected)  # what would be sent: the file's fill region
+
+    driver.find_element(By.ID, "clear").click()
+    driver.find_element(By.ID, "fill").click()
+    assert message.get_attribute("class") == "notice" and "mask is empty" in message.text
+    assert not (_blob_png(driver, "window.matFast.maskBlob()")[..., :3] > 0).any()
+    ActionChains(driver).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()
+    painted = _blob_png(driver, "window.matFast.maskBlob()")[..., :3].max(axis=2) > 0
+    assert np.array_equal(painted, expected)
 
     errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, f"the page logged errors: {errors}"

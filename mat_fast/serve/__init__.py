@@ -109,6 +109,8 @@ def cmd_serve(args) -> int:
         max_megapixels=args.max_megapixels,
         max_upload_mb=args.max_upload_mb,
         weights=weights,
+        # on this machine only: answer only to its own names (no DNS rebinding)
+        allowed_hosts=["127.0.0.1", "localhost"] if args.host in LOOPBACK[:2] else None,
     )
     if args.host not in LOOPBACK:
         print(

@@ -14,13 +14,14 @@ import contextlib
 import io
 import secrets
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import anyio
 from PIL import Image, UnidentifiedImageError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -134,10 +135,14 @@ def create_app(
     max_upload_mb: float = 100.0,
     weights: str = "",
     queue: Optional[FillQueue] = None,
+    allowed_hosts: Optional[Sequence[str]] = None,
 ) -> Starlette:
     """The app around one loaded ``inpainter`` (an :class:`~mat_fast.Inpainter`).
 
     ``weights`` is shown on the page (which checkpoint, or that weights are random).
+    ``allowed_hosts``: the only Host headers answered (None: any). A server on 127.0.0.1
+    answers only to its own names, so a web site that re-points its DNS name to 127.0.0.1
+    (DNS rebinding) cannot use it.
     """
     max_pixels = int(max_megapixels * 1e6)
     queue = queue or FillQueue()
@@ -256,7 +261,7 @@ def create_app(
     async def lifespan(app):
         queue.start()
         yield
-        queue.stop()
+        queue.stop(timeout=2.0)  # a fill still running ends with the process (daemon thread)
 
     routes = [Route(url, static_file) for url in static] + [
         Route("/api/info", info),
@@ -276,5 +281,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 1e6))
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.state.queue = queue
     return app

@@ -10,10 +10,12 @@ const ui = {
   sizeValue: $("size-value"), undo: $("undo"), redo: $("redo"), clear: $("clear"),
   maskFile: $("mask-file"), seed: $("seed"), fill: $("fill"), another: $("another"),
   cancel: $("cancel"), before: $("view-before"), after: $("view-after"),
-  download: $("download"), progress: $("progress"), message: $("message"), dims: $("dims"),
+  download: $("download"), downloadAs: $("download-as"), progress: $("progress"), message: $("message"), dims: $("dims"),
 };
 const MAX_SEED = 4294967295;
 const POLL_MS = 400;
+// Originals in these formats can also be saved as such (the browser re-encodes the result).
+const LOSSY_FORMATS = { "image/jpeg": "JPEG", "image/webp": "WebP" };
 
 const mask = new MaskLayer(ui.maskCanvas);
 const state = {
@@ -45,6 +47,9 @@ function refresh() {
   ui.before.disabled = ui.after.disabled = !state.result;
   ui.download.classList.toggle("disabled", !state.result);
   ui.download.setAttribute("aria-disabled", String(!state.result));
+  const format = state.original && LOSSY_FORMATS[state.original.file.type];
+  ui.downloadAs.hidden = !state.result || !format;
+  if (format) ui.downloadAs.textContent = `Download ${format}`;
   for (const [button, on] of [[ui.brush, state.tool === "brush"], [ui.erase, state.tool === "erase"],
     [ui.before, state.view === "before"], [ui.after, state.view === "after"]]) {
     button.classList.toggle("on", on);
@@ -306,6 +311,24 @@ async function showResult(blob, seed) {
   setView("after");
 }
 
+// The result in the original's format: drawn at full size and encoded by the browser.
+async function downloadAsOriginal() {
+  const { result, original } = state;
+  if (!result) return;
+  const type = original.file.type;
+  const canvas = document.createElement("canvas");
+  canvas.width = result.bitmap.width;
+  canvas.height = result.bitmap.height;
+  canvas.getContext("2d").drawImage(result.bitmap, 0, 0);
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, type, 0.95));
+  if (!blob) return say(`This browser cannot write ${LOSSY_FORMATS[type]}; use Download PNG.`, "error");
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = ui.download.download.replace(/\.png$/, type === "image/jpeg" ? ".jpg" : ".webp");
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
 function cancelFill() {
   const id = state.job;
   if (!id) return;
@@ -335,6 +358,7 @@ ui.clear.addEventListener("click", () => { mask.clear(); refresh(); });
 ui.fill.addEventListener("click", () => fill(false));
 ui.another.addEventListener("click", () => fill(true));
 ui.cancel.addEventListener("click", cancelFill);
+ui.downloadAs.addEventListener("click", downloadAsOriginal);
 ui.before.addEventListener("click", () => setView("before"));
 ui.after.addEventListener("click", () => setView("after"));
 
