@@ -223,6 +223,22 @@ def test_paint_fill_and_read_back_in_chromium(server_url, browser, tmp_path):
     driver.find_element(By.ID, "view-after").click()
     assert shown_pixel() == after != before
 
+    # "Another": a new seed, shown in the seed field and the message, and a new fill.
+    driver.find_element(By.ID, "another").click()
+    _wait(driver, lambda d: message.get_attribute("class") != "ok", 30, "Another did not start")
+    _wait(
+        driver,
+        lambda d: message.get_attribute("class") in ("ok", "error", "notice"),
+        FILL_TIMEOUT,
+        "no second fill",
+    )
+    assert message.get_attribute("class") == "ok", message.text
+    seed = driver.find_element(By.ID, "seed").get_attribute("value")
+    assert seed != "240" and f"seed {seed}" in message.text
+    second = _blob_png(driver, "window.matFast.resultBlob()")
+    assert np.array_equal(second[~hole], original[~hole])
+    assert not np.array_equal(second[hole], result[hole])
+
     errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, f"the page logged errors: {errors}"
 
@@ -256,3 +272,44 @@ def test_file_picker_mask_file_clear_and_undo(server_url, browser):
 
     errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, f"the page logged errors: {errors}"
+
+
+def test_a_12_megapixel_photo_is_painted_on_screen_and_masked_at_full_size(
+    server_url, browser, tmp_path
+):
+    """The mask is painted on a screen-sized canvas and rendered at the photo's full size
+    only when sent: a stroke lands at the right place in a 4000x3000 mask."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    width, height = 4000, 3000
+    ramp = np.linspace(0, 255, width, dtype=np.float32)
+    photo = np.stack([np.tile(ramp, (height, 1))] * 3, axis=2).astype(np.uint8)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(photo).save(path, quality=90)
+
+    driver = browser
+    driver.get(server_url)
+    driver.find_element(By.ID, "file").send_keys(str(path))
+    _wait(driver, lambda d: "4000×3000" in d.find_element(By.ID, "dims").text, 60, "no photo")
+    canvas = driver.find_element(By.ID, "mask")
+    rect = driver.execute_script("return arguments[0].getBoundingClientRect().toJSON()", canvas)
+    assert rect["width"] < 1280  # painted at screen size, not at 4000 px
+    to_screen = rect["width"] / width
+    y, x0, x1 = 1500, 1000, 3000  # a horizontal stroke through the middle, image pixels
+    actions = ActionChains(driver, duration=20)
+    actions.move_to_element_with_offset(canvas, int((x0 - width / 2) * to_screen), 0)
+    actions.click_and_hold()
+    for step in range(1, 41):
+        x = x0 + (x1 - x0) * step / 40
+        actions.move_to_element_with_offset(canvas, int((x - width / 2) * to_screen), 0)
+    actions.release().perform()
+
+    mask = _blob_png(driver, "window.matFast.maskBlob()")
+    assert mask.shape[:2] == (height, width)
+    hole = mask[..., :3].max(axis=2) > 0
+    radius = 20 / to_screen  # the default 40 px brush, in image pixels
+    for x in (x0, 2000, x1):
+        assert hole[y, x] and hole[int(y + 0.8 * radius), x], f"stroke missing at x={x}"
+    assert not hole[: int(y - 1.3 * radius)].any() and not hole[int(y + 1.3 * radius) :].any()
+    assert not hole[:, : int(x0 - 1.3 * radius)].any()
