@@ -141,8 +141,13 @@ def strict_client(inpainter):
 def test_bad_inputs_get_a_4xx_json_error_naming_the_problem(strict_client, photo, hole):
     small, small_hole = photo[:40, :50], hole[:40, :50]
     cases = [
-        (files(b"not an image", png(small_hole)), {}, 415, "not an image"),
-        (files(png(small), b"%PDF-1.4"), {}, 415, "the mask is not an image"),
+        (
+            files(b"not an image", png(small_hole)),
+            {},
+            415,
+            "the image upload is not a readable image",
+        ),
+        (files(png(small), b"%PDF-1.4"), {}, 415, "the mask upload is not a readable image"),
         (files(png(photo), png(hole)), {}, 413, "over this server's limit of 0.005 megapixels"),
         (files(png(small), png(hole[:41, :50])), {}, 422, "masks must have the image's size"),
         ({"image": ("a.png", png(small), "image/png")}, {}, 400, "the mask is missing"),

@@ -95,7 +95,7 @@ def decode_upload(data: bytes, what: str, max_pixels: int) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise RequestError(
             415,
-            f"the {what} is not an image this server can read; use PNG, JPEG, WebP, TIFF or BMP",
+            f"the {what} upload is not a readable image; send PNG, JPEG, WebP, TIFF or BMP",
         ) from None
     width, height = im.size
     if width * height > max_pixels:
