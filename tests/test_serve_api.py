@@ -140,6 +140,9 @@ def strict_client(inpainter):
 
 def test_bad_inputs_get_a_4xx_json_error_naming_the_problem(strict_client, photo, hole):
     small, small_hole = photo[:40, :50], hole[:40, :50]
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((40, 50), 2.0, np.float32)).save(buffer, format="TIFF")
+    float_tiff = buffer.getvalue()  # readable, but its values are not in [0, 1]
     cases = [
         (
             files(b"not an image", png(small_hole)),
@@ -150,6 +153,8 @@ def test_bad_inputs_get_a_4xx_json_error_naming_the_problem(strict_client, photo
         (files(png(small), b"%PDF-1.4"), {}, 415, "the mask upload is not a readable image"),
         (files(png(photo), png(hole)), {}, 413, "over this server's limit of 0.005 megapixels"),
         (files(png(small), png(hole[:41, :50])), {}, 422, "masks must have the image's size"),
+        (files(float_tiff, png(small_hole)), {}, 422, "float image must hold values in [0, 1]"),
+        (files(png(small), png(small_hole)), {"mask_convention": "x"}, 422, "mask convention"),
         ({"image": ("a.png", png(small), "image/png")}, {}, 400, "the mask is missing"),
         (files(png(small), png(small_hole)), {"seed": "-1"}, 400, "seed must be a whole number"),
         (files(png(small), png(small_hole)), {"seed": "abc"}, 400, "seed must be a whole number"),

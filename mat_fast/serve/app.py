@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..image_io import InputError, image_bytes, to_hole_mask, upright
+from ..image_io import InputError, image_bytes, to_hole_mask, to_image_data, upright
 from .fill_queue import FillQueue, Job, QueueFull
 
 PACKAGE = Path(__file__).resolve().parent
@@ -165,16 +165,19 @@ def create_app(
                 uploads[name] = await part.read() if hasattr(part, "read") else b""
             seed = _seed(_text(form.get("seed")))
             convention = _text(form.get("mask_convention")) or "fill"
-        image, mask = await run_in_threadpool(
-            lambda: (
-                decode_upload(uploads["image"], "image", max_pixels),
-                decode_upload(uploads["mask"], "mask", max_pixels),
-            )
-        )
-        try:
-            hole = to_hole_mask(mask, (image.size[1], image.size[0]), convention)
-        except InputError as err:
-            raise RequestError(422, str(err)) from None
+
+        def check():  # in a thread: decoding a large photo takes a while
+            image = decode_upload(uploads["image"], "image", max_pixels)
+            mask = decode_upload(uploads["mask"], "mask", max_pixels)
+            try:
+                if image.mode not in ("L", "LA", "RGB", "RGBA"):  # 8-bit modes always convert
+                    to_image_data(image)  # 16-bit, float, exotic: what the Inpainter refuses
+                hole = to_hole_mask(mask, (image.size[1], image.size[0]), convention)
+            except InputError as err:
+                raise RequestError(422, str(err)) from None
+            return image, mask, hole
+
+        image, mask, hole = await run_in_threadpool(check)
 
         def work() -> bytes:  # on the worker: the model and the encoding
             return image_bytes(inpainter(image, mask, seed=seed, mask_convention=convention))
