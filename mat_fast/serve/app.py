@@ -224,10 +224,11 @@ def create_app(
         return JSONResponse(job.status(queue.position(job)))
 
     async def job_result(request: Request) -> Response:
-        job = _job(request)
+        job = queue.take_result(request.path_params["job_id"])  # atomic: one taker only
+        if job is None:
+            raise RequestError(404, "no such job (a result is handed out once)")
         if job.state != "done":
             raise RequestError(409, f"the job is {job.state}, not done")
-        job = queue.take_result(job.id)
         headers = {"X-Seed": str(job.seed)}
         return Response(job.result, media_type="image/png", headers=headers)
 
