@@ -317,3 +317,32 @@ def test_a_server_on_loopback_answers_only_to_its_own_names(inpainter):
         assert client.get("/api/info", headers={"host": "localhost:7860"}).status_code == 200
         # a site whose DNS name was re-pointed to 127.0.0.1 sends its own name
         assert client.get("/api/info", headers={"host": "evil.test:7860"}).status_code == 400
+
+
+def test_phone_photos_are_turned_upright_like_the_page_shows_them(client):
+    """A JPEG stored sideways with an EXIF orientation: the mask is painted on the upright
+    picture (browsers show it upright), so the server turns it upright too."""
+    stored = Image.fromarray(np.full((30, 40, 3), 128, np.uint8))  # 40 wide, 30 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", exif=exif)
+    upright_mask = png(np.zeros((40, 30), np.uint8))  # 30 wide, 40 high: as viewed
+    response = client.post("/api/fill", files=files(buffer.getvalue(), upright_mask))
+    assert response.status_code == 200 and decode(response.content).shape[:2] == (40, 30)
+    sideways_mask = png(np.zeros((30, 40), np.uint8))
+    response = client.post("/api/fill", files=files(buffer.getvalue(), sideways_mask))
+    assert response.status_code == 422 and "mask is 40x30" in response.json()["error"]
+
+
+def test_a_full_queue_says_busy_with_429(photo, hole):
+    from mat_fast.serve.fill_queue import FillQueue
+
+    model = GatedModel()
+    with TestClient(create_app(model, queue=FillQueue(max_waiting=1))) as client:
+        _submit(client, photo, hole, 1)
+        _wait_for(lambda: model.started == [1], "the first fill to start")
+        _submit(client, photo, hole, 2)  # waits: the queue is now full
+        response = client.post("/api/jobs", files=files(png(photo), png(hole)))
+        assert response.status_code == 429 and "the server is busy" in response.json()["error"]
+        model.gate.set()
