@@ -25,16 +25,20 @@ def test_without_the_app_extra_it_names_the_pip_command(monkeypatch, capsys):
     ]
 
 
-pytest.importorskip("starlette", reason="mat-fast serve needs the app extra (pip install '.[app]')")
-pytest.importorskip("uvicorn", reason="mat-fast serve needs the app extra (pip install '.[app]')")
+needs_app = pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("starlette", "uvicorn", "python_multipart")),
+    reason="mat-fast serve needs the app extra (pip install '.[app]')",
+)
 
 
+@needs_app
 def test_without_weights_it_says_where_to_get_them(monkeypatch, capsys):
     monkeypatch.delenv("MAT_FAST_CHECKPOINT", raising=False)
     assert main(["serve"]) == 2
     assert "--random-weights" in capsys.readouterr().err
 
 
+@needs_app
 @pytest.mark.parametrize(
     "flags, words",
     [
@@ -49,6 +53,7 @@ def test_bad_limits_are_refused_in_one_line(capsys, flags, words):
     assert words in err and len(err.strip().splitlines()) == 1
 
 
+@needs_app
 def test_a_busy_port_fails_fast_before_the_model_loads(capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -60,6 +65,7 @@ def test_a_busy_port_fails_fast_before_the_model_loads(capsys):
     assert "loading the model" not in err
 
 
+@needs_app
 def test_listening_beyond_loopback_warns_and_prints_the_url(monkeypatch, capsys):
     import uvicorn
 

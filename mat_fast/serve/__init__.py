@@ -54,6 +54,13 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # e.g. blocked with sys.modules[module] = None
+        return False
+
+
 def _listen(host: str, port: int) -> socket.socket:
     """Bind before serving, so a busy port is one clear line and --port 0 can be printed."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -74,9 +81,7 @@ def cmd_serve(args) -> int:
     """Run ``mat-fast serve``: load the model once, then serve until Ctrl+C."""
     from ..cli import DTYPES, WEIGHTS_HELP, CliError
 
-    if not all(
-        importlib.util.find_spec(name) for name in ("starlette", "uvicorn", "python_multipart")
-    ):
+    if not all(_installed(name) for name in ("starlette", "uvicorn", "python_multipart")):
         print(f"mat-fast: error: {INSTALL_HINT}", file=sys.stderr)
         return 2
     if args.dtype not in DTYPES:
