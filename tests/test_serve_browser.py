@@ -243,9 +243,10 @@ def test_paint_fill_and_read_back_in_chromium(server_url, browser, tmp_path):
     assert not errors, f"the page logged errors: {errors}"
 
 
-def test_file_picker_mask_file_clear_and_undo(server_url, browser):
+def test_open_by_picker_drop_and_paste_mask_file_clear_and_undo(server_url, browser):
     """No fill here (no model run): open through the file picker, load a mask file, clear
-    it (Fill then says there is nothing to fill), and undo the clear."""
+    it (Fill then says there is nothing to fill), undo the clear; then open by drop and by
+    paste."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -269,6 +270,26 @@ def test_file_picker_mask_file_clear_and_undo(server_url, browser):
     ActionChains(driver).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()
     painted = _blob_png(driver, "window.matFast.maskBlob()")[..., :3].max(axis=2) > 0
     assert np.array_equal(painted, expected)
+
+    # Drop and paste: the events a browser fires for them, carrying a file made in the page.
+    dims = driver.find_element(By.ID, "dims")
+    for event, name in (("drop", "dropped.png"), ("paste", "pasted.png")):
+        driver.execute_async_script(
+            """const [event, done] = [arguments[0], arguments[arguments.length - 1]];
+               fetch("/sample.png").then((r) => r.blob()).then((blob) => {
+                 const data = new DataTransfer();
+                 data.items.add(new File([blob], "dropped.png", { type: "image/png" }));
+                 const init = { bubbles: true, cancelable: true };
+                 const target = event === "drop" ? document.getElementById("stage") : document;
+                 target.dispatchEvent(event === "drop"
+                   ? new DragEvent("drop", { ...init, dataTransfer: data })
+                   : new ClipboardEvent("paste", { ...init, clipboardData: data }));
+                 done();
+               });""",
+            event,
+        )
+        _wait(driver, lambda d, n=name: dims.text.startswith(n), 30, f"nothing opened by {event}")
+        assert not driver.find_element(By.ID, "undo").is_enabled()  # a new image: a new mask
 
     errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, f"the page logged errors: {errors}"
