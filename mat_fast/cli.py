@@ -18,6 +18,7 @@ import torch
 
 from .backend import BackendUnavailableError, available_backends, get_backend, resolve
 from .image_io import InputError, load_image, output_extension_error, save_image
+from .serve import add_serve_parser, cmd_serve
 from .version import __version__
 
 WEIGHTS_HELP = (
@@ -114,6 +115,7 @@ def _build_parser() -> argparse.ArgumentParser:
     from .cli_eval import add_subcommands as add_eval_subcommands
 
     add_eval_subcommands(sub)  # masks, evaluate: each sets args.run
+    add_serve_parser(sub)
     return parser
 
 
@@ -366,7 +368,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # checked for the device the command will run on, not the default one
             device = getattr(args, "device", "auto")
             set_backend(args.backend, None if device == "auto" else device)
-        commands = {"inpaint": cmd_inpaint, "convert": cmd_convert, "info": cmd_info}
+        commands = {
+            "inpaint": cmd_inpaint,
+            "convert": cmd_convert,
+            "info": cmd_info,
+            "serve": cmd_serve,
+        }
         command = commands.get(args.command) or args.run
         return command(args)
     except (

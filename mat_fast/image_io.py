@@ -7,6 +7,7 @@ known pixel is returned bit for bit.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -50,15 +51,19 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise InputError(f"{path} is a directory; pass an image file (or use --input-dir)")
     try:
         with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)  # a copy, upright (unchanged without EXIF)
-            return (
-                im if im.mode != "P" else im.convert("RGBA" if "transparency" in im.info else "RGB")
-            )
+            return upright(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise InputError(
             f"cannot read {path} as an image ({err}); use PNG, JPEG, WebP, TIFF or BMP"
         ) from None
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """An opened image loaded fully, turned upright (EXIF orientation) and with palettes
+    expanded: what :func:`load_image` returns, for images opened from memory too."""
+    im.load()
+    im = ImageOps.exif_transpose(im)  # a copy, upright (unchanged without EXIF)
+    return im if im.mode != "P" else im.convert("RGBA" if "transparency" in im.info else "RGB")
 
 
 def _pil_to_array(im: Image.Image):
@@ -274,6 +279,13 @@ def output_extension_error(path: str | os.PathLike) -> Optional[str]:
             f".webp, .tif or .bmp"
         )
     return None
+
+
+def image_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    """``image`` encoded in memory as ``fmt``, converted as :func:`save_image` would."""
+    buffer = io.BytesIO()
+    _storable(fmt, image).save(buffer, format=fmt)
+    return buffer.getvalue()
 
 
 def save_image(image: Image.Image, path: str | os.PathLike) -> None:

@@ -109,6 +109,8 @@ def test_wheel_ships_kernel_sources_and_jit_keys_them_as_the_source_tree(tmp_pat
     shipped = sorted(p.name for p in (site / "mat_fast" / "_kernels").iterdir())
     assert shipped == _kernel_files()
     assert (site / "mat_fast" / "assets" / "sample.png").is_file()
+    for page_file in ("index.html", "app.js", "mask.js", "app.css"):  # mat-fast serve's page
+        assert (site / "mat_fast" / "serve" / "static" / page_file).is_file()
     assert not list((site / "mat_fast").glob("_C*")), (
         "a plain wheel must not carry a prebuilt library"
     )
