@@ -1,0 +1,230 @@
+"""mat_fast.training.TwoStageLoss against upstream's loss, and its behaviour.
+
+``tests/golden/loss/*.pt`` were written by ``tools/make_loss_golden.py`` from upstream's own
+``TwoStageLoss`` (a seeded 128 Generator/Discriminator, batch 2, a seeded random VGG19; its
+docstring has the format). Each phase here rebuilds our networks under the recorded seeds,
+loads the same VGG weights into ``loss.pcp`` (same state-dict keys), runs the phase under the
+recorded seed on the ``reference`` backend and compares every gradient (sums and samples),
+every reported loss and the mapping's ``w_avg``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import mat_fast
+from mat_fast import backend
+from mat_fast.training import PHASES, PerceptualLoss, TwoStageLoss, vgg19_layer_names
+from mat_fast.training import loss as loss_module
+
+from .golden_recipes import FORMAT, checksum, grad_sample, make_overrides, make_vgg_weights, regen
+
+GOLDEN = Path(__file__).parent / "golden" / "loss" / "two_stage_loss_128_b2.pt"
+GRAD_RTOL = 2e-3  # gradients of a deep net through two backward passes, fp32
+STAT_RTOL = 1e-4
+
+
+@functools.lru_cache(maxsize=1)
+def golden() -> dict:
+    case = torch.load(GOLDEN, weights_only=True)
+    assert case["format"] == FORMAT
+    return case
+
+
+def _state_problems(m, ref) -> list:
+    problems = []
+    sd = m.state_dict()
+    if set(sd) != set(ref):
+        problems.append(f"keys differ: {sorted(set(sd) ^ set(ref))[:10]}")
+    for key in sorted(set(sd) & set(ref)):
+        shape, s, a = ref[key]
+        gs, ga = checksum(sd[key])
+        if list(sd[key].shape) != list(shape) or not math.isclose(ga, a, rel_tol=1e-6):
+            problems.append(f"{key}: initial weights differ from upstream's")
+    return problems
+
+
+@functools.lru_cache(maxsize=1)
+def networks():
+    case = golden()
+    torch.manual_seed(case["G_seed"])
+    G = mat_fast.Generator(**case["G_kwargs"])
+    torch.manual_seed(case["D_seed"])
+    D = mat_fast.Discriminator(**case["D_kwargs"])
+    for m, key in ((G, "G"), (D, "D")):
+        problems = _state_problems(m, case[f"{key}_state_checksums"])
+        assert not problems, "\n".join(problems[:20])
+        m.load_state_dict(make_overrides(m, case[f"{key}_override_seed"]), strict=False)
+    init = (
+        {k: v.clone() for k, v in G.state_dict().items()},
+        {k: v.clone() for k, v in D.state_dict().items()},
+    )
+    loss = TwoStageLoss("cpu", G.mapping, G.synthesis, D, vgg_weights=None)
+    assert sorted(loss.pcp.state_dict()) == case["pcp_keys"]
+    loss.pcp.load_state_dict(make_vgg_weights(loss.pcp, case["vgg_seed"]), strict=False)
+    return G, D, loss, init
+
+
+def _inputs(case):
+    values = {k: regen(spec) for k, spec in case["regen_inputs"].items()}
+    for k, t in values.items():
+        got, want = checksum(t), tuple(case["input_checksums"][k])
+        assert all(math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-6) for g, w in zip(got, want)), (
+            f"RNG drift: regenerated {k} differs from the recorded one; regenerate the golden"
+        )
+    return values["real_img"], values["mask"], case["inputs"]["gen_z"].float()
+
+
+def _close(ours: torch.Tensor, ref: torch.Tensor, rtol: float, floor: float = 0.0) -> bool:
+    o, r = ours.double(), ref.double()
+    scale = max(float(r.abs().max()) if r.numel() else 0.0, floor)
+    return bool(torch.isfinite(o).all()) and float((o - r).abs().max()) <= rtol * scale
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", PHASES)
+def test_phase_matches_upstream(phase):
+    case = golden()
+    rec = case["phases"][phase]
+    G, D, loss, (G_init, D_init) = networks()
+    real_img, mask, gen_z = _inputs(case)
+    c = torch.zeros(real_img.shape[0], 0)
+    G.load_state_dict(G_init)
+    D.load_state_dict(D_init)
+    G.train().requires_grad_(False)
+    D.train().requires_grad_(False)
+    module = G if rec["module"] == "G" else D
+    module.requires_grad_(True)
+    try:
+        with backend.use_backend("reference"):
+            torch.manual_seed(rec["seed"])
+            loss.accumulate_gradients(phase, real_img, mask, c, gen_z, c, True, rec["gain"])
+        grads = {n: p.grad for n, p in module.named_parameters()}
+    finally:
+        module.requires_grad_(False)
+        for p in module.parameters():
+            p.grad = None
+
+    assert set(loss.stats) == set(rec["stats"]), (
+        f"{phase}: reported {sorted(loss.stats)}, upstream {sorted(rec['stats'])}"
+    )
+    bad = [
+        f"{name}: ours {loss.stats[name].flatten()[:4].tolist()} vs "
+        f"upstream {ref.flatten()[:4].tolist()}"
+        for name, ref in rec["stats"].items()
+        if not _close(loss.stats[name].reshape(ref.shape), ref, STAT_RTOL, floor=1e-6)
+    ]
+    assert not bad, f"{phase}: reported losses differ:\n" + "\n".join(bad)
+
+    none_ours = sorted(n for n, g in grads.items() if g is None)
+    none_ref = sorted(n for n, g in rec["grads"].items() if g is None)
+    assert none_ours == none_ref, f"{phase}: parameters without a gradient differ"
+    # A gradient is compared against its own magnitude, floored at 1e-3 of the largest
+    # gradient of the module (a near-zero gradient only needs to be near zero).
+    module_scale = max(
+        (float(r["sample"].abs().max()) for r in rec["grads"].values() if r is not None),
+        default=0.0,
+    )
+    bad = []
+    for name, ref in rec["grads"].items():
+        if ref is None:
+            continue
+        sample = grad_sample(grads[name])
+        s, a = checksum(grads[name])
+        rs, ra = ref["sums"]
+        floor = 1e-3 * module_scale
+        if not _close(sample, ref["sample"], GRAD_RTOL, floor) or not (
+            abs(a - ra) <= GRAD_RTOL * ra and abs(s - rs) <= GRAD_RTOL * max(ra, 1e-30)
+        ):
+            bad.append(f"{name}: sum {s:.6g} vs {rs:.6g}, sum|.| {a:.6g} vs {ra:.6g}")
+    assert not bad, f"{phase}: {len(bad)} gradients differ from upstream's:\n" + "\n".join(bad[:20])
+    assert _close(G.mapping.w_avg, rec["w_avg"], STAT_RTOL), f"{phase}: w_avg differs"
+
+
+# ----------------------------------------------------------------------------------------
+# Behaviour (fast).
+
+
+class _Never:
+    """A network stand-in that fails the test if the loss calls it."""
+
+    def __call__(self, *args, **kwargs):
+        raise AssertionError("the network was called")
+
+
+def _loss(**kwargs):
+    return TwoStageLoss("cpu", _Never(), _Never(), _Never(), vgg_weights=None, **kwargs)
+
+
+def test_pcp_keys_match_upstream():
+    keys = sorted(PerceptualLoss().state_dict())
+    assert keys == golden()["pcp_keys"]
+    names = vgg19_layer_names()
+    # torchvision's vgg19().features has 37 entries; conv5_4 is its entry 34.
+    assert len(names) == 37 and names.index("conv5_4") == 34 and names.index("conv4_4") == 25
+
+
+def test_perceptual_loss_is_weighted_l1_of_vgg_features():
+    torch.manual_seed(0)
+    pcp = PerceptualLoss()
+    x = (torch.rand(1, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    gt = (torch.rand(1, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    # An independent forward: the named layers applied by hand.
+    mean, std = pcp.vgg.mean, pcp.vgg.std
+
+    def features(img):
+        h, out = ((img + 1) / 2 - mean) / std, {}
+        for name, layer in pcp.vgg.vgg_net.named_children():
+            h = layer(h)
+            out[name] = h
+        return out
+
+    fx, fg = features(x), features(gt)
+    want = sum(
+        (fx[n] - fg[n]).abs().mean() * w for n, w in {"conv4_4": 0.25, "conv5_4": 0.5}.items()
+    )
+    got = pcp(x, gt)
+    assert torch.allclose(got, want, rtol=1e-5)
+    got.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert gt.grad is None  # no gradient into the target
+    assert pcp(x, x.detach()).item() == 0.0
+    assert not any(p.requires_grad for p in pcp.parameters())
+
+
+def test_unknown_phase_is_refused():
+    with pytest.raises(ValueError, match="unknown phase 'Gpl'.*Gmain"):
+        _loss().accumulate_gradients("Gpl", None, None, None, None, None, True, 1)
+
+
+def test_greg_does_nothing():
+    """MAT disables the path-length penalty: Greg runs nothing and draws no random number."""
+    loss = _loss()
+    state = torch.get_rng_state()
+    loss.accumulate_gradients("Greg", None, None, None, None, None, True, 4)
+    assert torch.equal(torch.get_rng_state(), state) and loss.stats == {}
+
+
+def test_r1_backend_falls_back_to_reference(monkeypatch, caplog, default_backend):
+    loss = _loss()
+    assert loss.r1_backend_name() == "reference"  # 'auto' on a CPU without a native build
+    monkeypatch.setattr(backend, "resolve", lambda device=None, explicit=None: "cpu")
+    monkeypatch.setattr(loss_module, "_logged", set())
+    with caplog.at_level(logging.INFO, logger="mat_fast"):
+        assert loss.r1_backend_name() == "reference"
+        assert loss.r1_backend_name() == "reference"
+    assert sum("R1 runs the discriminator on 'reference'" in r.message for r in caplog.records) == 1
+    monkeypatch.setattr(loss_module, "DOUBLE_BACKWARD_BACKENDS", frozenset({"reference", "cpu"}))
+    assert loss.r1_backend_name() == "cpu"
+
+
+def test_explicit_r1_backend_is_checked_at_construction(default_backend):
+    assert _loss(r1_backend="reference").r1_backend_name() == "reference"
+    with pytest.raises(ValueError, match="unknown mat_fast backend"):
+        _loss(r1_backend="fast")
