@@ -6,6 +6,10 @@ Dboth) on a seeded Generator/Discriminator (the weight seeds and seeded bias/noi
 overrides of ``tests/golden_recipes.py``, as ``tools/make_golden.py``) and a seeded random
 VGG19 (``make_vgg_weights``: upstream's perceptual loss would download torchvision's
 ImageNet weights), fp32, CPU, each phase from the same initial weights under its own seed.
+The networks are the 128 configuration (the smallest upstream's Generator builds: every
+layer type of the 256/512 ones, one encoder step fewer), batch 2: on a CPU, PyTorch's double
+backward of R1 through the discriminator's depthwise resampling filters runs one convolution
+per channel, minutes per phase even at 128.
 The file stores only tensors and plain values, never upstream code or objects:
 
 * ``G_kwargs``/``D_kwargs``, ``G_seed``/``D_seed`` (``torch.manual_seed`` before each
