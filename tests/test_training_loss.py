@@ -26,7 +26,14 @@ from mat_fast.training import loss as loss_module
 from .golden_recipes import FORMAT, checksum, grad_sample, make_overrides, make_vgg_weights, regen
 
 GOLDEN = Path(__file__).parent / "golden" / "loss" / "two_stage_loss_128_b2.pt"
-GRAD_RTOL = 2e-3  # gradients of a deep net through two backward passes, fp32
+# Gradients at the end of G -> D -> loss differ from upstream's by fp32 rounding (our ops
+# round differently, ~1e-6 in the forward): the module's sampled gradients together within
+# 1e-3 (norm-relative), each parameter's sum of |gradient| within 1e-3, and each parameter's
+# samples within 2e-2 of its largest (a noise strength's gradient is a sum over every pixel
+# whose terms cancel: up to 8e-3 measured).
+MODULE_RTOL = 1e-3
+SUM_RTOL = 1e-3
+PARAM_RTOL = 2e-2
 STAT_RTOL = 1e-4
 
 
@@ -111,40 +118,57 @@ def test_phase_matches_upstream(phase):
         for p in module.parameters():
             p.grad = None
 
-    assert set(loss.stats) == set(rec["stats"]), (
-        f"{phase}: reported {sorted(loss.stats)}, upstream {sorted(rec['stats'])}"
-    )
-    bad = [
-        f"{name}: ours {loss.stats[name].flatten()[:4].tolist()} vs "
-        f"upstream {ref.flatten()[:4].tolist()}"
-        for name, ref in rec["stats"].items()
-        if not _close(loss.stats[name].reshape(ref.shape), ref, STAT_RTOL, floor=1e-6)
-    ]
-    assert not bad, f"{phase}: reported losses differ:\n" + "\n".join(bad)
+    summary = {
+        n: None if g is None else (grad_sample(g), checksum(g), g.numel()) for n, g in grads.items()
+    }
+    problems = phase_problems(rec, loss.stats, summary, G.mapping.w_avg)
+    assert not problems, f"{phase}: differs from upstream's loss:\n" + "\n".join(problems[:20])
 
+
+def phase_problems(rec: dict, stats: dict, grads: dict, w_avg: torch.Tensor) -> list:
+    """What differs between a phase's recorded results and ours: reported values, which
+    parameters got a gradient, the gradients (``grads[name] = (sample, (sum, sum|.|),
+    numel)`` or None) and ``w_avg``."""
+    if set(stats) != set(rec["stats"]):
+        return [f"reported {sorted(stats)}, upstream {sorted(rec['stats'])}"]
+    problems = [
+        f"{name}: ours {stats[name].flatten()[:4].tolist()} vs upstream {ref.flatten()[:4].tolist()}"
+        for name, ref in rec["stats"].items()
+        if not _close(stats[name].reshape(ref.shape), ref, STAT_RTOL, floor=1e-6)
+    ]
     none_ours = sorted(n for n, g in grads.items() if g is None)
     none_ref = sorted(n for n, g in rec["grads"].items() if g is None)
-    assert none_ours == none_ref, f"{phase}: parameters without a gradient differ"
-    # A gradient is compared against its own magnitude, floored at 1e-3 of the largest
-    # gradient of the module (a near-zero gradient only needs to be near zero).
-    module_scale = max(
-        (float(r["sample"].abs().max()) for r in rec["grads"].values() if r is not None),
-        default=0.0,
-    )
-    bad = []
-    for name, ref in rec["grads"].items():
-        if ref is None:
-            continue
-        sample = grad_sample(grads[name])
-        s, a = checksum(grads[name])
-        rs, ra = ref["sums"]
-        floor = 1e-3 * module_scale
-        if not _close(sample, ref["sample"], GRAD_RTOL, floor) or not (
-            abs(a - ra) <= GRAD_RTOL * ra and abs(s - rs) <= GRAD_RTOL * max(ra, 1e-30)
+    if none_ours != none_ref:
+        return problems + [
+            f"parameters without a gradient: ours {none_ours[:5]}, upstream {none_ref[:5]}"
+        ]
+    refs = {n: r for n, r in rec["grads"].items() if r is not None}
+    if not refs:
+        return problems
+    # The module as a whole: every sampled gradient together, norm-relative.
+    ours_all = torch.cat([grads[n][0] for n in refs]).double()
+    ref_all = torch.cat([r["sample"] for r in refs.values()]).double()
+    err = float((ours_all - ref_all).norm() / ref_all.norm())
+    if not err <= MODULE_RTOL:
+        problems.append(f"sampled gradients: norm-relative error {err:.3g} > {MODULE_RTOL}")
+    # Each parameter against its own magnitude, floored at 1e-3 of the module's largest
+    # gradient: some are mathematically zero (the attention's key bias: softmax ignores a
+    # per-query constant) and only need to stay near zero.
+    floor = 1e-3 * float(ref_all.abs().max())
+    for name, ref in refs.items():
+        sample, (_, abs_sum), numel = grads[name]
+        ref_abs_sum = ref["sums"][1]
+        if not _close(sample, ref["sample"], PARAM_RTOL, floor):
+            problems.append(
+                f"{name}: sampled gradient {sample[:3].tolist()} vs {ref['sample'][:3].tolist()}"
+            )
+        elif numel > len(sample) and abs(abs_sum - ref_abs_sum) > SUM_RTOL * max(
+            ref_abs_sum, floor * numel
         ):
-            bad.append(f"{name}: sum {s:.6g} vs {rs:.6g}, sum|.| {a:.6g} vs {ra:.6g}")
-    assert not bad, f"{phase}: {len(bad)} gradients differ from upstream's:\n" + "\n".join(bad[:20])
-    assert _close(G.mapping.w_avg, rec["w_avg"], STAT_RTOL), f"{phase}: w_avg differs"
+            problems.append(f"{name}: sum of |gradient| {abs_sum:.7g} vs {ref_abs_sum:.7g}")
+    if not _close(w_avg, rec["w_avg"], STAT_RTOL):
+        problems.append("w_avg after the phase differs")
+    return problems
 
 
 # ----------------------------------------------------------------------------------------
