@@ -252,3 +252,36 @@ def test_explicit_r1_backend_is_checked_at_construction(default_backend):
     assert _loss(r1_backend="reference").r1_backend_name() == "reference"
     with pytest.raises(ValueError, match="unknown mat_fast backend"):
         _loss(r1_backend="fast")
+
+
+class _ToyD(torch.nn.Module):
+    """logits = w * sum(x^2), logits_stg1 = w * sum(x): R1 has a closed form; records the
+    backend each forward runs under."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.backends = []
+
+    def forward(self, img, mask, img_stg1, c):
+        self.backends.append(backend.get_backend())
+        return (self.w * img.square()).sum([1, 2, 3])[:, None], self.w * img_stg1.sum([1, 2, 3])[
+            :, None
+        ]
+
+
+def test_dreg_is_r1_on_both_heads_under_a_double_backward_backend(monkeypatch, default_backend):
+    D = _ToyD()
+    loss = TwoStageLoss("cpu", _Never(), _Never(), D, r1_gamma=10, vgg_weights=None)
+    monkeypatch.setattr(backend, "resolve", lambda device=None, explicit=None: "cpu")
+    real = torch.randn(2, 3, 4, 4)
+    loss.accumulate_gradients("Dreg", real, torch.ones(2, 1, 4, 4), None, None, None, True, 3)
+    assert D.backends == ["reference"]  # 'cpu' is not known to have second derivatives
+    n = real[0].numel()
+    # d logits/dx = 2 w x -> penalty 4 w^2 sum(x^2); stage 1: d/dx = w -> penalty w^2 n.
+    assert torch.allclose(loss.stats["Loss/r1_penalty"], 4 * real.square().sum([1, 2, 3]))
+    assert torch.allclose(loss.stats["Loss/r1_penalty_s1"], torch.full((2,), float(n)))
+    assert torch.allclose(loss.stats["Loss/D/reg"], 5 * loss.stats["Loss/r1_penalty"])
+    # d/dw of gain * (mean(5 * 4 w^2 sum(x^2)) + mean(5 * w^2 n)) at w = 1
+    want = 3 * (40 * real.square().sum([1, 2, 3]).mean() + 10 * n)
+    assert torch.allclose(D.w.grad, want)
