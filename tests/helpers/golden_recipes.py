@@ -64,3 +64,28 @@ def checksum(t: torch.Tensor):
 
 def subsample(t: torch.Tensor, stride) -> torch.Tensor:
     return t[tuple(slice(None, None, s) for s in stride)]
+
+
+def make_vgg_weights(pcp, seed: int) -> dict:
+    """A seeded random VGG19 for the perceptual loss (He-normal convolutions, small biases),
+    drawn in the sorted order of the state-dict keys that hold convolutions, so upstream's
+    PerceptualLoss and ours (same keys) get the same weights."""
+    g = torch.Generator().manual_seed(seed)
+    sd = pcp.state_dict()
+    out = {}
+    for key in sorted(k for k in sd if ".vgg_net." in k):
+        shape = sd[key].shape
+        if key.endswith(".weight"):
+            fan_in = shape[1] * shape[2] * shape[3]
+            out[key] = torch.randn(shape, generator=g) * (2.0 / fan_in) ** 0.5
+        else:
+            out[key] = 0.05 * torch.randn(shape, generator=g)
+    return out
+
+
+def grad_sample(t: torch.Tensor, k: int = 16) -> torch.Tensor:
+    """``k`` evenly spaced elements of a flattened gradient (all of them if fewer)."""
+    flat = t.detach().reshape(-1).float()
+    if flat.numel() <= k:
+        return flat.clone()
+    return flat[torch.linspace(0, flat.numel() - 1, k).round().long()].clone()

@@ -1,0 +1,28 @@
+"""Training MAT with mat_fast: upstream's objective (``TwoStageLoss``) and its perceptual
+loss, with the VGG19 layers defined here (no torchvision dependency)."""
+
+from .loss import DOUBLE_BACKWARD_BACKENDS, PHASES, TwoStageLoss
+from .vgg import PerceptualLoss, VGGFeatureExtractor, vgg19_layer_names
+from .vgg_weights import (
+    TORCHVISION_VGG19,
+    VGG19_URL,
+    VGGWeightsError,
+    cached_vgg19_file,
+    load_vgg_weights,
+    vgg_cache_dir,
+)
+
+__all__ = [
+    "DOUBLE_BACKWARD_BACKENDS",
+    "PHASES",
+    "PerceptualLoss",
+    "TORCHVISION_VGG19",
+    "TwoStageLoss",
+    "VGG19_URL",
+    "VGGFeatureExtractor",
+    "VGGWeightsError",
+    "cached_vgg19_file",
+    "load_vgg_weights",
+    "vgg19_layer_names",
+    "vgg_cache_dir",
+]
