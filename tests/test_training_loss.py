@@ -23,7 +23,14 @@ from mat_fast import backend
 from mat_fast.training import PHASES, PerceptualLoss, TwoStageLoss, vgg19_layer_names
 from mat_fast.training import loss as loss_module
 
-from .golden_recipes import FORMAT, checksum, grad_sample, make_overrides, make_vgg_weights, regen
+from .helpers.golden_recipes import (
+    FORMAT,
+    checksum,
+    grad_sample,
+    make_overrides,
+    make_vgg_weights,
+    regen,
+)
 
 GOLDEN = Path(__file__).parent / "golden" / "loss" / "two_stage_loss_128_b2.pt"
 # Gradients at the end of G -> D -> loss differ from upstream's by fp32 rounding (our ops

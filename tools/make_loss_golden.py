@@ -42,7 +42,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from tests.golden_recipes import (  # noqa: E402
+from tests.helpers.golden_recipes import (  # noqa: E402
     FORMAT,
     checksum,
     fp16_exact,
