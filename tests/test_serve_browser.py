@@ -37,11 +37,16 @@ CHROMIUM = os.environ.get("MAT_FAST_CHROMIUM") or shutil.which("chromium")
 CHROMEDRIVER = os.environ.get("MAT_FAST_CHROMEDRIVER") or shutil.which("chromedriver")
 FILL_TIMEOUT = 300  # s: a 256 px random network on a busy 2-core CPU box takes 10-60 s
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="Chromium or chromedriver not found: run scripts/install_browser.sh "
-    "(or set MAT_FAST_CHROMIUM and MAT_FAST_CHROMEDRIVER)",
-)
+pytestmark = [
+    # Several real fills in a real browser (about 2 min on the 2-core box): with the slow
+    # tests, which CI runs.
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="Chromium or chromedriver not found: run scripts/install_browser.sh "
+        "(or set MAT_FAST_CHROMIUM and MAT_FAST_CHROMEDRIVER)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
