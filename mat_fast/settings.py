@@ -62,11 +62,12 @@ def triton_interpret() -> bool:
     return os.environ.get(TRITON_INTERPRET) == "1"
 
 
-def cache_root() -> Path:
-    """The native extension's cache: ``$MAT_FAST_CACHE/ext``, else
-    ``$XDG_CACHE_HOME/mat_fast/ext``, else ``~/.cache/mat_fast/ext``."""
+def cache_root(kind: str = "ext") -> Path:
+    """One of mat_fast's caches (``ext``: the native extension; ``vgg``, ``metrics``: weight
+    files): ``$MAT_FAST_CACHE/KIND``, else ``$XDG_CACHE_HOME/mat_fast/KIND``, else
+    ``~/.cache/mat_fast/KIND``."""
     if os.environ.get(CACHE):
-        return Path(os.environ[CACHE]).expanduser() / "ext"
+        return Path(os.environ[CACHE]).expanduser() / kind
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "mat_fast" / "ext"
+    return base / "mat_fast" / kind

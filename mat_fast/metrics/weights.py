@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
+from .. import settings
+
 
 class WeightsError(ValueError):
     """A metric weight file is missing, corrupt or not the expected one (the message says
@@ -70,11 +72,7 @@ _CHUNK = 1 << 20
 
 
 def cache_dir() -> Path:
-    if os.environ.get("MAT_FAST_CACHE"):
-        return Path(os.environ["MAT_FAST_CACHE"]).expanduser() / "metrics"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "mat_fast" / "metrics"
+    return settings.cache_root("metrics")
 
 
 def sha256_of(path: Path) -> str:

@@ -17,6 +17,7 @@ from typing import Union
 
 import torch
 
+from .. import settings
 from ..checkpoints import CheckpointError, read_state_dict
 from .vgg import PerceptualLoss, torchvision_to_pcp_keys
 
@@ -49,11 +50,7 @@ def _how_to_get() -> str:
 def vgg_cache_dir() -> Path:
     """``$MAT_FAST_CACHE/vgg``, else ``$XDG_CACHE_HOME/mat_fast/vgg``, else
     ``~/.cache/mat_fast/vgg`` (beside the native extension's ``ext`` cache)."""
-    if os.environ.get("MAT_FAST_CACHE"):
-        return Path(os.environ["MAT_FAST_CACHE"]).expanduser() / "vgg"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "mat_fast" / "vgg"
+    return settings.cache_root("vgg")
 
 
 def file_sha256(path: Union[str, os.PathLike]) -> str:
