@@ -54,13 +54,24 @@ def _alloc(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _config(window: int, head_dim: int) -> dict:
+def _config(window: int, head_dim: int, precision: str, dtype: torch.dtype, backward: bool) -> dict:
     """Tile sizes: whole 64-token windows in one tile, 256-token windows in 64-token tiles
-    (online softmax over key tiles); head_dim padded to a power of two >= 16 (tl.dot)."""
+    (online softmax over key tiles); head_dim padded to a power of two >= 16 (tl.dot).
+
+    fp32 'ieee' dots run on FMA units, whose operand layouts hold far more per thread than
+    tensor-core ones: at 4 warps the 64-token tiles spilled on sm_90 (255 registers, up to
+    7.4 KB of stack per thread in the window-16 dk/dv kernel). There the forward takes 8
+    warps and the backward 16-token tiles at 8 warps: no stack at all (the sm_90 compile
+    test checks every one of these configurations)."""
     n_pad = max(16, next_power_of_2(window * window))
-    block = min(n_pad, 64)
+    block, num_warps = min(n_pad, 64), 4
+    if dtype == torch.float32 and precision == "ieee":
+        block, num_warps = (16 if backward else block), 8
     return dict(
-        BLOCK_M=block, BLOCK_N=block, BLOCK_D=max(16, next_power_of_2(head_dim)), num_warps=4
+        BLOCK_M=block,
+        BLOCK_N=block,
+        BLOCK_D=max(16, next_power_of_2(head_dim)),
+        num_warps=num_warps,
     )
 
 
@@ -100,7 +111,8 @@ def window_attention_fwd(q, k, v, mask, H, W, window, shift, heads, allow_tf32=F
     new_mask (B, L, 1) in mask's dtype (empty (0,) when mask is None), lse (B, heads, L) fp32."""
     B, L, C = q.shape
     geo = _geometry(q, H, W, window, shift, heads)
-    cfg = _config(window, geo["HEAD_DIM"])
+    precision = _precision(q.dtype, allow_tf32)
+    cfg = _config(window, geo["HEAD_DIM"], precision, q.dtype, backward=False)
     out = _alloc((B, L, C), q.dtype, q.device)
     lse = _alloc((B, heads, L), torch.float32, q.device)
     new_mask = _alloc((B, L, 1), mask.dtype, q.device) if mask is not None else q.new_empty(0)
@@ -118,7 +130,7 @@ def window_attention_fwd(q, k, v, mask, H, W, window, shift, heads, allow_tf32=F
             lse,  # inv_norm, bias: unused unless PACKED
             **geo,
             HAS_MASK=mask is not None,
-            DOT_PRECISION=_precision(q.dtype, allow_tf32),
+            DOT_PRECISION=precision,
             **cfg,
         )
     return out, new_mask, lse
@@ -132,7 +144,8 @@ def window_attention_qkv_fwd(
     B, L, C3 = qkv.shape
     C = C3 // 3
     geo = _geometry(qkv[..., :C], H, W, window, shift, heads)
-    cfg = _config(window, geo["HEAD_DIM"])
+    precision = _precision(qkv.dtype, allow_tf32)
+    cfg = _config(window, geo["HEAD_DIM"], precision, qkv.dtype, backward=False)
     out = _alloc((B, L, C), qkv.dtype, qkv.device)
     lse = _alloc((B, heads, L), torch.float32, qkv.device)
     new_mask = _alloc((B, L, 1), mask.dtype, qkv.device) if mask is not None else qkv.new_empty(0)
@@ -150,7 +163,7 @@ def window_attention_qkv_fwd(
             bias if bias is not None else inv_norm,
             **geo,
             HAS_MASK=mask is not None,
-            DOT_PRECISION=_precision(qkv.dtype, allow_tf32),
+            DOT_PRECISION=precision,
             PACKED=True,
             HAS_BIAS=bias is not None,
             **cfg,
@@ -162,7 +175,8 @@ def window_attention_bwd(do, q, k, v, mask, out, lse, H, W, window, shift, heads
     """Gradients (dq, dk, dv), each (B, L, C) in q's dtype, of ``sum(do * out)``."""
     B, L, C = q.shape
     geo = _geometry(q, H, W, window, shift, heads)
-    cfg = _config(window, geo["HEAD_DIM"])
+    precision = _precision(q.dtype, allow_tf32)
+    cfg = _config(window, geo["HEAD_DIM"], precision, q.dtype, backward=True)
     # delta = rowsum(dO * O) per token and head: (B, heads, L) fp32
     delta = (
         (do.float() * out.float())
@@ -173,9 +187,7 @@ def window_attention_bwd(do, q, k, v, mask, out, lse, H, W, window, shift, heads
     )
     dq, dk, dv = (_alloc((B, L, C), q.dtype, q.device) for _ in range(3))
     n_tiles = triton.cdiv(window * window, cfg["BLOCK_N"])
-    common = dict(
-        **geo, HAS_MASK=mask is not None, DOT_PRECISION=_precision(q.dtype, allow_tf32), **cfg
-    )
+    common = dict(**geo, HAS_MASK=mask is not None, DOT_PRECISION=precision, **cfg)
     m = mask if mask is not None else q
     with _device_ctx(q.device):
         window_attention_bwd_dkdv_kernel[(B * geo["N_WIN"], heads, n_tiles)](
