@@ -58,10 +58,9 @@ from benchmarks.common import (
     add_malloc_option,
     apply_malloc,
     device_name,
-    draw_chart,
     time_group,
 )
-from benchmarks.results_io import ResultsFile
+from benchmarks.results_io import ResultsFile, draw
 from mat_fast.ops.window_attention import window_attention, window_attention_qkv  # noqa: E402
 from mat_fast.ops.window_attention.reference import (
     shift_region_mask,
@@ -425,14 +424,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"  {what}: {why}")
     print(f"\nwrote {results.path}")
     if not results.interrupted and results.rows:
-        png_path = results.path.with_suffix(".png")
         try:
-            draw_chart(
-                [r for r in results.rows if r["impl"] != "proj"],
-                png_path,
-                f"window attention, {name}, {results.meta['dtype']}, torch {torch.__version__}",
-            )
-            print(f"wrote {png_path}")
+            print(f"wrote {draw(results.path)}")
         except ImportError:
             print("Pillow is missing, so no chart")
     return 130 if results.interrupted else 0

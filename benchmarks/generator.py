@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mat_fast  # noqa: E402
-from benchmarks.common import add_malloc_option, apply_malloc, draw_chart, time_group
-from benchmarks.results_io import ResultsFile
+from benchmarks.common import add_malloc_option, apply_malloc, time_group
+from benchmarks.results_io import ResultsFile, draw
 from mat_fast.inpaint import random_generator  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -149,15 +149,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 )
     print(f"\nwrote {results.path}")
     if not results.interrupted and results.rows:
-        png_path = results.path.with_suffix(".png")
-        draw_chart(
-            results.rows,
-            png_path,
-            f"MAT generator, {results.meta['device']}, torch {torch.__version__}",
-            speedup_key="speedup_vs_reference",
-            baseline="reference float32",
-        )
-        print(f"wrote {png_path}")
+        print(f"wrote {draw(results.path)}")
     return 130 if results.interrupted else 0
 
 

@@ -139,3 +139,46 @@ def load(path: Path) -> Dict[str, Any]:
     if not isinstance(data["rows"], list):
         raise ValueError(f"{path}: rows must be a list")
     return data
+
+
+def draw(path: Path) -> Path:
+    """The PNG chart of a speed benchmark's result file, beside it (same name, .png)."""
+    from benchmarks.common import draw_chart
+
+    data = load(path)
+    meta, rows = data["meta"], data["rows"]
+    png = Path(path).with_suffix(".png")
+    torch_version = meta["versions"].get("torch")
+    if meta["benchmark"] == "attention":
+        title = f"window attention, {meta['device']}, {meta.get('dtype')}, torch {torch_version}"
+        draw_chart([r for r in rows if r["impl"] != "proj"], png, title)
+    elif meta["benchmark"] == "generator":
+        title = f"MAT generator, {meta['device']}, torch {torch_version}"
+        draw_chart(
+            rows, png, title, speedup_key="speedup_vs_reference", baseline="reference float32"
+        )
+    else:
+        raise ValueError(f"{path}: no chart for the {meta['benchmark']} benchmark")
+    return png
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Check result files against the schema, or draw their charts."
+    )
+    parser.add_argument("action", choices=["check", "chart"])
+    parser.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    for path in args.files:
+        data = load(path)
+        if args.action == "chart":
+            print(f"wrote {draw(path)}")
+        else:
+            print(f"{path}: {data['meta']['status']}, {len(data['rows'])} rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
