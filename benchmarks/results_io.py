@@ -117,7 +117,7 @@ class ResultsFile:
             self.meta["status"] = f"failed: {kind.__name__}: {value}"[:300]
         self._write()
         if self.interrupted:
-            print(f"\ninterrupted ({value}); {len(self.rows)} rows kept in {self.path}")
+            print(f"\ninterrupted; {len(self.rows)} rows kept in {self.path}")
         return self.interrupted
 
 

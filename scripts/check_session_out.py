@@ -1,6 +1,7 @@
 """Check a GPU session's output folder against what the device returns and the plan.
 
-    python scripts/check_session_out.py OUT_DIR --total 470
+    python scripts/check_session_out.py check OUT_DIR --total 475 [--strict]
+    python scripts/check_session_out.py merge-junit OUT_DIR/tests.xml part1.xml part2.xml ...
 
 The device returns at most 8 files of at most 16 MiB, at most two folders deep; the
 session's phases must keep to their budgets (a phase may overrun its limit only by the
@@ -19,8 +20,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.results_io import load  # noqa: E402
-
 MAX_FILES = 8
 MAX_BYTES = 16 * 2**20
 MAX_DEPTH = 2  # folders below OUT
@@ -28,6 +27,8 @@ KILL_GRACE_S = 10 + 2  # timeout's --kill-after, and a little for process exit
 
 
 def check(out: Path, total: float, strict: bool = False) -> list:
+    from benchmarks.results_io import load  # imports torch: only here, not for merge-junit
+
     problems = []
     files = sorted(p for p in out.rglob("*") if p.is_file())
     print(f"{len(files)} files (at most {MAX_FILES}):")
@@ -72,14 +73,45 @@ def check(out: Path, total: float, strict: bool = False) -> list:
     return problems
 
 
+def merge_junit(target: Path, parts: list) -> None:
+    """One junit file from several pytest runs (the device returns 8 files at most)."""
+    import xml.etree.ElementTree as ET
+
+    merged = ET.Element("testsuites")
+    for part in parts:
+        if not Path(part).is_file():
+            continue  # a group cut before pytest wrote its file
+        root = ET.parse(part).getroot()
+        suites = [root] if root.tag == "testsuite" else list(root)
+        for suite in suites:
+            suite.set("name", Path(part).stem)
+            merged.append(suite)
+    tmp = target.with_name(target.name + ".tmp")
+    ET.ElementTree(merged).write(tmp, encoding="utf-8", xml_declaration=True)
+    tmp.replace(target)
+    counts = {k: 0 for k in ("tests", "failures", "errors", "skipped")}
+    for suite in merged:
+        for k in counts:
+            counts[k] += int(suite.get(k, 0))
+    print(f"{target.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--total", type=float, required=True, help="the session's total seconds")
-    parser.add_argument(
+    sub = parser.add_subparsers(dest="action", required=True)
+    checking = sub.add_parser("check", help="check OUT against the device's limits and the plan")
+    checking.add_argument("out", type=Path)
+    checking.add_argument("--total", type=float, required=True, help="the session's total seconds")
+    checking.add_argument(
         "--strict", action="store_true", help="a failed phase is a problem too (dry runs)"
     )
+    merging = sub.add_parser("merge-junit", help="merge junit files into one")
+    merging.add_argument("target", type=Path)
+    merging.add_argument("parts", nargs="*", type=Path)
     args = parser.parse_args(argv)
+    if args.action == "merge-junit":
+        merge_junit(args.target, args.parts)
+        return 0
     problems = check(args.out, args.total, args.strict)
     for problem in problems:
         print(f"PROBLEM: {problem}")

@@ -6,47 +6,97 @@
 #   bash scripts/gpu_session.sh --dry-run                          # CPU: the same plan, tiny
 #
 # Options: --commit SHA (or MAT_FAST_COMMIT; the box gets the tree without .git),
-# --out DIR (default $OUT, else ./gpu_out), --total SECONDS (default 470; dry run 150),
+# --out DIR (default $OUT, else ./gpu_out), --total SECONDS (default 475; dry run 170),
 # --dry-run, --only "PHASE ..." (a subset, e.g. for a rerun). Phases run in priority order;
 # each gets min(its budget, what is left of the total). A phase that runs out is stopped
 # with SIGINT (SIGKILL 10 s later): pytest still writes its junit file, and the benchmarks
 # write every row to their JSON as it is measured (benchmarks/results_io.py), so nothing an
 # earlier row or phase wrote is lost. A phase that fails does not stop the next.
 #
-# Budget (seconds) on the H200 box (16 cores; torch 2.11 + Triton 3.6; nothing measured yet:
-# the figures below are estimates from the 2-core CPU box and are what the first run checks):
-#   env            5  nvidia-smi, versions (into session.log)
-#   build         75  the native extension, timed: 2 .cu + 3 .cpp translation units, sm_90 only
-#                     (TORCH_CUDA_ARCH_LIST=9.0), MAX_JOBS=16. nvcc took ~75 s for both .cu
-#                     files on 2 cores; in parallel on 16 the slowest unit bounds it (~30-45 s)
-#   tests_kernels 110 pytest -m gpu, inductor excluded, kernel parity first: Triton attention,
-#                     qkv, partial conv, bias_act, then the native CUDA ops (~700 parametrised
-#                     cases, ~60 Triton compiles: 3 dtypes x (window, shift, packed) x fwd/bwd;
-#                     1-2 s each), then whole-generator parity per backend at 128-256 and
-#                     CUDA graphs (Inpainter); the extension comes from the build phase's cache
-#   tests_compile  45  inductor last and few: 2 op-level reduce-overhead graphs (attention,
-#                     partial conv) and the whole 256 generator with the triton backend only
-#                     (one inductor compile of ~30-40 s; reference/cuda would add two more)
-#   attention      75  benchmarks/attention.py fp16: stage shapes at 512 and 1024 (11 distinct
-#                     grid/window/shift), batch 1 and 8, masked (MAT always masks): 22 configs
-#                     x 9 implementations (eager, proj, reference, triton, cuda, sdpa and the
-#                     three +qkv) ~ 200 do_bench calls of ~0.15 s + 8 Triton compiles (4
-#                     window/shift pairs x packed or not); Flex opt-in (one compile per shape)
-#   generator     120  benchmarks/generator.py: 512 and 1024, batch 1 and 8, fp32/fp16/bf16,
-#                     reference vs triton vs cuda, peak memory: 36 rows; the first size pays
-#                     the Triton compiles of every dtype (~45 x 1-2 s); 1024 B8 fp32 reference
-#                     ~0.3 s a forward (~8.6 TFLOP at ~30 TFLOP/s, no TF32)
-#   precision      35  benchmarks/precision.py on cuda, only if the shared test images were
-#                     carried in (./gpu_shared, see the README); 256 and 512 configurations
-#   total         465  + packing; --total caps the sum (a phase gets what is left)
+# Budget (seconds) on the H200 box (16 cores; torch 2.11 + Triton 3.6). Nothing has been
+# measured there yet: the figures are estimates from the 2-core CPU box, to be replaced by
+# the first run's session.json.
+#   env             5  nvidia-smi, versions (into session.log)
+#   build          75  the native extension, timed: 2 .cu + 3 .cpp translation units, sm_90 only
+#                      (TORCH_CUDA_ARCH_LIST=9.0), MAX_JOBS=nproc. nvcc took ~75 s for both .cu
+#                      files on 2 cores; on 16 in parallel the slowest unit bounds it (~30-45 s)
+#   tests_kernels  80  all tests of the 5 Triton op files + tests/test_gpu_ops.py, one pytest
+#                      per file at once (6 processes), inductor and the CPU-only sm_90 compile
+#                      checks excluded. ~500 cases of ms each; the cost is Triton's JIT:
+#                      ~40-60 specialisations per file (dtype x window/shift x mask x packed x
+#                      fwd/bwd) at ~1 s each, compiled serially within a process, so ~60 s
+#   tests_gpu      60  every other gpu-marked test, 3 processes: the native CUDA attention
+#                      (~140 cases), whole-generator parity per backend (128-256), CUDA graphs
+#                      (Inpainter), precision (if the images came along); the extension is the
+#                      build phase's (MAT_FAST_CACHE)
+#   tests_compile  45  inductor last and few: 2 op-level reduce-overhead graphs and the 256
+#                      generator with the triton backend only (one whole-network inductor
+#                      compile, ~30-40 s; reference and cuda would add one each)
+#   attention      70  benchmarks/attention.py fp16: stage shapes at 512 and 1024 (11 distinct
+#                      grid/window/shift), batch 1 and 8, masked (MAT always masks): 22 configs
+#                      x 9 implementations (eager, proj, reference, triton, cuda, sdpa and the 3
+#                      '+qkv') ~ 200 do_bench calls of ~0.15 s, + 8 Triton compiles (4 window/
+#                      shift pairs x packed or not; cached from the tests when they match);
+#                      FlexAttention is opt-in (--flex: one torch.compile per shape, minutes)
+#   generator     110  benchmarks/generator.py: 512 and 1024, batch 1 and 8, fp32/fp16/bf16,
+#                      reference vs triton vs cuda, peak memory: 36 rows, each written as timed;
+#                      512 B1 pays the Triton compiles of every dtype (~45 x ~1 s); the slowest
+#                      forward, 1024 B8 fp32 reference, ~8.6 TFLOP at ~30 TFLOP/s (no TF32) ~0.3 s
+#   precision      25  benchmarks/precision.py on cuda, only if the shared test images were
+#                      carried in (./gpu_shared); 256 and 512, fp16 and bf16
+#   total         470  of --total 475 (5 s for the final check); a phase gets min(budget, left)
 #
 # $OUT receives at most 8 files, flat (the box returns 8 files of <= 16 MiB, 2 folders deep):
-# session.log (all phases' output), session.json (each phase: budget, limit, seconds,
-# exit code, status), tests_kernels.xml, tests_compile.xml, attention_<gpu>.json,
-# generator_cuda.json, precision_cuda.json. The last step checks that (and every JSON's
+# session.log (every phase's output), session.json (each phase: budget, limit, seconds, exit
+# code, status), tests.xml (junit of all test phases, merged), attention_<gpu>.json,
+# generator_cuda.json, precision_cuda.json: 6. The last step checks that (and every JSON's
 # schema) and says so in session.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--parallel-pytest" ]; then
+    # Internal (the test phases): --parallel-pytest DIR NAME "COMMON ARGS" "GROUP" ...: one
+    # pytest per group at once (Triton compiles one kernel at a time per process: 16 cores
+    # compile 16), each with its junit file and log in DIR.
+    dir=$2 name=$3 common=$4
+    shift 4
+    pids=()
+    i=0
+    for group in "$@"; do
+        i=$((i + 1))
+        # eval: the argument strings carry their own quoting (-k expressions, node ids)
+        eval "\"\${PYTHON:-python3}\" -m pytest $common --junitxml='$dir/${name}_$i.xml' $group" \
+            > "$dir/${name}_$i.log" 2>&1 &
+        pids+=($!)
+    done
+    # A time limit's SIGINT reaches every pytest (timeout signals the process group): wait
+    # for them to write their junit files and exit (timeout's SIGKILL ends a stuck one).
+    trap ':' INT TERM
+    rc=0
+    for pid in "${pids[@]}"; do
+        while :; do
+            wait "$pid"
+            status=$?
+            kill -0 "$pid" 2> /dev/null || break
+        done
+        if [ "$status" != 0 ] && [ "$status" != 5 ]; then  # 5: every test deselected
+            rc=$status
+        fi
+    done
+    exit "$rc"
+fi
+if [ "${1:-}" = "--environment" ]; then  # internal: the env phase
+    date -u
+    echo "MAX_JOBS=${MAX_JOBS:-} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-} nproc $(nproc)"
+    if command -v nvidia-smi > /dev/null; then
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    else
+        echo "no nvidia-smi"
+    fi
+    "${PYTHON:-python3}" -c "import torch, triton, platform; print('python', platform.python_version(), 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
+    if command -v nvcc > /dev/null; then nvcc --version | tail -1; else echo "no nvcc"; fi
+    exit 0
+fi
 
 DRY_RUN=0
 TOTAL=""
@@ -87,8 +137,8 @@ fi
 if [ "$DRY_RUN" = 1 ]; then
     # The same phases on CPU with tiny shapes; Triton through its interpreter.
     export TRITON_INTERPRET=1
-    TOTAL="${TOTAL:-150}"
-    BUDGETS=(env=5 build=40 tests_kernels=30 tests_compile=15 attention=35 generator=12 precision=8)
+    TOTAL="${TOTAL:-170}"
+    BUDGETS=(env=10 build=30 tests_kernels=25 tests_gpu=25 tests_compile=15 attention=40 generator=12 precision=8)
     CHECK_ARGS=(--strict)
     ATTENTION_ARGS=(--device cpu --resolutions 32 --batches 1 --masks mask --budget 0.01 --interpreted-triton)
     GENERATOR_ARGS=(--device cpu --sizes 128 --batches 1 --dtypes float32 --resolution 128 --backends reference,cpu --budget 0.01)
@@ -96,8 +146,8 @@ if [ "$DRY_RUN" = 1 ]; then
     BUILD_DEVICE=cpu
 else
     export MAT_FAST_CACHE="${MAT_FAST_CACHE:-/tmp/mat_fast_cache}"
-    TOTAL="${TOTAL:-470}"
-    BUDGETS=(env=5 build=75 tests_kernels=110 tests_compile=45 attention=75 generator=120 precision=35)
+    TOTAL="${TOTAL:-475}"
+    BUDGETS=(env=5 build=75 tests_kernels=80 tests_gpu=60 tests_compile=45 attention=70 generator=110 precision=25)
     ATTENTION_ARGS=(--resolutions 512,1024 --batches 1,8 --masks mask)
     GENERATOR_ARGS=(--sizes 512,1024 --batches 1,8 --dtypes float32,float16,bfloat16 --backends reference,triton,cuda)
     PRECISION_ARGS=(--device cuda --configs 256,512 --dtypes float16,bfloat16)
@@ -152,39 +202,57 @@ phase() {  # phase NAME COMMAND...: run within min(budget, time left), output in
 }
 
 skip_phase() {  # skip_phase NAME REASON
+    if [ -n "$ONLY" ] && [[ " $ONLY " != *" $1 "* ]]; then
+        return 0
+    fi
     log "== $1: skipped: $2"
     record "$1" "$(budget_of "$1")" 0 0 0 "skipped: $2"
 }
 
-environment() {
-    date -u
-    echo "commit $COMMIT; dry run $DRY_RUN; MAX_JOBS=$MAX_JOBS TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
-    if command -v nvidia-smi > /dev/null; then
-        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-    else
-        echo "no nvidia-smi"
-    fi
-    "$PY" -c "import torch, triton, platform; print('python', platform.python_version(), 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
-    if command -v nvcc > /dev/null; then nvcc --version | tail -1; else echo "no nvcc"; fi
-    nproc
+# GPU tests, three phases, each a few pytest processes at once (one per group):
+# tests_kernels: every test of the Triton op files (they run on CUDA where there is one:
+#   kernel parity at small and real shapes) and tests/test_gpu_ops.py (bias_act at real
+#   shapes, the CUDA partial-conv ops); tests_gpu: every other gpu-marked test (native CUDA
+#   attention, whole-generator parity per backend, CUDA graphs, precision); tests_compile:
+#   the inductor compiles, last and few. The sm_90 compile checks are CPU tests: skipped.
+JUNIT_DIR="$(mktemp -d)"
+TRITON_FILES=(tests/test_window_attention_triton.py tests/test_window_attention_qkv.py
+    tests/test_partial_conv_triton.py tests/test_partial_conv_triton_graph.py
+    tests/test_bias_act_triton.py tests/test_gpu_ops.py)
+KERNEL_GROUPS=("${TRITON_FILES[@]}")
+GPU_GROUPS=("tests/test_native_ops.py" "tests/test_fast_path.py tests/test_precision.py")
+# the third group: every other file (pytest takes each file once)
+GPU_GROUPS+=("tests/test_inpainter.py $(printf -- '--ignore=%s ' "${TRITON_FILES[@]}" ${GPU_GROUPS[*]}) tests")
+COMPILE_GROUPS=("tests/test_window_attention_triton.py::test_gpu_inductor_and_cuda_graphs tests/test_partial_conv_triton_graph.py::test_gpu_inductor_and_cuda_graphs"
+    "'tests/test_compile.py::test_generator_compiles_with_inductor_and_matches_eager_gpu[triton]'")
+COMMON="-q -rfEs -p no:cacheprovider"
+if [ "$DRY_RUN" = 1 ]; then
+    # On CPU: the Triton files' interpreter tests take minutes (CI runs them anyway), so
+    # only the gpu-marked tests are collected (and skip); one process per phase, two cores.
+    KERNEL_FILTER="-m gpu"
+    KERNEL_GROUPS=("${KERNEL_GROUPS[*]}")
+    GPU_GROUPS=("${GPU_GROUPS[*]}")
+    COMPILE_GROUPS=("${COMPILE_GROUPS[*]}")
+else
+    KERNEL_FILTER="-k 'not inductor and not compile_for_cuda_target'"
+fi
+
+tests_phase() {  # tests_phase NAME "COMMON ARGS" GROUP...: the groups at once, then their logs
+    local name=$1
+    phase "$name" bash "$0" --parallel-pytest "$JUNIT_DIR" "$@"
+    cat "$JUNIT_DIR/$name"_*.log >> "$LOG" 2> /dev/null
+    rm -f "$JUNIT_DIR/$name"_*.log
+    # one junit file for all test phases so far (the 8-file limit)
+    "$PY" scripts/check_session_out.py merge-junit "$OUT_DIR/tests.xml" "$JUNIT_DIR"/*.xml \
+        >> "$LOG" 2>&1
 }
 
-# Kernel parity first (files in this order; pytest keeps the first occurrence of a file),
-# then every other gpu-marked test; inductor compiles in a phase of their own, last.
-KERNEL_TESTS=(tests/test_gpu_ops.py tests/test_window_attention_triton.py
-    tests/test_window_attention_qkv.py tests/test_partial_conv_triton.py
-    tests/test_partial_conv_triton_graph.py tests/test_bias_act_triton.py
-    tests/test_native_ops.py tests/test_fast_path.py tests/test_inpainter.py tests)
-COMPILE_TESTS=(tests/test_window_attention_triton.py::test_gpu_inductor_and_cuda_graphs
-    tests/test_partial_conv_triton_graph.py::test_gpu_inductor_and_cuda_graphs
-    "tests/test_compile.py::test_generator_compiles_with_inductor_and_matches_eager_gpu[triton]")
-PYTEST=("$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider)
-
 log "gpu_session: commit $COMMIT, total ${TOTAL}s, out $OUT_DIR"
-phase env environment
+phase env bash "$0" --environment
 phase build "$PY" -c "import time; from mat_fast.ops import native_build as nb; t = time.time(); reason = nb.probe('$BUILD_DEVICE', '$BUILD_DEVICE'); print('native extension for $BUILD_DEVICE:', reason or 'ready', f'({time.time() - t:.1f} s)'); raise SystemExit(1 if reason else 0)"
-phase tests_kernels "${PYTEST[@]}" -k "not inductor" --junitxml="$OUT_DIR/tests_kernels.xml" "${KERNEL_TESTS[@]}"
-phase tests_compile "${PYTEST[@]}" --junitxml="$OUT_DIR/tests_compile.xml" "${COMPILE_TESTS[@]}"
+tests_phase tests_kernels "$COMMON $KERNEL_FILTER" "${KERNEL_GROUPS[@]}"
+tests_phase tests_gpu "$COMMON -m gpu -k 'not inductor'" "${GPU_GROUPS[@]}"
+tests_phase tests_compile "$COMMON -m gpu" "${COMPILE_GROUPS[@]}"
 phase attention "$PY" benchmarks/attention.py "${ATTENTION_ARGS[@]}" --out "$OUT_DIR"
 phase generator "$PY" benchmarks/generator.py "${GENERATOR_ARGS[@]}" --out "$OUT_DIR"
 if [ -n "${MAT_FAST_SHARED:-}" ] && [ -d "$MAT_FAST_SHARED/data/mat_test_sets" ]; then
@@ -197,7 +265,8 @@ fi
 # here they would only take up files of the 8.
 rm -f "$OUT_DIR"/*.png "$OUT_DIR"/*.tmp
 log "== check: $OUT_DIR"
-"$PY" scripts/check_session_out.py "$OUT_DIR" --total "$TOTAL" "${CHECK_ARGS[@]}" 2>&1 | tee -a "$LOG"
+rm -rf "$JUNIT_DIR"
+"$PY" scripts/check_session_out.py check "$OUT_DIR" --total "$TOTAL" "${CHECK_ARGS[@]}" 2>&1 | tee -a "$LOG"
 check=${PIPESTATUS[0]}
 log "gpu_session: done in $((SECONDS - START))s"
 exit "$check"

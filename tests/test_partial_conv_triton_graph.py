@@ -27,7 +27,8 @@ from .partial_conv_cases import (
     out_size,
     pct,
     run_fused,
-)  # noqa: F401 (autouse fixture)
+    triton_env,  # noqa: F401  (autouse: pytest finds it by name)
+)
 from .sm90_compile import compile_for_sm90
 
 # ---------------------------------------------------------------------------------------
