@@ -11,6 +11,8 @@ so a run cut by a time limit (SIGINT, SIGTERM, or killed outright) leaves a vali
 every row measured so far; ``status`` says ``running`` until the run ends, then
 ``complete`` or ``interrupted``. The commit is ``MAT_FAST_COMMIT`` when set (the GPU box
 gets the tree without .git), else ``git rev-parse HEAD`` (``-dirty`` with local changes).
+On CUDA, creating a result file switches fp32 matmuls and convolutions to IEEE (no TF32)
+and records it in ``fp32_precision``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from benchmarks.common import device_name, git_commit, triton_version
+from benchmarks.common import device_name, git_commit, triton_version, use_ieee_fp32
 
 SCHEMA_VERSION = 1
 
@@ -44,6 +46,8 @@ def machine_meta(device: torch.device) -> Dict[str, Any]:
     """Device, versions, commit, command and start time: what every result file records."""
     import mat_fast
 
+    # fp32 means IEEE fp32 here, as upstream computes it (cuDNN would use TF32)
+    fp32 = use_ieee_fp32() if device.type == "cuda" else None
     return dict(
         schema=SCHEMA_VERSION,
         device=device_name(device),
@@ -61,6 +65,7 @@ def machine_meta(device: torch.device) -> Dict[str, Any]:
         finished=None,
         status="running",
         skipped={},
+        fp32_precision=fp32,
     )
 
 

@@ -16,7 +16,7 @@
 # Budget (seconds) on the H200 box (16 cores; torch 2.11 + Triton 3.6). Nothing has been
 # measured there yet: the figures are estimates from the 2-core CPU box, to be replaced by
 # the first run's session.json.
-#   env             5  nvidia-smi, versions (into session.log)
+#   env            10  nvidia-smi, versions (a python importing torch and Triton: ~5 s)
 #   build          75  the native extension, timed: 2 .cu + 3 .cpp translation units, sm_90 only
 #                      (TORCH_CUDA_ARCH_LIST=9.0), MAX_JOBS=nproc. nvcc took ~75 s for both .cu
 #                      files on 2 cores; on 16 in parallel the slowest unit bounds it (~30-45 s)
@@ -38,7 +38,7 @@
 #                      '+qkv') ~ 200 do_bench calls of ~0.15 s, + 8 Triton compiles (4 window/
 #                      shift pairs x packed or not; cached from the tests when they match);
 #                      FlexAttention is opt-in (--flex: one torch.compile per shape, minutes)
-#   generator     110  benchmarks/generator.py: 512 and 1024, batch 1 and 8, fp32/fp16/bf16,
+#   generator     105  benchmarks/generator.py: 512 and 1024, batch 1 and 8, fp32/fp16/bf16,
 #                      reference vs triton vs cuda, peak memory: 36 rows, each written as timed;
 #                      512 B1 pays the Triton compiles of every dtype (~45 x ~1 s); the slowest
 #                      forward, 1024 B8 fp32 reference, ~8.6 TFLOP at ~30 TFLOP/s (no TF32) ~0.3 s
@@ -129,7 +129,6 @@ LOG="$OUT_DIR/session.log"
 : > "$LOG"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export MAX_JOBS="${MAX_JOBS:-$(nproc)}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 if [ -d gpu_shared ] && [ -z "${MAT_FAST_SHARED:-}" ]; then
     export MAT_FAST_SHARED="$PWD/gpu_shared"  # the shared test images, carried in
 fi
@@ -146,8 +145,9 @@ if [ "$DRY_RUN" = 1 ]; then
     BUILD_DEVICE=cpu
 else
     export MAT_FAST_CACHE="${MAT_FAST_CACHE:-/tmp/mat_fast_cache}"
+    export MAX_JOBS="${MAX_JOBS:-$(nproc)}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
     TOTAL="${TOTAL:-475}"
-    BUDGETS=(env=5 build=75 tests_kernels=80 tests_gpu=60 tests_compile=45 attention=70 generator=110 precision=25)
+    BUDGETS=(env=10 build=75 tests_kernels=80 tests_gpu=60 tests_compile=45 attention=70 generator=105 precision=25)
     ATTENTION_ARGS=(--resolutions 512,1024 --batches 1,8 --masks mask)
     GENERATOR_ARGS=(--sizes 512,1024 --batches 1,8 --dtypes float32,float16,bfloat16 --backends reference,triton,cuda)
     PRECISION_ARGS=(--device cuda --configs 256,512 --dtypes float16,bfloat16)

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.common import ieee_fp32_knobs
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MAT_FAST_SHARED", ROOT.parent / "shared"))
 TEST_SETS = SHARED / "data" / "mat_test_sets"
@@ -23,18 +25,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _fp32_precision_knobs():
-    """(object, attribute, IEEE value) of every fp32-precision switch this torch has."""
-    cudnn = torch.backends.cudnn
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9's API
-        knobs = [(torch.backends.cuda.matmul, "fp32_precision", "ieee")]
-        for sub in ("conv", "rnn"):
-            if hasattr(getattr(cudnn, sub, None), "fp32_precision"):
-                knobs.append((getattr(cudnn, sub), "fp32_precision", "ieee"))
-        return knobs
-    return [(torch.backends.cuda.matmul, "allow_tf32", False), (cudnn, "allow_tf32", False)]
-
-
 @pytest.fixture(scope="session", autouse=True)
 def ieee_fp32_on_gpu():
     """On a GPU, fp32 references run in IEEE fp32: cuDNN convolutions default to TF32 (10
@@ -43,12 +33,12 @@ def ieee_fp32_on_gpu():
     if not torch.cuda.is_available():
         yield
         return
-    knobs = _fp32_precision_knobs()
-    saved = [getattr(obj, name) for obj, name, _ in knobs]
-    for obj, name, value in knobs:
+    knobs = ieee_fp32_knobs()
+    saved = [getattr(obj, name) for _, obj, name, _ in knobs]
+    for _, obj, name, value in knobs:
         setattr(obj, name, value)
     yield
-    for (obj, name, _), value in zip(knobs, saved):
+    for (_, obj, name, _), value in zip(knobs, saved):
         setattr(obj, name, value)
 
 
