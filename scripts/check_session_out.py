@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 MAX_FILES = 8
 MAX_BYTES = 16 * 2**20
 MAX_DEPTH = 2  # folders below OUT
-KILL_GRACE_S = 10 + 2  # timeout's --kill-after, and a little for process exit
+KILL_GRACE_S = 10 + 5  # timeout's --kill-after, and a loaded machine's process exit
 
 
 def check(out: Path, total: float, strict: bool = False) -> list:

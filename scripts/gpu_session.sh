@@ -52,6 +52,7 @@
 # generator_cuda.json, precision_cuda.json: 6. The last step checks that (and every JSON's
 # schema) and says so in session.log.
 set -uo pipefail
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "--parallel-pytest" ]; then
@@ -239,7 +240,7 @@ fi
 
 tests_phase() {  # tests_phase NAME "COMMON ARGS" GROUP...: the groups at once, then their logs
     local name=$1
-    phase "$name" bash "$0" --parallel-pytest "$JUNIT_DIR" "$@"
+    phase "$name" bash "$SELF" --parallel-pytest "$JUNIT_DIR" "$@"
     cat "$JUNIT_DIR/$name"_*.log >> "$LOG" 2> /dev/null
     rm -f "$JUNIT_DIR/$name"_*.log
     # one junit file for all test phases so far (the 8-file limit)
@@ -248,7 +249,7 @@ tests_phase() {  # tests_phase NAME "COMMON ARGS" GROUP...: the groups at once, 
 }
 
 log "gpu_session: commit $COMMIT, total ${TOTAL}s, out $OUT_DIR"
-phase env bash "$0" --environment
+phase env bash "$SELF" --environment
 phase build "$PY" -c "import time; from mat_fast.ops import native_build as nb; t = time.time(); reason = nb.probe('$BUILD_DEVICE', '$BUILD_DEVICE'); print('native extension for $BUILD_DEVICE:', reason or 'ready', f'({time.time() - t:.1f} s)'); raise SystemExit(1 if reason else 0)"
 tests_phase tests_kernels "$COMMON $KERNEL_FILTER" "${KERNEL_GROUPS[@]}"
 tests_phase tests_gpu "$COMMON -m gpu -k 'not inductor'" "${GPU_GROUPS[@]}"
