@@ -81,8 +81,12 @@ def _cases():
                     window=window,
                     shift=shift,
                     head_dim=HEAD_DIM,
-                    forward=wat._config(window, HEAD_DIM, precision, torch_dtype, backward=False),
-                    backward=wat._config(window, HEAD_DIM, precision, torch_dtype, backward=True),
+                    forward=wat._config(
+                        window, HEAD_DIM, precision, torch_dtype, backward=False, interpreted=False
+                    ),
+                    backward=wat._config(
+                        window, HEAD_DIM, precision, torch_dtype, backward=True, interpreted=False
+                    ),
                 )
             )
     return cases

@@ -54,7 +54,14 @@ def _alloc(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _config(window: int, head_dim: int, precision: str, dtype: torch.dtype, backward: bool) -> dict:
+def _config(
+    window: int,
+    head_dim: int,
+    precision: str,
+    dtype: torch.dtype,
+    backward: bool,
+    interpreted: bool = INTERPRETED,
+) -> dict:
     """Tile sizes: whole 64-token windows in one tile, 256-token windows in 64-token tiles
     (online softmax over key tiles); head_dim padded to a power of two >= 16 (tl.dot).
 
@@ -62,10 +69,11 @@ def _config(window: int, head_dim: int, precision: str, dtype: torch.dtype, back
     tensor-core ones: at 4 warps the 64-token tiles spilled on sm_90 (255 registers, up to
     7.4 KB of stack per thread in the window-16 dk/dv kernel). There the forward takes 8
     warps and the backward 16-token tiles at 8 warps: no stack at all (the sm_90 compile
-    test checks every one of these configurations)."""
+    test checks every configuration). Triton's interpreter has no registers and pays per
+    loop step, so it keeps the large tiles (a test runs it on the GPU tiles too)."""
     n_pad = max(16, next_power_of_2(window * window))
     block, num_warps = min(n_pad, 64), 4
-    if dtype == torch.float32 and precision == "ieee":
+    if dtype == torch.float32 and precision == "ieee" and not interpreted:
         block, num_warps = (16 if backward else block), 8
     return dict(
         BLOCK_M=block,
