@@ -22,15 +22,19 @@ Timed, per shape:
   projections included; Triton fuses them into one GEMM + the kernel, others compose);
 * ``sdpa``: partition + ``F.scaled_dot_product_attention`` with an additive mask
   (head_dim padded to 32) + reverse;
-* ``flex``: the same with FlexAttention and a score_mod (compiled), where it runs.
+* ``flex`` (opt-in, ``--flex``: one compile per shape): the same with FlexAttention and a
+  score_mod (compiled), where it runs.
 
 ``speedup`` = eager / (proj + op), or eager / op for the ``+qkv`` rows. Times are median with p20 / p80, from
 ``triton.testing.do_bench`` on GPU (after a warm-up call that also JIT-compiles), or a
 timer loop after warm-up on CPU. ``GB/s`` counts the op's compulsory traffic (read q, k, v
 and the mask once, write out and the new mask once); ``% peak`` compares it with the
-device's DRAM bandwidth from a small table (GPU only). Output: a table on stdout,
-``<out>/attention_<device>.json`` (device, versions, git commit, command, timestamp, one
-row per measurement, skipped items with reasons) and a PNG bar chart drawn with PIL.
+device's DRAM bandwidth from a small table (GPU only). Output: a table on stdout and
+``<out>/attention_<device>.json`` (benchmarks/results_io.py's schema: meta with device,
+versions, commit, command, times and skipped items with reasons; one row per measurement),
+both written row by row as measured, so a run cut short keeps what it measured; then a PNG
+bar chart drawn with PIL. An implementation that fails at one shape is recorded as skipped
+(with the error) and not tried again.
 
 Sample: ``benchmarks/results/attention_cpu.{json,png}`` (--quick, fp32, 2 CPU cores shared
 with other jobs, so p20..p80 spans are wide; the Triton rows need a GPU).
@@ -39,9 +43,6 @@ with other jobs, so p20..p80 spans are wide; the Triton rows need a GPU).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -57,11 +58,9 @@ from benchmarks.common import (
     add_malloc_option,
     apply_malloc,
     device_name,
-    draw_chart,
-    git_commit,  # noqa: E402
     time_group,
-    triton_version,
 )
+from benchmarks.results_io import ResultsFile, draw
 from mat_fast.ops.window_attention import window_attention, window_attention_qkv  # noqa: E402
 from mat_fast.ops.window_attention.reference import (
     shift_region_mask,
@@ -289,7 +288,11 @@ def peak_tbps(name: str) -> Optional[float]:
 # Main
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _int_list(text: str) -> List[int]:
+    return [int(t) for t in text.split(",") if t]
+
+
+def _parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="512-input shapes, batch 1 (smoke run)"
@@ -301,6 +304,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         choices=["float16", "bfloat16", "float32"],
         help="default: float16 on GPU, float32 on CPU",
     )
+    parser.add_argument("--resolutions", help="comma list of input sizes (default 512,1024)")
+    parser.add_argument("--batches", help="comma list (default 1,8)")
+    parser.add_argument(
+        "--masks",
+        default="nomask,mask",
+        help="comma list of nomask,mask (MAT's blocks always have a mask)",
+    )
+    parser.add_argument(
+        "--flex",
+        action="store_true",
+        help="also FlexAttention (torch.compile: one compile per shape, minutes on a GPU)",
+    )
+    parser.add_argument(
+        "--interpreted-triton",
+        action="store_true",
+        help="time the triton backend on CPU too (Triton's interpreter: exercises the path "
+        "in dry runs; the timings mean nothing)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument(
         "--budget",
@@ -309,26 +330,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="CPU seconds per implementation and shape (after warm-up)",
     )
     add_malloc_option(parser)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
-    resolutions = (512,) if args.quick else (512, 1024)
-    batches = (1,) if args.quick else (1, 8)
-    name = device_name(device)
-    peak = peak_tbps(name) if device.type == "cuda" else None
-    malloc = apply_malloc(device, args.malloc)
 
-    backends = mat_fast.available_backends(device)
-    skipped = {f"backend {b}": why for b, why in backends.items() if why is not None}
+def _implementations(device, args, results):
+    """(ops on projected q, k, v; '+qkv' ops from the block input x) that run here."""
     ops: Dict[str, Callable] = {}
     fused_ops: Dict[str, Callable] = {}
-    for b, why in backends.items():
+    for b, why in mat_fast.available_backends(device).items():
         if why is not None:
+            results.skip(f"backend {b}", why)
             continue
-        if b == "triton" and device.type == "cpu":
-            skipped["backend triton"] = (
-                "runs on CPU only in Triton's interpreter; its timings mean nothing"
+        if b == "triton" and device.type == "cpu" and not args.interpreted_triton:
+            results.skip(
+                "backend triton",
+                "runs on CPU only in Triton's interpreter; its timings mean nothing",
             )
             continue
         ops[b] = (
@@ -348,14 +364,81 @@ def main(argv: Optional[List[str]] = None) -> int:
             )
         )(b)
     ops["sdpa"] = sdpa_op
-    ops["flex"] = flex_op
+    if args.flex:
+        ops["flex"] = flex_op
+    else:
+        results.skip("flex", "opt-in (--flex): one torch.compile per shape")
+    return ops, fused_ops
 
+
+def _try(results, impl, config, fn):
+    """fn's result, or None after recording why ``impl`` failed (it is not tried again)."""
+    try:
+        return fn()
+    except Exception as err:  # noqa: BLE001 - report and keep going
+        results.skip(
+            impl,
+            f"failed at {config} (not tried on later shapes): "
+            f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}",
+        )
+        return None
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parse(argv)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
+    resolutions = _int_list(args.resolutions or ("512" if args.quick else "512,1024"))
+    batches = _int_list(args.batches or ("1" if args.quick else "1,8"))
+    mask_kinds = [m == "mask" for m in args.masks.split(",")]
+    name = device_name(device)
+    peak = peak_tbps(name) if device.type == "cuda" else None
+    malloc = apply_malloc(device, args.malloc)
+    slug = (
+        "cpu"
+        if device.type == "cpu"
+        else "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
+    )
+    results = ResultsFile(
+        Path(args.out) / f"attention_{slug}.json",
+        "attention",
+        device,
+        dtype=str(dtype).replace("torch.", ""),
+        peak_tbps=peak,
+        cpu_threads=torch.get_num_threads() if device.type == "cpu" else None,
+        malloc=malloc,
+        quick=args.quick,
+        timer="triton.testing.do_bench" if device.type == "cuda" else "perf_counter loop",
+        note=(
+            "speedup_vs_eager = eager / (proj + op) for ops on projected q, k, v, and eager / op for "
+            "'<backend>+qkv' rows (from x: normalisation and projections included); gbps (op rows) "
+            "counts q, k, v, mask read + out, new mask written once"
+        ),
+    )
+    with results:
+        _measure(args, device, dtype, resolutions, batches, mask_kinds, peak, malloc, results)
+    if device.type != "cuda":
+        results.skip("% of peak bandwidth", "n/a on CPU (no DRAM peak table for CPUs)")
+    print("\nskipped:")
+    for what, why in results.skipped.items():
+        print(f"  {what}: {why}")
+    print(f"\nwrote {results.path}")
+    if not results.interrupted and results.rows:
+        try:
+            print(f"wrote {draw(results.path)}")
+        except ImportError:
+            print("Pillow is missing, so no chart")
+    return 130 if results.interrupted else 0
+
+
+def _measure(args, device, dtype, resolutions, batches, mask_kinds, peak, malloc, results):
+    ops, fused_ops = _implementations(device, args, results)
     torch.manual_seed(0)
     weights = [torch.randn(C, C, device=device, dtype=dtype) / C**0.5 for _ in range(3)]
     w_qkv = torch.cat(weights)
-    rows: List[dict] = []
     print(
-        f"device: {name} ({device}), dtype {str(dtype).replace('torch.', '')}, torch {torch.__version__}, "
+        f"device: {results.meta['device']} ({device}), dtype {results.meta['dtype']}, "
+        f"torch {torch.__version__}, "
         f"threads {torch.get_num_threads() if device.type == 'cpu' else '-'}"
         + (f", malloc: {malloc}" if malloc else "")
     )
@@ -364,147 +447,102 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"{'speedup':>8} {'GB/s':>8} {'%peak':>6}"
     )
     print(header)
-    print("-" * len(header))
+    print("-" * len(header), flush=True)
     for resolution in resolutions:
         for shape in stage_shapes(resolution):
-            H, W, window, shift = shape["H"], shape["W"], shape["window"], shape["shift"]
-            region = shift_region_mask(H, W, window, shift, device, dtype) if shift else None
             for B in batches:
-                for with_mask in (False, True):
-                    L = H * W
-                    x = torch.randn(B, L, C, device=device, dtype=dtype)
-                    mask = None
-                    if with_mask:
-                        mask = (torch.rand(B, L, 1, device=device) > 0.3).to(dtype)
-                        mask.view(B, H, W)[:, : H // 2, : W // 2] = 0  # a hole spanning windows
-                    config = (
-                        f"{resolution}in {H}x{W} w{window} s{shift} B{B} "
-                        f"{'mask' if with_mask else 'nomask'}"
-                    )
-                    base = dict(
-                        config=config,
-                        resolution=resolution,
-                        H=H,
-                        W=W,
-                        window=window,
-                        shift=shift,
-                        batch=B,
-                        mask=with_mask,
-                        dtype=str(dtype).replace("torch.", ""),
-                    )
-                    with torch.no_grad():
-                        q, k, v = projections(x, *weights)
-                        ref = window_attention_reference(
-                            q, k, v, mask, (H, W), window, shift, HEADS
-                        )
-                        errors = {
-                            "eager": max_error(
-                                upstream_eager(x, *weights, mask, H, W, window, shift, region), ref
-                            )
-                        }
-                        fns = {
-                            "eager": lambda: upstream_eager(
-                                x, *weights, mask, H, W, window, shift, region
-                            ),
-                            "proj": lambda: projections(x, *weights),
-                        }
-                        for impl, fn in ops.items():
-                            if impl in skipped:
-                                continue
-                            try:
-                                errors[impl] = max_error(
-                                    fn(q, k, v, mask, H, W, window, shift, region), ref
-                                )
-                            except Exception as err:  # noqa: BLE001 - report and keep going
-                                skipped[impl] = (
-                                    f"failed at {config} (not tried on later shapes): "
-                                    f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-                                )
-                                continue
-                            fns[impl] = (
-                                lambda fn: lambda: fn(q, k, v, mask, H, W, window, shift, region)
-                            )(fn)
-                        for impl, fn in fused_ops.items():
-                            errors[impl] = max_error(fn(x, w_qkv, mask, H, W, window, shift), ref)
-                            fns[impl] = (
-                                lambda fn: lambda: fn(x, w_qkv, mask, H, W, window, shift)
-                            )(fn)
-                        timings = time_group(fns, device, args.budget)
-                    eager_ms = timings["eager"]["median_ms"]
-                    proj_ms = timings["proj"]["median_ms"]
-                    for impl, t in timings.items():
-                        row = dict(base, impl=impl, **t)
-                        if impl in errors:
-                            row["max_abs_err_vs_reference"] = errors[impl]
-                        if impl == "eager":
-                            row["speedup_vs_eager"] = 1.0
-                        elif impl in fused_ops:  # from x: the same work as eager
-                            row["speedup_vs_eager"] = eager_ms / t["median_ms"]
-                        elif impl != "proj":
-                            row["speedup_vs_eager"] = eager_ms / (proj_ms + t["median_ms"])
-                            nbytes = op_bytes(B, L, dtype, dtype if with_mask else None)
-                            row["gbps"] = nbytes / (t["median_ms"] * 1e-3) / 1e9
-                            if peak:
-                                row["pct_peak"] = 100 * row["gbps"] / (peak * 1e3)
-                        rows.append(row)
-                        print(
-                            f"{config:<34} {impl:<14} {t['median_ms']:>10.3f} {t['p20_ms']:>9.3f} {t['p80_ms']:>9.3f} "
-                            f"{row.get('speedup_vs_eager', float('nan')):>8.2f} {row.get('gbps', float('nan')):>8.1f} "
-                            f"{row['pct_peak'] if 'pct_peak' in row else float('nan'):>6.1f}"
-                        )
-                        sys.stdout.flush()
-    if device.type != "cuda":
-        skipped["% of peak bandwidth"] = "n/a on CPU (no DRAM peak table for CPUs)"
-    print("\nskipped:")
-    for what, why in skipped.items():
-        print(f"  {what}: {why}")
+                for with_mask in mask_kinds:
+                    _measure_config(
+                        shape, B, with_mask, device, dtype, weights, w_qkv, ops, fused_ops,
+                        peak, args.budget, results,
+                    )  # fmt: skip
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    slug = (
-        "cpu"
-        if device.type == "cpu"
-        else "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
-    )
-    meta = dict(
-        device=name,
-        device_type=device.type,
+
+def _measure_config(
+    shape, B, with_mask, device, dtype, weights, w_qkv, ops, fused_ops, peak, budget, results
+):
+    resolution = shape["resolution"]
+    H, W, window, shift = shape["H"], shape["W"], shape["window"], shape["shift"]
+    region = shift_region_mask(H, W, window, shift, device, dtype) if shift else None
+    L = H * W
+    x = torch.randn(B, L, C, device=device, dtype=dtype)
+    mask = None
+    if with_mask:
+        mask = (torch.rand(B, L, 1, device=device) > 0.3).to(dtype)
+        mask.view(B, H, W)[:, : H // 2, : W // 2] = 0  # a hole spanning windows
+    config = f"{resolution}in {H}x{W} w{window} s{shift} B{B} {'mask' if with_mask else 'nomask'}"
+    base = dict(
+        config=config,
+        resolution=resolution,
+        H=H,
+        W=W,
+        window=window,
+        shift=shift,
+        batch=B,
+        mask=with_mask,
         dtype=str(dtype).replace("torch.", ""),
-        peak_tbps=peak,
-        cpu_threads=torch.get_num_threads() if device.type == "cpu" else None,
-        malloc=malloc,
-        versions=dict(
-            python=platform.python_version(),
-            torch=torch.__version__,
-            triton=triton_version(),
-            mat_fast=mat_fast.__version__,
-        ),
-        git_commit=git_commit(),
-        command=" ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        quick=args.quick,
-        timer="triton.testing.do_bench" if device.type == "cuda" else "perf_counter loop",
-        note=(
-            "speedup_vs_eager = eager / (proj + op) for ops on projected q, k, v, and eager / op for "
-            "'<backend>+qkv' rows (from x: normalisation and projections included); gbps (op rows) "
-            "counts q, k, v, mask read + out, new mask written once"
-        ),
-        skipped=skipped,
-        rows=rows,
     )
-    json_path = out / f"attention_{slug}.json"
-    json_path.write_text(json.dumps(meta, indent=1))
-    png_path = out / f"attention_{slug}.png"
-    try:
-        draw_chart(
-            [r for r in rows if r["impl"] != "proj"],
-            png_path,
-            f"window attention, {name}, {meta['dtype']}, torch {torch.__version__}",
-        )
-        print(f"\nwrote {json_path} and {png_path}")
-    except ImportError:
-        print(f"\nwrote {json_path}; Pillow is missing, so no chart")
-    return 0
+    with torch.no_grad():
+        q, k, v = projections(x, *weights)
+        ref = window_attention_reference(q, k, v, mask, (H, W), window, shift, HEADS)
+        errors = {
+            "eager": max_error(upstream_eager(x, *weights, mask, H, W, window, shift, region), ref)
+        }
+        fns = {
+            "eager": lambda: upstream_eager(x, *weights, mask, H, W, window, shift, region),
+            "proj": lambda: projections(x, *weights),
+        }
+        for impl, fn in ops.items():
+            if impl in results.skipped:
+                continue
+            result = _try(
+                results, impl, config, lambda: fn(q, k, v, mask, H, W, window, shift, region)
+            )
+            if result is None:
+                continue
+            errors[impl] = max_error(result, ref)
+            fns[impl] = (lambda fn: lambda: fn(q, k, v, mask, H, W, window, shift, region))(fn)
+        for impl, fn in fused_ops.items():
+            if impl in results.skipped:
+                continue
+            result = _try(results, impl, config, lambda: fn(x, w_qkv, mask, H, W, window, shift))
+            if result is None:
+                continue
+            errors[impl] = max_error(result, ref)
+            fns[impl] = (lambda fn: lambda: fn(x, w_qkv, mask, H, W, window, shift))(fn)
+        # eager and proj first (the baselines), then one implementation at a time on GPU so
+        # every row is written as soon as it is measured; CPU times them round-robin
+        groups = [fns] if device.type == "cpu" else [{n: f} for n, f in fns.items()]
+        timings = {}
+        for group in groups:
+            timings.update(time_group(group, device, budget))
+            for impl in group:
+                _emit(impl, timings, base, errors, fused_ops, B, L, dtype, with_mask, peak, results)
+
+
+def _emit(impl, timings, base, errors, fused_ops, B, L, dtype, with_mask, peak, results):
+    t = timings[impl]
+    eager_ms = timings["eager"]["median_ms"]
+    row = dict(base, impl=impl, **t)
+    if impl in errors:
+        row["max_abs_err_vs_reference"] = errors[impl]
+    if impl == "eager":
+        row["speedup_vs_eager"] = 1.0
+    elif impl in fused_ops:  # from x: the same work as eager
+        row["speedup_vs_eager"] = eager_ms / t["median_ms"]
+    elif impl != "proj":
+        row["speedup_vs_eager"] = eager_ms / (timings["proj"]["median_ms"] + t["median_ms"])
+        nbytes = op_bytes(B, L, dtype, dtype if with_mask else None)
+        row["gbps"] = nbytes / (t["median_ms"] * 1e-3) / 1e9
+        if peak:
+            row["pct_peak"] = 100 * row["gbps"] / (peak * 1e3)
+    results.add(row)
+    print(
+        f"{base['config']:<34} {impl:<14} {t['median_ms']:>10.3f} {t['p20_ms']:>9.3f} "
+        f"{t['p80_ms']:>9.3f} {row.get('speedup_vs_eager', float('nan')):>8.2f} "
+        f"{row.get('gbps', float('nan')):>8.1f} {row.get('pct_peak', float('nan')):>6.1f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -48,6 +48,32 @@ def time_group(
     return stats
 
 
+def ieee_fp32_knobs() -> List[tuple]:
+    """(label, object, attribute, IEEE value) of every fp32-precision switch this torch has.
+    fp32 on a GPU means IEEE fp32 in the benchmarks and in the tests' references: cuDNN
+    convolutions default to TF32 (10 mantissa bits) in torch 2.11."""
+    cudnn = torch.backends.cudnn
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9's API
+        knobs = [("cuda.matmul", torch.backends.cuda.matmul, "fp32_precision", "ieee")]
+        for sub in ("conv", "rnn"):
+            if hasattr(getattr(cudnn, sub, None), "fp32_precision"):
+                knobs.append((f"cudnn.{sub}", getattr(cudnn, sub), "fp32_precision", "ieee"))
+        return knobs
+    return [
+        ("cuda.matmul", torch.backends.cuda.matmul, "allow_tf32", False),
+        ("cudnn", cudnn, "allow_tf32", False),
+    ]
+
+
+def use_ieee_fp32() -> Dict[str, object]:
+    """Switch fp32 matmuls and convolutions to IEEE; what the result files record."""
+    state = {}
+    for label, obj, name, value in ieee_fp32_knobs():
+        setattr(obj, name, value)
+        state[f"{label}.{name}"] = value
+    return state
+
+
 def add_malloc_option(parser) -> None:
     parser.add_argument(
         "--malloc",

@@ -11,16 +11,14 @@ match; the JSON also has ``max_rel_err``, max|diff| / max|reference|). Reported:
 median with p20/p80 (``triton.testing.do_bench`` on GPU, a
 round-robin timer on CPU), images/s, peak memory (GPU), FLOPs per image (counted once on
 the meta device) and achieved TFLOP/s with % of the device's dense peak where known.
-Output: a table, ``<out>/generator_<device>.json`` (device, versions, commit, command) and
-a PNG chart.
+Output: a table and ``<out>/generator_<device>.json`` (benchmarks/results_io.py's schema),
+both written row by row as measured (each row as soon as it is timed on GPU; per size and
+batch on CPU, whose round-robin timer needs the whole group), then a PNG chart.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -31,15 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mat_fast  # noqa: E402
-from benchmarks.common import (
-    add_malloc_option,
-    apply_malloc,
-    device_name,
-    draw_chart,
-    git_commit,  # noqa: E402
-    time_group,
-    triton_version,
-)
+from benchmarks.common import add_malloc_option, apply_malloc, time_group
+from benchmarks.results_io import ResultsFile, draw
 from mat_fast.inpaint import random_generator  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -51,12 +42,12 @@ PEAK_TFLOPS = [
 ]
 
 
-def count_flops(size_hw, batch: int = 1) -> float:
+def count_flops(size_hw, batch: int = 1, resolution: int = 512) -> float:
     """FLOPs of one forward, counted on the meta device (no compute, no memory)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        G = mat_fast.Generator(512, 0, 512, 512, 3).eval()
+        G = mat_fast.Generator(512, 0, 512, resolution, 3).eval()
         x, m = torch.zeros(batch, 3, *size_hw), torch.ones(batch, 1, *size_hw)
         z = torch.zeros(batch, 512)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -99,6 +90,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="comma list of float32,bfloat16,float16 (default: all on GPU, float32 on CPU)",
     )
     parser.add_argument("--backends", help="comma list (default: every available one)")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=512,
+        help="the network's resolution (512 as released; smaller for smoke runs)",
+    )
     parser.add_argument("--budget", type=float, default=20.0, help="CPU seconds per configuration")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     add_malloc_option(parser)
@@ -117,119 +114,113 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.backends
         else [b for b, why in status.items() if why is None]
     )
-    skipped = {b: why for b, why in status.items() if why is not None and b not in backends}
-    name = device_name(device)
     malloc = apply_malloc(device, args.malloc)
+    results = ResultsFile(
+        Path(args.out) / f"generator_{'cuda' if gpu else 'cpu'}.json",
+        "generator",
+        device,
+        threads=torch.get_num_threads(),
+        malloc=malloc,
+        resolution=args.resolution,
+        timer="triton.testing.do_bench" if gpu else "round-robin perf_counter loop",
+    )
+    for b, why in status.items():
+        if why is not None and b not in backends:
+            results.skip(b, why)
     print(
-        f"device: {name}; backends: {', '.join(backends)}"
+        f"device: {results.meta['device']}; backends: {', '.join(backends)}"
         + (f"; malloc: {malloc}" if malloc else "")
     )
-    for b, why in skipped.items():
+    for b, why in results.skipped.items():
         print(f"  skipped {b}: {why}")
-
-    generators = {}
-    rows = []
-    for size in sizes:
-        flops = count_flops((size, size))
-        for batch in batches:
-            group = {}
-            for dtype in dtypes:
-                if dtype not in generators:
-                    generators[dtype] = random_generator(0, 512).to(device, DTYPES[dtype])
-                inputs = make_inputs(batch, size, device, DTYPES[dtype])
-                for backend in backends:
-                    group[(backend, dtype)] = forward_fn(generators[dtype], inputs, backend)
-            if ("reference", "float32") not in group:
-                ref_inputs = make_inputs(batch, size, device, torch.float32)
-                generators.setdefault("float32", random_generator(0, 512).to(device))
-                group[("reference", "float32")] = forward_fn(
-                    generators["float32"], ref_inputs, "reference"
-                )
-            reference = group[("reference", "float32")]().float()
-            mem, err, max_err = {}, {}, {}
-            for key, fn in group.items():
-                if gpu:
-                    torch.cuda.reset_peak_memory_stats(device)
-                out = fn().float()
-                if gpu:
-                    mem[key] = torch.cuda.max_memory_allocated(device) / 2**20
-                err[key] = float(
-                    (out - reference).pow(2).mean().sqrt() / reference.pow(2).mean().sqrt()
-                )
-                max_err[key] = float((out - reference).abs().max() / reference.abs().max())
-            stats = time_group(
-                {f"{b}/{d}": fn for (b, d), fn in group.items()}, device, args.budget / len(group)
-            )
-            base = stats["reference/float32"]["median_ms"]
-            for (backend, dtype), _ in group.items():
-                s = stats[f"{backend}/{dtype}"]
-                tflops = flops * batch / (s["median_ms"] * 1e-3) / 1e12
-                peak = peak_tflops(name, dtype)
-                rows.append(
-                    dict(
-                        config=f"{size}px B{batch}",
-                        impl=f"{backend} {dtype}",
-                        size=size,
-                        batch=batch,
-                        backend=backend,
-                        dtype=dtype,
-                        **s,
-                        images_per_s=batch / (s["median_ms"] * 1e-3),
-                        speedup_vs_reference=base / s["median_ms"],
-                        rel_rms_err=err[(backend, dtype)],
-                        max_rel_err=max_err[(backend, dtype)],
-                        peak_mem_mib=mem.get((backend, dtype)),
-                        gflop_per_image=flops / 1e9,
-                        tflops=tflops,
-                        pct_peak=(100 * tflops / peak) if peak else None,
-                    )
-                )
-
     header = (
         f"{'config':<12} {'impl':<22} {'median ms':>10} {'p20':>9} {'p80':>9} {'img/s':>8} "
         f"{'speedup':>8} {'rel err':>9} {'TFLOP/s':>8} {'%peak':>6} {'MiB':>7}"
     )
     print(header)
-    print("-" * len(header))
-    for r in rows:
-        pct = f"{r['pct_peak']:.0f}" if r["pct_peak"] else "n/a"
-        mem = f"{r['peak_mem_mib']:.0f}" if r["peak_mem_mib"] else "n/a"
-        print(
-            f"{r['config']:<12} {r['impl']:<22} {r['median_ms']:>10.1f} {r['p20_ms']:>9.1f} {r['p80_ms']:>9.1f} "
-            f"{r['images_per_s']:>8.2f} {r['speedup_vs_reference']:>7.2f}x {r['rel_rms_err']:>9.1e} "
-            f"{r['tflops']:>8.3f} {pct:>6} {mem:>7}"
-        )
+    print("-" * len(header), flush=True)
+    with results:
+        generators = {}
+        for size in sizes:
+            flops = count_flops((size, size), resolution=args.resolution)
+            for batch in batches:
+                _measure_config(
+                    size, batch, flops, dtypes, backends, generators, device, args, results
+                )
+    print(f"\nwrote {results.path}")
+    if not results.interrupted and results.rows:
+        print(f"wrote {draw(results.path)}")
+    return 130 if results.interrupted else 0
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = dict(
-        device=name,
-        device_type=device.type,
-        command=" ".join(["python"] + sys.argv),
-        commit=git_commit(),
-        timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        versions=dict(
-            python=platform.python_version(),
-            torch=torch.__version__,
-            triton=triton_version(),
-            mat_fast=mat_fast.__version__,
-        ),
-        threads=torch.get_num_threads(),
-        malloc=malloc,
-        skipped=skipped,
+
+def _measure_config(size, batch, flops, dtypes, backends, generators, device, args, results):
+    """Rows of one (size, batch): the fp32 reference first (every row's baseline), then
+    each backend x dtype; on GPU each row is written as soon as it is timed."""
+    gpu = device.type == "cuda"
+    group = {}
+    keys = [("reference", "float32")] + [
+        (b, d) for d in dtypes for b in backends if (b, d) != ("reference", "float32")
+    ]
+    for backend, dtype in keys:
+        if dtype not in generators:
+            generators[dtype] = random_generator(0, args.resolution).to(device, DTYPES[dtype])
+        inputs = make_inputs(batch, size, device, DTYPES[dtype])
+        group[(backend, dtype)] = forward_fn(generators[dtype], inputs, backend)
+    measured = ("reference", "float32") in [(b, d) for b in backends for d in dtypes]
+    reference = group[("reference", "float32")]().float()
+    todo = keys if measured else keys[1:]
+    if not gpu:  # round-robin on CPU, so a shared machine's load spreads over all of them
+        stats = time_group(
+            {f"{b}/{d}": group[(b, d)] for b, d in keys}, device, args.budget / len(keys)
+        )
+    else:
+        stats = {"reference/float32": time_group({"r": group[keys[0]]}, device, 0)["r"]}
+    base = stats["reference/float32"]["median_ms"]
+    for backend, dtype in todo:
+        key = f"{backend}/{dtype}"
+        fn = group[(backend, dtype)]
+        if gpu:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        out = fn().float()
+        mem = torch.cuda.max_memory_allocated(device) / 2**20 if gpu else None
+        if key not in stats:
+            stats[key] = time_group({key: fn}, device, 0)[key]
+        s = stats[key]
+        tflops = flops * batch / (s["median_ms"] * 1e-3) / 1e12
+        peak = peak_tflops(results.meta["device"], dtype)
+        row = dict(
+            config=f"{size}px B{batch}",
+            impl=f"{backend} {dtype}",
+            size=size,
+            batch=batch,
+            backend=backend,
+            dtype=dtype,
+            **s,
+            images_per_s=batch / (s["median_ms"] * 1e-3),
+            speedup_vs_reference=base / s["median_ms"],
+            rel_rms_err=float(
+                (out - reference).pow(2).mean().sqrt() / reference.pow(2).mean().sqrt()
+            ),
+            max_rel_err=float((out - reference).abs().max() / reference.abs().max()),
+            peak_mem_mib=mem,
+            gflop_per_image=flops / 1e9,
+            tflops=tflops,
+            pct_peak=(100 * tflops / peak) if peak else None,
+        )
+        results.add(row)
+        _print_row(row)
+
+
+def _print_row(r):
+    pct = f"{r['pct_peak']:.0f}" if r["pct_peak"] else "n/a"
+    mem = f"{r['peak_mem_mib']:.0f}" if r["peak_mem_mib"] else "n/a"
+    print(
+        f"{r['config']:<12} {r['impl']:<22} {r['median_ms']:>10.1f} {r['p20_ms']:>9.1f} "
+        f"{r['p80_ms']:>9.1f} {r['images_per_s']:>8.2f} {r['speedup_vs_reference']:>7.2f}x "
+        f"{r['rel_rms_err']:>9.1e} {r['tflops']:>8.3f} {pct:>6} {mem:>7}",
+        flush=True,
     )
-    tag = "cuda" if gpu else "cpu"
-    json_path, png_path = out / f"generator_{tag}.json", out / f"generator_{tag}.png"
-    json_path.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    draw_chart(
-        rows,
-        png_path,
-        f"MAT generator, {name}, torch {torch.__version__}",
-        speedup_key="speedup_vs_reference",
-        baseline="reference float32",
-    )
-    print(f"\nwrote {json_path} and {png_path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -15,15 +15,13 @@ after clamping to [-1, 1] (the issue's bar: <= 1e-2 and >= 40 dB), for
   The attention's own matrix products are left exact, so this is a lower bound.
 
 If the floor misses the bar, no implementation that multiplies in that dtype can meet it
-on that network. Output: a table and ``<out>/precision_<device>.json``.
+on that network. Output: a table and ``<out>/precision_<device>.json``
+(benchmarks/results_io.py's schema), both written row by row.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -34,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mat_fast  # noqa: E402
-from benchmarks.common import device_name, git_commit  # noqa: E402
+from benchmarks.results_io import ResultsFile  # noqa: E402
 from mat_fast.inpaint import random_generator  # noqa: E402
 from mat_fast.model.layers import (
     Conv2dLayer,
@@ -162,44 +160,43 @@ def main(argv: Optional[List[str]] = None) -> int:
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     backend = args.backend or mat_fast.backend.resolve(device)
-    rows = []
-    print(
-        f"device: {device_name(device)}; half-precision backend: {backend}; bar: rel RMS <= {REL_RMS_MAX:g}, "
-        f"PSNR >= {PSNR_MIN:g} dB"
+    results = ResultsFile(
+        Path(args.out) / f"precision_{device.type}.json",
+        "precision",
+        device,
+        backend=backend,
+        bar=dict(rel_rms_max=REL_RMS_MAX, psnr_min_db=PSNR_MIN),
     )
     print(
-        f"{'config':>14} {'seed':>4} {'dtype':>9} | {'rel RMS':>9} {'PSNR':>7} | {'floor rel':>9} {'PSNR':>7}"
+        f"device: {results.meta['device']}; half-precision backend: {backend}; "
+        f"bar: rel RMS <= {REL_RMS_MAX:g}, PSNR >= {PSNR_MIN:g} dB"
     )
-    for config in args.configs.split(","):
-        resolution, use_noise = int(config.split("-")[0]), not config.endswith("no-noise")
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [CONFIGS[resolution][1]]
-        for seed in seeds:
-            for r in measure(
-                test_sets, resolution, use_noise, seed, args.dtypes.split(","), device, backend
-            ):
-                rows.append(r)
-                print(
-                    f"{config:>14} {seed:>4} {r['dtype']:>9} | {r['rel_rms']:9.2e} {r['psnr_db']:6.1f}"
-                    f"{' ' if r['meets_bar'] else '*'}| {r['floor_rel_rms']:9.2e} {r['floor_psnr_db']:6.1f}"
-                    f"{' ' if r['floor_meets_bar'] else '*'}",
-                    flush=True,
-                )
+    print(
+        f"{'config':>14} {'seed':>4} {'dtype':>9} | {'rel RMS':>9} {'PSNR':>7} | "
+        f"{'floor rel':>9} {'PSNR':>7}",
+        flush=True,
+    )
+    with results:
+        for config in args.configs.split(","):
+            resolution, use_noise = int(config.split("-")[0]), not config.endswith("no-noise")
+            seeds = (
+                [int(s) for s in args.seeds.split(",")] if args.seeds else [CONFIGS[resolution][1]]
+            )
+            for seed in seeds:
+                for r in measure(
+                    test_sets, resolution, use_noise, seed, args.dtypes.split(","), device, backend
+                ):
+                    results.add(r)
+                    print(
+                        f"{config:>14} {seed:>4} {r['dtype']:>9} | {r['rel_rms']:9.2e} "
+                        f"{r['psnr_db']:6.1f}{' ' if r['meets_bar'] else '*'}| "
+                        f"{r['floor_rel_rms']:9.2e} {r['floor_psnr_db']:6.1f}"
+                        f"{' ' if r['floor_meets_bar'] else '*'}",
+                        flush=True,
+                    )
     print("(* misses the bar)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"precision_{device.type}.json"
-    meta = dict(
-        device=device_name(device),
-        torch=torch.__version__,
-        python=platform.python_version(),
-        commit=git_commit(),
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        command="python benchmarks/precision.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-    )
-    path.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
-    print(f"wrote {path}")
-    return 0
+    print(f"wrote {results.path}")
+    return 130 if results.interrupted else 0
 
 
 if __name__ == "__main__":

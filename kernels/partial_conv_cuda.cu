@@ -39,7 +39,8 @@ __global__ void partial_conv_mask_kernel(const scalar_t* __restrict__ mask, int6
   ratio[idx] = static_cast<scalar_t>(static_cast<acc_t>(kernel * kernel) / (sum + acc_t(1e-8)) * u);
 }
 
-template <typename scalar_t>
+// NCHW (kChannelsLast false) or channels_last x and out, in memory order; ratio (B, 1, H, W).
+template <typename scalar_t, bool kChannelsLast>
 __global__ void partial_conv_epilogue_kernel(const scalar_t* __restrict__ x,
                                              const at::opmath_type<scalar_t>* __restrict__ bias,
                                              const at::opmath_type<scalar_t>* __restrict__ ratio,
@@ -50,10 +51,18 @@ __global__ void partial_conv_epilogue_kernel(const scalar_t* __restrict__ x,
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= total) return;
-  const int64_t plane = idx / HW, b = plane / C, c = plane % C;
+  int64_t c, pixel;  // pixel = b * HW + h * W + w, the ratio's index
+  if (kChannelsLast) {
+    c = idx % C;
+    pixel = idx / C;
+  } else {
+    const int64_t plane = idx / HW;
+    c = plane % C;
+    pixel = (plane / C) * HW + idx % HW;
+  }
   acc_t y = static_cast<acc_t>(x[idx]) + (bias != nullptr ? bias[c] : acc_t(0));
   y = y > acc_t(0) ? y : y * alpha;
-  out[idx] = static_cast<scalar_t>(y * gain * ratio[b * HW + idx % HW]);
+  out[idx] = static_cast<scalar_t>(y * gain * ratio[pixel]);
 }
 
 inline at::ScalarType acc_type(at::ScalarType t) {
@@ -83,25 +92,37 @@ std::tuple<at::Tensor, at::Tensor> partial_conv_mask_cuda(const at::Tensor& mask
   return {update, ratio};
 }
 
+// The output keeps a channels_last x channels_last (as the CPU kernel and the op's fake
+// promise: no layout change of a 100-200 MB activation); anything else comes out NCHW.
 at::Tensor partial_conv_epilogue_cuda(const at::Tensor& x, const std::optional<at::Tensor>& bias,
                                       const at::Tensor& ratio, double gain, double alpha) {
   check_epilogue_args(x, bias, ratio);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor xc = x.contiguous();
+  const bool nhwc = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::MemoryFormat format = nhwc ? at::MemoryFormat::ChannelsLast
+                                       : at::MemoryFormat::Contiguous;
+  const at::Tensor xc = x.contiguous(format);
   const at::ScalarType acc = acc_type(x.scalar_type());
   const at::Tensor rc = ratio.to(acc).contiguous();
   const at::Tensor bc = bias.has_value() ? bias->to(acc).contiguous() : at::Tensor();
-  at::Tensor out = new_output(x.sizes(), x.options());
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(format));
+  if (poison_outputs()) out.fill_(NAN);
   const int64_t total = x.numel();
   if (total == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(),
                                   "mat_fast_native::partial_conv_epilogue (CUDA)", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    partial_conv_epilogue_kernel<scalar_t><<<blocks_for(total), kThreads, 0,
-                                             c10::cuda::getCurrentCUDAStream()>>>(
-        xc.data_ptr<scalar_t>(), bc.defined() ? bc.data_ptr<acc_t>() : nullptr,
-        rc.data_ptr<acc_t>(), total, x.size(1), x.size(2) * x.size(3),
-        static_cast<acc_t>(gain), static_cast<acc_t>(alpha), out.data_ptr<scalar_t>());
+    const auto launch = [&](auto kernel) {
+      kernel<<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          xc.data_ptr<scalar_t>(), bc.defined() ? bc.data_ptr<acc_t>() : nullptr,
+          rc.data_ptr<acc_t>(), total, x.size(1), x.size(2) * x.size(3),
+          static_cast<acc_t>(gain), static_cast<acc_t>(alpha), out.data_ptr<scalar_t>());
+    };
+    if (nhwc) {
+      launch(partial_conv_epilogue_kernel<scalar_t, true>);
+    } else {
+      launch(partial_conv_epilogue_kernel<scalar_t, false>);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.common import ieee_fp32_knobs
+
 from .helpers.paths import MANIFEST, TEST_SETS
 
 
@@ -18,6 +20,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ieee_fp32_on_gpu():
+    """On a GPU, fp32 references run in IEEE fp32: cuDNN convolutions default to TF32 (10
+    mantissa bits), which would make the reference the inexact side of a parity test
+    (the interpreter on CPU never shows it). Tests of TF32 paths ask for them explicitly."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    knobs = ieee_fp32_knobs()
+    saved = [getattr(obj, name) for _, obj, name, _ in knobs]
+    for _, obj, name, value in knobs:
+        setattr(obj, name, value)
+    yield
+    for (_, obj, name, _), value in zip(knobs, saved):
+        setattr(obj, name, value)
 
 
 @pytest.fixture

@@ -133,8 +133,14 @@ class BuildConfig:
         from torch.utils import cpp_extension
 
         has_cu = any(kernels.glob("*.cu"))
+        # With CUDA torch but no GPU to build for (no visible GPU, no TORCH_CUDA_ARCH_LIST),
+        # torch's cpp_extension fails (an empty arch list: IndexError in torch 2.11), and
+        # nothing here could run the CUDA kernels anyway: build the CPU kernels only.
         with_cuda = (
-            torch.version.cuda is not None and has_cu and cpp_extension.CUDA_HOME is not None
+            torch.version.cuda is not None
+            and has_cu
+            and cpp_extension.CUDA_HOME is not None
+            and (torch.cuda.is_available() or bool(cuda_arch_list()))
         )
         cflags: List[str] = []
         ldflags: List[str] = []

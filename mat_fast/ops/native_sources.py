@@ -51,8 +51,9 @@ print(json.dumps(sorted({torch.cuda.get_device_capability(i) for i in range(torc
 
 
 def cuda_arch_list() -> str:
-    """TORCH_CUDA_ARCH_LIST if set, else the visible GPUs' architectures, else '' (then
-    torch builds for every architecture it knows)."""
+    """TORCH_CUDA_ARCH_LIST if set, else the visible GPUs' architectures, else '' (with a
+    GPU, torch's cpp_extension then asks the devices itself; without one the build leaves
+    the CUDA kernels out: there is no architecture to build for)."""
     env = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
     if env:
         return env

@@ -15,9 +15,12 @@ from mat_fast.ops.bias_act.reference import ACTIVATIONS, bias_act_reference
 
 from ..helpers.asserts import assert_close_verbose, check
 from ..helpers.sm90_compile import compile_for_sm90
-from ..helpers.triton_interpreter import DEVICE, import_kernels, kernel_test_env
+from ..helpers.triton_interpreter import DEVICE, INTERPRET, import_kernels, kernel_test_env
 
 bat = import_kernels("mat_fast.ops.bias_act.triton")
+# tanh and sigmoid go through tl.exp: exact in the interpreter (numpy), ex2.approx on a GPU
+# (~2 ulp, and the x * log2(e) rounding), so y may be a few 1e-7 off there.
+Y_RTOL = 1e-6 if INTERPRET else 4e-6
 
 
 _triton_env = kernel_test_env(bat)
@@ -53,7 +56,7 @@ def test_fp32_matches_reference_with_gradients(shape, dim, fmt, act, clamp):
     y, grads = _grads(bat.bias_act_triton, x.to(DEVICE), b.to(DEVICE), **kw)
     y_ref, grads_ref = _grads(bias_act_reference, x, b, **kw)
     assert y.is_contiguous(memory_format=torch.channels_last) == (fmt == "channels_last")
-    assert_close_verbose(y.cpu(), y_ref, rtol=1e-6, what="y")
+    assert_close_verbose(y.cpu(), y_ref, rtol=Y_RTOL, what="y")
     for name, got, want in zip(("dx", "db"), grads, grads_ref):
         assert_close_verbose(got.cpu(), want, rtol=1e-5, what=name)
 

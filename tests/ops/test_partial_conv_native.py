@@ -149,7 +149,7 @@ def test_cuda_partial_conv_matches_reference(stride):
     ref_update, ref_ratio = partial_conv_mask_reference(m, 3, stride, 1)
     assert_close_verbose(update, ref_update, rtol=1e-6, what="update")
     assert_close_verbose(ratio, ref_ratio, rtol=1e-5, what="ratio")
-    x = torch.randn(2, 4, 7, 9, device="cuda")
+    x = torch.randn(2, 4, *ratio.shape[-2:], device="cuda")  # the conv's output size
     bias = torch.randn(4, device="cuda")
     out = pc_native.partial_conv_epilogue_native(x, bias, ratio, 1.41, 0.2)
     ref = partial_conv_epilogue_reference(x, bias, ratio, 1.41, 0.2)

@@ -16,7 +16,9 @@ The epilogue kernels work on a [BLOCK_C, BLOCK_P] tile (channels x pixels) of on
 A feature map is addressed as ``base + b * s_b + c * s_c + p * s_p`` with ``p = h * W + w``
 the flat pixel index, which covers both contiguous NCHW (``s_p = 1``) and channels_last
 (``s_c = 1``) without copies; Triton specialises unit strides, so loads are vectorised
-along whichever axis is contiguous.
+along whichever axis is contiguous. Those offsets are int64 (channel and pixel indices are
+widened before the stride multiply): at 4096x4096 input one image's (C, H, W) map passes
+2^31 elements once C > 128, and ``c * s_c`` alone overflows int32 there.
 """
 
 import triton
@@ -136,14 +138,18 @@ def _epilogue_tile(
     m_c = o_c < C
     m_cp = m_c[:, None] & m_p[None, :]
     # [C, P]
-    b_x = tl.load(x + i_b * s_xb + o_c[:, None] * s_xc + o_p[None, :] * s_xp, mask=m_cp, other=0.0)
+    b_x = tl.load(
+        x + i_b * s_xb + o_c[:, None].to(tl.int64) * s_xc + o_p[None, :].to(tl.int64) * s_xp,
+        mask=m_cp,
+        other=0.0,
+    )
     b_pre = b_x.to(tl.float32)
     if HAS_BIAS:
         # [C]
         b_pre += tl.load(bias + o_c, mask=m_c, other=0.0).to(tl.float32)[:, None]
     b_y = _act(b_pre, gain, alpha, clamp, HAS_CLAMP) * b_r[None, :]
     tl.store(
-        y + i_b * s_yb + o_c[:, None] * s_yc + o_p[None, :] * s_yp,
+        y + i_b * s_yb + o_c[:, None].to(tl.int64) * s_yc + o_p[None, :].to(tl.int64) * s_yp,
         b_y.to(y.dtype.element_ty),
         mask=m_cp,
     )
@@ -324,12 +330,16 @@ def partial_conv_epilogue_bwd_kernel(
 
     # [C, P]
     b_pre = tl.load(
-        x + i_b * s_xb + o_c[:, None] * s_xc + o_p[None, :] * s_xp, mask=m_cp, other=0.0
+        x + i_b * s_xb + o_c[:, None].to(tl.int64) * s_xc + o_p[None, :].to(tl.int64) * s_xp,
+        mask=m_cp,
+        other=0.0,
     ).to(tl.float32)
     if HAS_BIAS:
         b_pre += tl.load(bias + o_c, mask=m_c, other=0.0).to(tl.float32)[:, None]
     b_dy = tl.load(
-        dy + i_b * s_gb + o_c[:, None] * s_gc + o_p[None, :] * s_gp, mask=m_cp, other=0.0
+        dy + i_b * s_gb + o_c[:, None].to(tl.int64) * s_gc + o_p[None, :].to(tl.int64) * s_gp,
+        mask=m_cp,
+        other=0.0,
     ).to(tl.float32)
     # [P]
     b_r = tl.load(ratio + i_b * s_rb + (o_p // W) * s_rh + (o_p % W) * s_rw, mask=m_p, other=0.0)
@@ -338,7 +348,7 @@ def partial_conv_epilogue_bwd_kernel(
         b_v = tl.where(b_pre > 0, b_pre, b_pre * alpha) * gain
         b_d = tl.where((b_v >= -clamp) & (b_v <= clamp), b_d, 0.0)
     tl.store(
-        dx + i_b * s_db + o_c[:, None] * s_dc + o_p[None, :] * s_dp,
+        dx + i_b * s_db + o_c[:, None].to(tl.int64) * s_dc + o_p[None, :].to(tl.int64) * s_dp,
         b_d.to(dx.dtype.element_ty),
         mask=m_cp,
     )

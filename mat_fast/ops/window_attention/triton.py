@@ -48,13 +48,35 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _OP = "window_attention (triton)"
 
 
-def _config(window: int, head_dim: int) -> dict:
+def _config(
+    window: int,
+    head_dim: int,
+    precision: str,
+    dtype: torch.dtype,
+    backward: bool,
+    interpreted: Optional[bool] = None,
+) -> dict:
     """Tile sizes: whole 64-token windows in one tile, 256-token windows in 64-token tiles
-    (online softmax over key tiles); head_dim padded to a power of two >= 16 (tl.dot)."""
+    (online softmax over key tiles); head_dim padded to a power of two >= 16 (tl.dot).
+
+    fp32 'ieee' dots run on FMA units, whose operand layouts hold far more per thread than
+    tensor-core ones: at 4 warps the 64-token tiles spilled on sm_90 (255 registers, up to
+    7.4 KB of stack per thread in the window-16 dk/dv kernel). There the forward takes 8
+    warps and the backward 16-token tiles at 8 warps: no stack at all (the sm_90 compile
+    test checks every configuration). Triton's interpreter has no registers and pays per
+    loop step, so it keeps the large tiles (a test runs it on the GPU tiles too);
+    ``interpreted`` defaults to how the kernels were built."""
+    if interpreted is None:
+        interpreted = kernels_interpreted(window_attention_fwd_kernel)
     n_pad = max(16, next_power_of_2(window * window))
-    block = min(n_pad, 64)
+    block, num_warps = min(n_pad, 64), 4
+    if dtype == torch.float32 and precision == "ieee" and not interpreted:
+        block, num_warps = (16 if backward else block), 8
     return dict(
-        BLOCK_M=block, BLOCK_N=block, BLOCK_D=max(16, next_power_of_2(head_dim)), num_warps=4
+        BLOCK_M=block,
+        BLOCK_N=block,
+        BLOCK_D=max(16, next_power_of_2(head_dim)),
+        num_warps=num_warps,
     )
 
 
@@ -90,7 +112,8 @@ def window_attention_fwd(q, k, v, mask, H, W, window, shift, heads, allow_tf32=F
     new_mask (B, L, 1) in mask's dtype (empty (0,) when mask is None), lse (B, heads, L) fp32."""
     B, L, C = q.shape
     geo = _geometry(q, H, W, window, shift, heads)
-    cfg = _config(window, geo["HEAD_DIM"])
+    precision = _precision(q.dtype, allow_tf32)
+    cfg = _config(window, geo["HEAD_DIM"], precision, q.dtype, backward=False)
     out = alloc((B, L, C), q.dtype, q.device)
     lse = alloc((B, heads, L), torch.float32, q.device)
     new_mask = alloc((B, L, 1), mask.dtype, q.device) if mask is not None else q.new_empty(0)
@@ -108,7 +131,7 @@ def window_attention_fwd(q, k, v, mask, H, W, window, shift, heads, allow_tf32=F
             lse,  # inv_norm, bias: unused unless PACKED
             **geo,
             HAS_MASK=mask is not None,
-            DOT_PRECISION=_precision(q.dtype, allow_tf32),
+            DOT_PRECISION=precision,
             **cfg,
         )
     return out, new_mask, lse
@@ -122,7 +145,8 @@ def window_attention_qkv_fwd(
     B, L, C3 = qkv.shape
     C = C3 // 3
     geo = _geometry(qkv[..., :C], H, W, window, shift, heads)
-    cfg = _config(window, geo["HEAD_DIM"])
+    precision = _precision(qkv.dtype, allow_tf32)
+    cfg = _config(window, geo["HEAD_DIM"], precision, qkv.dtype, backward=False)
     out = alloc((B, L, C), qkv.dtype, qkv.device)
     lse = alloc((B, heads, L), torch.float32, qkv.device)
     new_mask = alloc((B, L, 1), mask.dtype, qkv.device) if mask is not None else qkv.new_empty(0)
@@ -140,7 +164,7 @@ def window_attention_qkv_fwd(
             bias if bias is not None else inv_norm,
             **geo,
             HAS_MASK=mask is not None,
-            DOT_PRECISION=_precision(qkv.dtype, allow_tf32),
+            DOT_PRECISION=precision,
             PACKED=True,
             HAS_BIAS=bias is not None,
             **cfg,
@@ -152,7 +176,8 @@ def window_attention_bwd(do, q, k, v, mask, out, lse, H, W, window, shift, heads
     """Gradients (dq, dk, dv), each (B, L, C) in q's dtype, of ``sum(do * out)``."""
     B, L, C = q.shape
     geo = _geometry(q, H, W, window, shift, heads)
-    cfg = _config(window, geo["HEAD_DIM"])
+    precision = _precision(q.dtype, allow_tf32)
+    cfg = _config(window, geo["HEAD_DIM"], precision, q.dtype, backward=True)
     # delta = rowsum(dO * O) per token and head: (B, heads, L) fp32
     delta = (
         (do.float() * out.float())
@@ -163,9 +188,7 @@ def window_attention_bwd(do, q, k, v, mask, out, lse, H, W, window, shift, heads
     )
     dq, dk, dv = (alloc((B, L, C), q.dtype, q.device) for _ in range(3))
     n_tiles = triton.cdiv(window * window, cfg["BLOCK_N"])
-    common = dict(
-        **geo, HAS_MASK=mask is not None, DOT_PRECISION=_precision(q.dtype, allow_tf32), **cfg
-    )
+    common = dict(**geo, HAS_MASK=mask is not None, DOT_PRECISION=precision, **cfg)
     m = mask if mask is not None else q
     with device_context(q.device):
         window_attention_bwd_dkdv_kernel[(B * geo["N_WIN"], heads, n_tiles)](
