@@ -3,6 +3,7 @@ live in tests/helpers/ and are imported from there, never from this file."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,15 @@ import torch
 from benchmarks.common import ieee_fp32_knobs
 
 from .helpers.paths import MANIFEST, TEST_SETS
+
+
+def pytest_configure(config):
+    # Under pytest-xdist (scripts/test.sh runs one worker per core) each worker gets its share
+    # of the cores: torch's default of one thread per core in every worker oversubscribes the
+    # machine, and its spinning threads then slow every worker down.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def pytest_collection_modifyitems(config, items):
