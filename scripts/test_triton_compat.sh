@@ -72,7 +72,8 @@ if [ -n "${TORCH_COMPAT_INDEX:-}" ]; then
 fi
 # The pinned pair and the project's runtime and test dependencies (pyproject.toml).
 requirements=("torch==${TORCH_VERSION}" "triton==${TRITON_VERSION}" "numpy>=1.23" "pillow>=9.0"
-    "safetensors>=0.4" "tqdm>=4.60" ninja "pytest>=7" "setuptools>=70.1")
+    "safetensors>=0.4" "tqdm>=4.60" ninja "pytest>=7" "pytest-xdist>=3.5" "pytest-timeout>=2.2"
+    "setuptools>=70.1")
 stamp="$VENV/mat_fast_requirements.txt"
 wanted="$(printf '%s\n' "${index[@]}" "${requirements[@]}")"
 t0=$SECONDS
@@ -102,4 +103,5 @@ echo "test_triton_compat: tests: ${COMPAT_TESTS:-the $SUBSET subset}"
 # the native extension: it is built against this torch.
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" \
     MAT_FAST_CACHE="${MAT_FAST_COMPAT_CACHE:-$VENV/mat_fast_cache}" \
-    exec "$VENV/bin/python" -m pytest -p no:cacheprovider -m "not slow" "${select[@]}" "$@"
+    exec "$VENV/bin/python" -m pytest -p no:cacheprovider -n auto --dist worksteal -m "not slow" \
+    "${select[@]}" "$@"
