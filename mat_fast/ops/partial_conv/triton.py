@@ -27,7 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..double_backward import creating_graph, reference_grads
 from ..triton_support import alloc, alloc_like, check_device, device_context, next_power_of_2
+from .reference import partial_conv_epilogue_reference, partial_conv_fused_reference
 from .triton_kernels import (
     partial_conv_epilogue_bwd_kernel,
     partial_conv_epilogue_fwd_kernel,
@@ -389,6 +391,14 @@ def _epilogue_setup_context(ctx, inputs, output):
 
 def _epilogue_backward(ctx, dy):
     x, bias, ratio = ctx.saved_tensors
+    if creating_graph():  # the Triton backward has no derivative: the twin's gradients have
+        return reference_grads(
+            _OP,
+            partial_conv_epilogue_reference,
+            (x, bias, ratio, *ctx.act),
+            ctx.needs_input_grad,
+            (dy,),
+        )
     dx, dbias, dratio = _epilogue_grads(ctx, dy, x, bias, ratio)
     return dx, dbias, dratio, None, None, None
 
@@ -409,6 +419,15 @@ def _fused_backward(ctx, dy, _d_update):
     x, bias, mask = ctx.saved_tensors
     if dy is None:
         return (None,) * 9
+    if creating_graph():
+        grads = reference_grads(
+            _OP,
+            partial_conv_fused_reference,
+            (x, bias, mask, *ctx.geometry, *ctx.act),
+            ctx.needs_input_grad[:2] + (False,) * 7,  # (masks get no gradient)
+            (dy,),
+        )
+        return grads[:2] + (None,) * 7
     _, ratio = _mask_op(mask, *ctx.geometry)  # recomputed: cheaper than saving it
     dx, dbias, _ = _epilogue_grads(ctx, dy, x, bias, ratio)
     return dx, dbias, None, None, None, None, None, None, None
