@@ -36,9 +36,13 @@ _kernels = [
 ]
 _triton_env = kernel_test_env(_kernels[0])
 
-BACKENDS = ["reference", "cpu", "triton"]
+BACKENDS = ["reference", "cpu", "triton", pytest.param("cuda", marks=pytest.mark.gpu)]
 #: Backends whose ops all take float64 inputs.
 FLOAT64_BACKENDS = {"reference", "cpu"}
+
+
+def _device(backend_name):
+    return {"triton": DEVICE, "cuda": torch.device("cuda")}.get(backend_name, "cpu")
 
 
 def _filter(dtype):
@@ -210,8 +214,9 @@ def test_gradients_and_second_derivatives(name, backend_name):
         assert torch.autograd.gradgradcheck(op, diff, **check)
         return
     # No float64 on this backend: its derivatives against the reference's.
-    ours = _derivatives(name, backend_name, torch.float32, DEVICE)
-    ref = _derivatives(name, "reference", torch.float32, DEVICE)
+    device = _device(backend_name)
+    ours = _derivatives(name, backend_name, torch.float32, device)
+    ref = _derivatives(name, "reference", torch.float32, device)
     for order, got, want in zip(("plain", "create_graph", "second"), ours, ref):
         for i, (g, w) in enumerate(zip(got, want)):
             assert_close_verbose(g.cpu(), w.cpu(), rtol=1e-5, what=f"{name} {order} d/input{i}")
@@ -230,7 +235,21 @@ FALLBACKS = [
     ("window_attention_shifted_masked", "cpu", "window_attention (native)"),
     ("window_attention_qkv", "cpu", "window_attention (native)"),
     ("partial_conv_epilogue", "cpu", "partial_conv_epilogue (native)"),
+    *(
+        pytest.param(name, "cuda", op, marks=pytest.mark.gpu)
+        for name, op in (
+            ("window_attention_shifted_masked", "window_attention (native)"),
+            ("partial_conv_epilogue", "partial_conv_epilogue (native)"),
+        )
+    ),
 ]
+
+
+def _skip_without_native(backend_name):
+    if backend_name in ("cpu", "cuda"):
+        reason = backend.kernel_layers(backend_name)["native"]
+        if reason is not None:
+            pytest.skip(f"no native layer here ({reason}): '{backend_name}' runs the reference")
 
 
 def _fallback_lines(caplog, op):
@@ -241,10 +260,9 @@ def _fallback_lines(caplog, op):
 def test_kernel_without_second_derivative_falls_back_and_logs_once(
     name, backend_name, op, caplog, monkeypatch
 ):
-    if backend_name == "cpu" and backend.kernel_layers("cpu")["native"] is not None:
-        pytest.skip("the native layer is not built here: 'cpu' runs the reference")
+    _skip_without_native(backend_name)
     monkeypatch.setattr(double_backward, "_logged", set())
-    device = DEVICE if backend_name == "triton" else "cpu"
+    device = _device(backend_name)
     with caplog.at_level(logging.INFO, logger="mat_fast"):
         _derivatives(name, backend_name, torch.float32, device)  # plain, then with a graph
         assert len(_fallback_lines(caplog, op)) == 1
@@ -252,11 +270,12 @@ def test_kernel_without_second_derivative_falls_back_and_logs_once(
     assert len(_fallback_lines(caplog, op)) == 1  # once per process and op
 
 
-@pytest.mark.parametrize("name,backend_name,op", FALLBACKS[:5], ids=lambda v: str(v))
+@pytest.mark.parametrize("name,backend_name,op", FALLBACKS, ids=lambda v: str(v))
 def test_plain_backward_keeps_the_kernel(name, backend_name, op, caplog, monkeypatch):
     """Without create_graph nothing falls back (the kernels' own backward runs)."""
+    _skip_without_native(backend_name)
     monkeypatch.setattr(double_backward, "_logged", set())
-    inputs = _inputs(name, torch.float32, DEVICE)
+    inputs = _inputs(name, torch.float32, _device(backend_name))
     fn, diff = _op(name, backend_name, inputs)
     with caplog.at_level(logging.INFO, logger="mat_fast"):
         fn(*diff).square().sum().backward()
