@@ -145,7 +145,8 @@ def bias_act_triton(
     clamp: Optional[float] = None,
 ) -> torch.Tensor:
     """Same contract as :func:`~mat_fast.ops.bias_act.reference.bias_act_reference`, in one
-    pass (fp32 math, output in x's dtype and layout); gradients to x and b."""
+    pass (fp32 math, output in x's dtype and layout); gradients to x and b (the
+    reference's when taken with ``create_graph=True``: see :mod:`mat_fast.ops.double_backward`)."""
     if act not in _ACT_CODES:
         raise ValueError(f"{_OP}: unknown activation {act!r}; choose one of {sorted(_ACT_CODES)}")
     if x.dtype not in _DTYPES:

@@ -11,7 +11,8 @@ Layers (device code in ``triton_kernels.py``):
 * the epilogue's autograd: dx from a Triton kernel, dbias its fp32 channel sum, dratio (when
   the ratio requires grad) a torch formula. The fused op recomputes the ratio for its
   backward (one small launch) rather than saving it. Masks get no gradient (upstream
-  updates them under ``no_grad``).
+  updates them under ``no_grad``). Gradients taken with ``create_graph=True`` are the
+  reference's (:mod:`mat_fast.ops.double_backward`).
 
 Entry points, each with the signature of its reference twin in ``reference.py``:
 :func:`partial_conv_mask_triton`, :func:`partial_conv_epilogue_triton` and

@@ -10,7 +10,8 @@ Layers (device code in ``triton_kernels.py``):
 * the forward op's autograd formula calls the backward op: a Triton flash-attention style
   backward (P recomputed from the saved log-sum-exp; dk/dv per key tile, dq per query tile,
   or all three in one program when a single tile covers the window). The mask gets no
-  gradient (upstream updates it under ``no_grad``).
+  gradient (upstream updates it under ``no_grad``). Gradients taken with
+  ``create_graph=True`` are the reference's (:mod:`mat_fast.ops.double_backward`).
 
 Runs on CUDA tensors, or on CPU tensors when this module was imported with
 ``TRITON_INTERPRET=1`` (Triton's interpreter: slow, for tests).
