@@ -11,7 +11,6 @@ every reported loss and the mapping's ``w_avg``.
 from __future__ import annotations
 
 import functools
-import logging
 import math
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import torch
 import mat_fast
 from mat_fast import backend
 from mat_fast.training import PHASES, PerceptualLoss, TwoStageLoss, vgg19_layer_names
-from mat_fast.training import loss as loss_module
 
 from .helpers.golden_recipes import (
     FORMAT,
@@ -242,16 +240,10 @@ def test_greg_does_nothing():
     assert torch.equal(torch.get_rng_state(), state) and loss.stats == {}
 
 
-def test_r1_backend_falls_back_to_reference(monkeypatch, caplog, default_backend):
+def test_r1_runs_on_the_current_backend(monkeypatch, default_backend):
+    """Every op has a second derivative on every backend: no switch to 'reference'."""
     loss = _loss()
-    assert loss.r1_backend_name() == "reference"  # 'auto' on a CPU without a native build
     monkeypatch.setattr(backend, "resolve", lambda device=None, explicit=None: "cpu")
-    monkeypatch.setattr(loss_module, "_logged", set())
-    with caplog.at_level(logging.INFO, logger="mat_fast"):
-        assert loss.r1_backend_name() == "reference"
-        assert loss.r1_backend_name() == "reference"
-    assert sum("R1 runs the discriminator on 'reference'" in r.message for r in caplog.records) == 1
-    monkeypatch.setattr(loss_module, "DOUBLE_BACKWARD_BACKENDS", frozenset({"reference", "cpu"}))
     assert loss.r1_backend_name() == "cpu"
 
 
@@ -259,6 +251,14 @@ def test_explicit_r1_backend_is_checked_at_construction(default_backend):
     assert _loss(r1_backend="reference").r1_backend_name() == "reference"
     with pytest.raises(ValueError, match="unknown mat_fast backend"):
         _loss(r1_backend="fast")
+
+
+def test_explicit_r1_backend_runs_the_r1_pass_only(default_backend):
+    D = _ToyD()
+    loss = TwoStageLoss("cpu", _Never(), _Never(), D, vgg_weights=None, r1_backend="reference")
+    real = torch.randn(2, 3, 4, 4)
+    loss.accumulate_gradients("Dreg", real, torch.ones(2, 1, 4, 4), None, None, None, True, 1)
+    assert D.backends == ["reference"]
 
 
 class _ToyD(torch.nn.Module):
@@ -277,13 +277,13 @@ class _ToyD(torch.nn.Module):
         ]
 
 
-def test_dreg_is_r1_on_both_heads_under_a_double_backward_backend(monkeypatch, default_backend):
+def test_dreg_is_r1_on_both_heads(monkeypatch, default_backend):
     D = _ToyD()
     loss = TwoStageLoss("cpu", _Never(), _Never(), D, r1_gamma=10, vgg_weights=None)
     monkeypatch.setattr(backend, "resolve", lambda device=None, explicit=None: "cpu")
     real = torch.randn(2, 3, 4, 4)
     loss.accumulate_gradients("Dreg", real, torch.ones(2, 1, 4, 4), None, None, None, True, 3)
-    assert D.backends == ["reference"]  # 'cpu' is not known to have second derivatives
+    assert D.backends == ["auto"]  # the current backend: no switch for R1
     n = real[0].numel()
     # d logits/dx = 2 w x -> penalty 4 w^2 sum(x^2); stage 1: d/dx = w -> penalty w^2 n.
     assert torch.allclose(loss.stats["Loss/r1_penalty"], 4 * real.square().sum([1, 2, 3]))

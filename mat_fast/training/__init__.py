@@ -1,7 +1,7 @@
 """Training MAT with mat_fast: upstream's objective (``TwoStageLoss``) and its perceptual
 loss, with the VGG19 layers defined here (no torchvision dependency)."""
 
-from .loss import DOUBLE_BACKWARD_BACKENDS, PHASES, TwoStageLoss
+from .loss import PHASES, TwoStageLoss
 from .vgg import PerceptualLoss, VGGFeatureExtractor, vgg19_layer_names
 from .vgg_weights import (
     TORCHVISION_VGG19,
@@ -13,7 +13,6 @@ from .vgg_weights import (
 )
 
 __all__ = [
-    "DOUBLE_BACKWARD_BACKENDS",
     "PHASES",
     "PerceptualLoss",
     "TORCHVISION_VGG19",

@@ -11,11 +11,10 @@ Semantics kept from upstream, on purpose:
   ``pl_*`` are accepted and kept for compatibility), so ``Gboth`` equals ``Gmain``;
 * ``augment_pipe`` is accepted and not applied (MAT's loss has it commented out).
 
-R1 differentiates the discriminator's input gradient again (``create_graph``), so the
-discriminator's real-image pass must run on ops with a second derivative. Today that is the
-``reference`` backend (pure PyTorch): unless told otherwise, that pass runs under
-``use_backend('reference')`` when the current backend is not known to support double
-backward; every other pass runs on the current backend.
+R1 differentiates the discriminator's input gradient again (``create_graph``). Every op has a
+second derivative on every backend (a fused kernel without one falls back to its reference
+twin for that gradient, see :mod:`mat_fast.ops.double_backward`), so every pass runs on the
+current backend unless ``r1_backend`` names one for the R1 pass.
 """
 
 from __future__ import annotations
@@ -35,10 +34,6 @@ from .vgg_weights import TORCHVISION_VGG19, VggWeights, load_vgg_weights
 log = logging.getLogger("mat_fast")
 
 PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
-
-#: Backends whose ops all have a correct second derivative (R1's create_graph). The others
-#: raise or lack one for some op until those ops fall back by themselves.
-DOUBLE_BACKWARD_BACKENDS = frozenset({"reference"})
 
 _logged: set = set()
 
@@ -63,8 +58,8 @@ class TwoStageLoss:
     ``vgg_weights``: :data:`TORCHVISION_VGG19` (default: torchvision's ImageNet VGG19,
     downloaded once into ``~/.cache/mat_fast/vgg`` or ``$MAT_FAST_CACHE/vgg`` and checked),
     a path or state dict (torchvision's or upstream's PerceptualLoss layout), or ``None`` for
-    a random VGG (tests, offline smoke runs). ``r1_backend``: the backend of the R1 pass;
-    ``None`` picks the current one if it supports double backward, else ``reference``.
+    a random VGG (tests, offline smoke runs). ``r1_backend``: a backend for the R1 pass
+    only (``None``: the current one, as every other pass).
     ``report(name, tensor)``, if given, receives every value upstream reports to
     ``training_stats`` (also kept in ``stats`` for the last call).
     """
@@ -124,19 +119,10 @@ class TwoStageLoss:
             self.report(name, value)
 
     def r1_backend_name(self) -> str:
-        """The backend the R1 pass runs on (see the module docstring)."""
+        """The backend the R1 pass runs on: ``r1_backend``, else the current one."""
         if self.r1_backend is not None:
             return self.r1_backend
-        current = backend.resolve(self.device)
-        if current in DOUBLE_BACKWARD_BACKENDS:
-            return current
-        _log_once(
-            ("r1", current),
-            "mat_fast: R1 runs the discriminator on 'reference': backend %r has ops "
-            "without a second derivative",
-            current,
-        )
-        return "reference"
+        return backend.resolve(self.device)
 
     def run_G(self, img_in, mask_in, z, c, sync):
         with _ddp_sync(self.G_mapping, sync):
@@ -217,7 +203,11 @@ class TwoStageLoss:
         # Two leaves for the same pixels: each head's R1 gradient is taken on its own input.
         real = real_img.detach().requires_grad_(do_Dr1)
         real_stg1 = real_img.detach().requires_grad_(do_Dr1)
-        scope = backend.use_backend(self.r1_backend_name()) if do_Dr1 else contextlib.nullcontext()
+        scope = (
+            backend.use_backend(self.r1_backend)
+            if do_Dr1 and self.r1_backend is not None
+            else contextlib.nullcontext()
+        )
         with scope:
             logits, logits_stg1 = self.run_D(real, mask.detach(), real_stg1, real_c, sync=sync)
             self._report_scores("real", logits, logits_stg1)

@@ -8,6 +8,9 @@ the arithmetic, so here:
 * :func:`bias_act_cpu_` (``ops.bias_act.bias_act(..., inplace=True)``) overwrites x itself, when
   autograd does not need x; the model passes fresh convolution outputs.
 
+Under autograd (x or b requires grad) both run the reference, which autograd differentiates
+to any order.
+
 The result keeps x's memory format (channels_last stays so).
 """
 
@@ -41,6 +44,10 @@ def _finish_(y, act, alpha, gain, clamp):
     return y
 
 
+def _tracked(x, b) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad))
+
+
 def _bias_view(b, x, dim):
     return b.to(x.dtype).reshape([-1 if i == dim % x.ndim else 1 for i in range(x.ndim)])
 
@@ -55,7 +62,9 @@ def bias_act_cpu(
     clamp: Optional[float] = None,
 ) -> torch.Tensor:
     """Same contract as :func:`~mat_fast.ops.bias_act.reference.bias_act_reference`."""
-    if act not in _INPLACE or (torch.is_grad_enabled() and x.requires_grad):
+    # Tracked by autograd (x or b): the reference, whose steps autograd differentiates to
+    # any order (the in-place steps below would overwrite what leaky_relu saves).
+    if act not in _INPLACE or _tracked(x, b):
         return bias_act_reference(x, b, dim, act, alpha, gain, clamp)
     alpha, gain, clamp = resolve_defaults(act, alpha, gain, clamp)
     if b is None and act == "linear" and gain == 1 and clamp is None:
@@ -75,9 +84,7 @@ def bias_act_cpu_(
 ) -> torch.Tensor:
     """:func:`bias_act_cpu` that writes the result into ``x`` (unless autograd needs x or
     the activation has no in-place form: then a new tensor)."""
-    if act not in _INPLACE or (
-        torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad))
-    ):
+    if act not in _INPLACE or _tracked(x, b):
         return bias_act_cpu(x, b, dim, act, alpha, gain, clamp)
     alpha, gain, clamp = resolve_defaults(act, alpha, gain, clamp)
     if b is not None:

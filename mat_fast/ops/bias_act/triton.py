@@ -14,8 +14,9 @@ from typing import Optional, Tuple
 import torch
 import triton
 
+from ..double_backward import creating_graph, reference_grads
 from ..triton_support import alloc_like, check_device, device_context
-from .reference import resolve_defaults
+from .reference import bias_act_reference, resolve_defaults
 from .triton_kernels import bias_act_bwd_kernel, bias_act_fwd_kernel
 
 __all__ = ["bias_act_triton"]
@@ -118,6 +119,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy):
     x, bias = ctx.saved_tensors
+    if creating_graph():  # the kernel's gradient has no derivative: the twin's has
+        grads = reference_grads(
+            _OP, bias_act_reference, (x, bias, *ctx.args), ctx.needs_input_grad, (dy,)
+        )
+        return grads[:2] + (None,) * 5
     dim = ctx.args[0]
     dx = _bwd_op(dy, x, bias, *ctx.args)
     dbias = None
@@ -139,7 +145,8 @@ def bias_act_triton(
     clamp: Optional[float] = None,
 ) -> torch.Tensor:
     """Same contract as :func:`~mat_fast.ops.bias_act.reference.bias_act_reference`, in one
-    pass (fp32 math, output in x's dtype and layout); gradients to x and b."""
+    pass (fp32 math, output in x's dtype and layout); gradients to x and b (the
+    reference's when taken with ``create_graph=True``: see :mod:`mat_fast.ops.double_backward`)."""
     if act not in _ACT_CODES:
         raise ValueError(f"{_OP}: unknown activation {act!r}; choose one of {sorted(_ACT_CODES)}")
     if x.dtype not in _DTYPES:

@@ -35,17 +35,18 @@ def modulated_conv2d_cpu(
     out_channels = weight.shape[1]
     w = weight[0]  # (Cout, Cin, k, k)
     dcoefs = None
-    # Demodulation coefficients in fp32 whatever the dtype: in fp16 the squares underflow
-    # for small styles and their sums overflow for large ones.
+    # Demodulation coefficients in fp32 at least (fp64 stays fp64): in fp16 the squares
+    # underflow for small styles and their sums overflow for large ones.
+    work = torch.promote_types(x.dtype, torch.float32)
     if demodulate:  # (B, Cout): 1 / ||w * style|| per output filter
-        ww = w.float().square().sum(dim=[2, 3])  # (Cout, Cin)
-        dcoefs = (styles.float().square() @ ww.t() + 1e-8).rsqrt()
+        ww = w.to(work).square().sum(dim=[2, 3])  # (Cout, Cin)
+        dcoefs = (styles.to(work).square() @ ww.t() + 1e-8).rsqrt()
     if batch == 1:
         # Style and demodulation in one pass over the weights (not one copy each).
-        scale = styles.float().reshape(1, in_channels)
+        scale = styles.to(work).reshape(1, in_channels)
         if dcoefs is not None:
             scale = dcoefs.reshape(out_channels, 1) * scale  # (Cout, Cin)
-        w = (w.float() * scale[..., None, None]).to(x.dtype)
+        w = (w.to(work) * scale[..., None, None]).to(x.dtype)
         return conv2d_resample_cpu(x, w, resample_filter, up=up, padding=padding)
     dcoefs = dcoefs.to(x.dtype) if dcoefs is not None else None
     x = x * styles.to(x.dtype).reshape(batch, in_channels, 1, 1)

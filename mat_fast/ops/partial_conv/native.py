@@ -6,8 +6,8 @@
 * :func:`partial_conv_epilogue_native` - the fused epilogue of a partial convolution,
   ``leaky_relu(x + bias, alpha) * gain`` (clamped if asked) ``* ratio`` in one pass, with
   the signature of :func:`mat_fast.ops.partial_conv.reference.partial_conv_epilogue_reference`.
-  Gradients flow to x, bias and ratio. :func:`partial_conv_epilogue_native_` writes it into
-  x instead (CPU, no autograd).
+  Gradients flow to x, bias and ratio (with ``create_graph=True``, the reference's).
+  :func:`partial_conv_epilogue_native_` writes it into x instead (CPU, no autograd).
 
 Fake implementations and the epilogue's autograd formula are registered here, once the
 library is loaded. Without the library the entry points raise
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import native_build
+from ..double_backward import creating_graph, reference_grads
 from .reference import partial_conv_epilogue_reference
 
 __all__ = [
@@ -63,6 +64,16 @@ def _epilogue_setup_context(ctx, inputs, output):
 
 def _epilogue_backward(ctx, grad):
     x, bias, ratio = ctx.saved_tensors
+    if creating_graph():
+        # The formula below is differentiable, but it leaves dx off the graph where the
+        # twin's is on it (a zero second derivative): the twin's gradients match exactly.
+        return reference_grads(
+            "partial_conv_epilogue (native)",
+            partial_conv_epilogue_reference,
+            (x, bias, ratio, ctx.gain, ctx.alpha),
+            ctx.needs_input_grad,
+            (grad,),
+        )
     pre = x if bias is None else x + bias.to(x.dtype).view(1, -1, 1, 1)
     # In grad's dtype from the start: Python scalars would make an fp32 slope (fp64 loses).
     slope = torch.where(pre > 0, grad.new_ones(()), grad.new_full((), ctx.alpha))

@@ -11,7 +11,8 @@ Layers (device code in ``triton_kernels.py``):
 * the epilogue's autograd: dx from a Triton kernel, dbias its fp32 channel sum, dratio (when
   the ratio requires grad) a torch formula. The fused op recomputes the ratio for its
   backward (one small launch) rather than saving it. Masks get no gradient (upstream
-  updates them under ``no_grad``).
+  updates them under ``no_grad``). Gradients taken with ``create_graph=True`` are the
+  reference's (:mod:`mat_fast.ops.double_backward`).
 
 Entry points, each with the signature of its reference twin in ``reference.py``:
 :func:`partial_conv_mask_triton`, :func:`partial_conv_epilogue_triton` and
@@ -27,7 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..double_backward import creating_graph, reference_grads
 from ..triton_support import alloc, alloc_like, check_device, device_context, next_power_of_2
+from .reference import partial_conv_epilogue_reference, partial_conv_fused_reference
 from .triton_kernels import (
     partial_conv_epilogue_bwd_kernel,
     partial_conv_epilogue_fwd_kernel,
@@ -389,6 +392,14 @@ def _epilogue_setup_context(ctx, inputs, output):
 
 def _epilogue_backward(ctx, dy):
     x, bias, ratio = ctx.saved_tensors
+    if creating_graph():  # the Triton backward has no derivative: the twin's gradients have
+        return reference_grads(
+            _OP,
+            partial_conv_epilogue_reference,
+            (x, bias, ratio, *ctx.act),
+            ctx.needs_input_grad,
+            (dy,),
+        )
     dx, dbias, dratio = _epilogue_grads(ctx, dy, x, bias, ratio)
     return dx, dbias, dratio, None, None, None
 
@@ -409,6 +420,15 @@ def _fused_backward(ctx, dy, _d_update):
     x, bias, mask = ctx.saved_tensors
     if dy is None:
         return (None,) * 9
+    if creating_graph():
+        grads = reference_grads(
+            _OP,
+            partial_conv_fused_reference,
+            (x, bias, mask, *ctx.geometry, *ctx.act),
+            ctx.needs_input_grad[:2] + (False,) * 7,  # (masks get no gradient)
+            (dy,),
+        )
+        return grads[:2] + (None,) * 7
     _, ratio = _mask_op(mask, *ctx.geometry)  # recomputed: cheaper than saving it
     dx, dbias, _ = _epilogue_grads(ctx, dy, x, bias, ratio)
     return dx, dbias, None, None, None, None, None, None, None

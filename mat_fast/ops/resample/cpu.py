@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .fir import depthwise_fir
 from .reference import Padding, conv2d_resample_with, padding_per_side, upfirdn2d_reference
 
 __all__ = ["conv2d_resample_cpu", "upfirdn2d_cpu"]
@@ -53,7 +54,7 @@ def upfirdn2d_cpu(
     if x0 != x1 or y0 != y1:  # asymmetric: the conv's padding is symmetric
         x = F.pad(x, [x0, x1, y0, y1])
         x0 = y0 = 0
-    return F.conv2d(x, weight, stride=down, padding=[y0, x0], groups=channels)
+    return depthwise_fir(x, weight, down, (y0, x0))
 
 
 def conv2d_resample_cpu(

@@ -9,7 +9,8 @@ Layers:
   / ``window_mask_update`` (schemas in ``kernels/mat_fast_ops.cpp``), given fake
   implementations and an autograd formula here, so ``torch.compile`` can trace them and
   gradients flow to q, k and v (the backward kernel recomputes each window's softmax; the
-  mask gets no gradient, as upstream updates it under ``no_grad``);
+  mask gets no gradient, as upstream updates it under ``no_grad``); gradients taken with
+  ``create_graph=True`` run through the reference (:mod:`mat_fast.ops.double_backward`);
 * :func:`window_attention_native`, with the signature of the reference twin.
 
 Without the library the entry point raises :class:`mat_fast.BackendUnavailableError`
@@ -23,10 +24,13 @@ from typing import Optional, Tuple
 import torch
 
 from .. import native_build
+from ..double_backward import creating_graph, reference_grads
+from .reference import window_attention_reference
 
 __all__ = ["window_attention_native"]
 
 _OPS = "mat_fast_native::"
+_NAME = "window_attention (native)"
 
 
 def _fake_forward(q, k, v, mask, height, width, window, shift, heads):
@@ -49,6 +53,14 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     q, k, v, mask = ctx.saved_tensors
+    if creating_graph():  # the backward kernel has no derivative: the twin's gradients have
+        H, W, window, shift, heads = ctx.geometry
+
+        def twin(q, k, v):
+            return window_attention_reference(q, k, v, mask, (H, W), window, shift, heads)[0]
+
+        grads = reference_grads(_NAME, twin, (q, k, v), ctx.needs_input_grad[:3], (grad_out,))
+        return (*grads, None, None, None, None, None, None)
     dq, dk, dv = torch.ops.mat_fast_native.window_attention_backward(
         grad_out, q, k, v, mask, *ctx.geometry
     )
@@ -67,9 +79,12 @@ def _backward(ctx, grad_out):
 
 
 def _no_second_derivative(ctx, *grads):
+    # Only a direct call of the backward op gets here: window_attention's own formula
+    # never calls it when a graph is being created (see _backward).
     raise RuntimeError(
-        "mat_fast's native window attention has no second derivative (a backward through "
-        "gradients taken with create_graph=True); run that part with backend 'reference'"
+        "mat_fast_native::window_attention_backward has no derivative; differentiate "
+        "window_attention itself (its gradients taken with create_graph=True are "
+        "differentiable)"
     )
 
 

@@ -10,7 +10,8 @@ Layers (device code in ``triton_kernels.py``):
 * the forward op's autograd formula calls the backward op: a Triton flash-attention style
   backward (P recomputed from the saved log-sum-exp; dk/dv per key tile, dq per query tile,
   or all three in one program when a single tile covers the window). The mask gets no
-  gradient (upstream updates it under ``no_grad``).
+  gradient (upstream updates it under ``no_grad``). Gradients taken with
+  ``create_graph=True`` are the reference's (:mod:`mat_fast.ops.double_backward`).
 
 Runs on CUDA tensors, or on CPU tensors when this module was imported with
 ``TRITON_INTERPRET=1`` (Triton's interpreter: slow, for tests).
@@ -21,6 +22,7 @@ from typing import Optional, Tuple
 import torch
 import triton
 
+from ..double_backward import creating_graph, reference_grads
 from ..triton_support import (
     alloc,
     check_device,
@@ -29,6 +31,7 @@ from ..triton_support import (
     next_power_of_2,
 )
 from .checks import check_geometry, check_qkv_projection
+from .reference import window_attention_reference
 from .triton_kernels import (
     window_attention_bwd_dkdv_kernel,
     window_attention_bwd_dq_kernel,
@@ -267,8 +270,28 @@ def _backward(ctx, grad_out, _grad_new_mask, _grad_lse):
     q, k, v, mask, out, lse = ctx.saved_tensors
     if grad_out is None:
         return (None,) * 10
+    if creating_graph():  # the Triton backward has no derivative: the twin's gradients have
+        return _reference_grads(ctx, _twin(ctx), (q, k, v), grad_out)
     dq, dk, dv = _bwd_op(grad_out, q, k, v, mask, out, lse, *ctx.args)
     return dq, dk, dv, None, None, None, None, None, None, None
+
+
+def _twin(ctx):
+    """The reference attention on q, k, v with this call's mask and geometry."""
+    H, W, window, shift, heads, _ = ctx.args
+    mask = ctx.saved_tensors[3]
+
+    def attention(q, k, v):
+        return window_attention_reference(q, k, v, mask, (H, W), window, shift, heads)[0]
+
+    return attention
+
+
+def _reference_grads(ctx, twin, inputs: tuple, grad_out):
+    """The gradients of ``twin`` (one output) for the op's three leading inputs, then None
+    for the mask and the geometry."""
+    grads = reference_grads(_OP, twin, inputs, ctx.needs_input_grad[:3], (grad_out,))
+    return (*grads, None, None, None, None, None, None, None)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -325,6 +348,13 @@ def _qkv_backward(ctx, grad_out, _grad_new_mask, _grad_lse):
     qkv, inv_norm, bias, mask, out, lse = ctx.saved_tensors
     if grad_out is None:
         return (None,) * 10
+    if creating_graph():  # the projections' finish, then the reference attention
+        attention = _twin(ctx)
+
+        def twin(qkv, inv_norm, bias):
+            return attention(*_finish_projections(qkv, inv_norm, bias))
+
+        return _reference_grads(ctx, twin, (qkv, inv_norm, bias), grad_out)
     q, k, v = _finish_projections(qkv, inv_norm, bias)
     dq, dk, dv = (t.float() for t in _bwd_op(grad_out, q, k, v, mask, out, lse, *ctx.args))
     raw_q, raw_k, _ = qkv.float().unflatten(-1, (3, -1)).unbind(-2)
