@@ -94,6 +94,10 @@ class Trainer:
             self.device, self.G_mapping, self.G_synthesis, self.D_ddp, r1_gamma=spec.gamma,
             pcp_ratio=spec.pcp_ratio, vgg_weights=vgg, report=self._report,
         )  # fmt: skip
+        if options.arch == "tiny" and options.vgg is None:
+            from .tiny import TinyPerceptualLoss
+
+            self.loss.pcp = TinyPerceptualLoss().to(self.device)
         self.phases = []
         for name, module, interval in (
             ("G", self.G, cfg.G_REG_INTERVAL),
