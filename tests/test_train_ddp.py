@@ -5,8 +5,8 @@ Upstream's arithmetic, kept: gradients are summed over a process's rounds and av
 processes by DDP, so 1 process with 2 rounds of 2 has twice the gradients of 2 processes with
 1 round each. Adam is invariant to that scale except where a gradient is as small as its
 epsilon, so the 1-process reference here runs with its gains halved: then the weights agree
-to fp32 rounding. R1 is off (--gamma 0): with it on, the 2-process discriminator differs
-(see the report of issue 17's loop; DDP's R1 gradients alone do agree across ranks).
+to fp32 rounding. --gamma and --ema are given: cfg auto derives both from its reference
+batch, which grows with the number of processes (upstream's heuristic).
 w_avg (a buffer each rank updates from its own samples, as upstream) is left out."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mat_fast.training.snapshots import read_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = dict(arch="tiny", resolution=16, batch=4, batch_gpu=2, kimg=0.016, tick=1.0, snap=100,
-            workers=0, grid=0, seed=3, gamma=0.0)  # fmt: skip
+            workers=0, grid=0, seed=3, gamma=1.0, ema=10.0)  # fmt: skip
 
 
 def test_two_gloo_processes_equal_one(tmp_path, monkeypatch):
