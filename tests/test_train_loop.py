@@ -178,3 +178,16 @@ def test_mat_generator_snapshot_loads_in_inpainter(tmp_path):
     assert all(torch.equal(v, sd[k]) for k, v in loaded.state_dict().items())
     inpainter = mat_fast.Inpainter.from_checkpoint(f"{path}/G_ema.safetensors")
     assert inpainter is not None
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision(image_dir, tmp_path, precision):
+    o = _options(image_dir, tmp_path / precision, kimg=0.008, precision=precision)
+    snap = read_snapshot(loop.run_training(o))
+    weights = _weights(snap["path"])
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    assert weights["G.mapping.w_avg"].dtype == torch.float32  # the style path stays fp32
+    scaler = snap["state"]["scaler"]
+    assert (scaler is not None and scaler["scale"] > 0) if precision == "fp16" else scaler is None
+    lines = (tmp_path / precision / "stats.jsonl").read_text().splitlines()
+    assert math.isfinite(json.loads(lines[-1])["Loss/G/loss"]["mean"])

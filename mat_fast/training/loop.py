@@ -48,6 +48,19 @@ class Phase:
     interval: int
 
 
+class MappingInFp32(torch.nn.Module):
+    """G's mapping network with autocast off: it updates its fp32 ``w_avg`` from its output
+    (which autocast would make bf16/fp16), and upstream keeps the style path in fp32."""
+
+    def __init__(self, mapping: torch.nn.Module):
+        super().__init__()
+        self.mapping = mapping
+
+    def forward(self, z, c, **kwargs):
+        with torch.autocast(z.device.type, enabled=False):
+            return self.mapping(z.float(), c, **kwargs)
+
+
 def make_optimizer(module, lr, lrt, interval):
     """Adam with upstream's lazy-regularisation correction (and ``lrt`` for G's transformer)."""
     ratio = interval / (interval + 1)
@@ -128,7 +141,8 @@ class Trainer:
         return device
 
     def _wrap_ddp(self):
-        self.G_mapping, self.G_synthesis, self.D_ddp = self.G.mapping, self.G.synthesis, self.D
+        mapping = self.G.mapping if self.o.precision == "fp32" else MappingInFp32(self.G.mapping)
+        self.G_mapping, self.G_synthesis, self.D_ddp = mapping, self.G.synthesis, self.D
         if self.world_size == 1:
             return
         ids = [self.device] if self.device.type == "cuda" else None
@@ -141,7 +155,7 @@ class Trainer:
             module.requires_grad_(False)
             return wrapped
 
-        self.G_mapping, self.G_synthesis = wrap(self.G.mapping), wrap(self.G.synthesis)
+        self.G_mapping, self.G_synthesis = wrap(mapping), wrap(self.G.synthesis)
         self.D_ddp = wrap(self.D)
 
     def _report(self, name, value):
