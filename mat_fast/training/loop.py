@@ -36,6 +36,7 @@ from .loss import TwoStageLoss
 from .monitor import Monitor
 from .networks import build_networks, ema_update, load_start_weights
 from .snapshots import read_snapshot, rng_state, set_rng_state, write_snapshot
+from .vgg_weights import TORCHVISION_VGG19
 
 log = logging.getLogger("mat_fast")
 
@@ -90,19 +91,19 @@ class Trainer:
         if options.backend:
             backend.set_backend(options.backend, self.device)
         self.rounds = spec.batch // (spec.batch_gpu * world_size)
-        np.random.seed(options.seed * world_size + rank)  # as upstream, for any global use
-        torch.manual_seed(options.seed)  # the same initial networks on every rank
-        self.G, self.D, self.G_ema = build_networks(options, spec, self.device)
-        self.dataset = ImageMaskDataset(
+        self.dataset = ImageMaskDataset(  # first: a bad dataset fails before any network
             options.data, spec.resolution, mirror=options.mirror, seed=options.seed,
             mask_setting=options.mask_setting,
         )  # fmt: skip
+        np.random.seed(options.seed * world_size + rank)  # as upstream, for any global use
+        torch.manual_seed(options.seed)  # the same initial networks on every rank
+        self.G, self.D, self.G_ema = build_networks(options, spec, self.device)
         self.step = self.nimg = self.tick = self.tick_start_nimg = 0
         snapshot = read_snapshot(options.resume) if options.resume else None
         if snapshot is None and options.finetune:
             load_start_weights(options.finetune, self.G, self.D, self.G_ema)
         self._wrap_ddp()
-        vgg = {"download": cfg_vgg_default(), None: None}.get(options.vgg, options.vgg)
+        vgg = TORCHVISION_VGG19 if options.vgg == "download" else options.vgg
         self.loss = TwoStageLoss(
             self.device, self.G_mapping, self.G_synthesis, self.D_ddp, r1_gamma=spec.gamma,
             pcp_ratio=spec.pcp_ratio, vgg_weights=vgg, report=self._report,
@@ -292,12 +293,6 @@ class Trainer:
         self.monitor.close()
         del batches
         return last
-
-
-def cfg_vgg_default():
-    from .vgg_weights import TORCHVISION_VGG19
-
-    return TORCHVISION_VGG19
 
 
 def run_training(options: cfg.TrainOptions) -> Optional[str]:

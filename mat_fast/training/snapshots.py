@@ -16,7 +16,6 @@ import os
 import random
 import shutil
 import uuid
-from typing import Optional
 
 import numpy as np
 import torch
@@ -107,18 +106,3 @@ def read_snapshot(path: str) -> dict:
     with open(os.path.join(folder, "options.json")) as f:
         out["options"] = json.load(f)
     return out
-
-
-def load_networks(modules: dict, sources: dict, what: str, strict: bool = True) -> Optional[str]:
-    """Copy state dicts into modules, naming the first mismatch clearly."""
-    for key, module in modules.items():
-        if key not in sources:
-            continue
-        result = module.load_state_dict(sources[key], strict=False)
-        problems = list(result.missing_keys) + list(result.unexpected_keys)
-        if strict and problems:
-            raise CheckpointError(
-                f"{what}: {key} does not match the network being trained "
-                f"({len(problems)} keys differ, e.g. {problems[:3]}); check --cfg/--resolution"
-            )
-    return None
