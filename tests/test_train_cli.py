@@ -103,3 +103,20 @@ def test_finetune_from_an_upstream_pickle(tmp_path, monkeypatch):
     o.resolution = 32
     with pytest.raises(Exception, match="does not fit"):
         loop.Trainer(o)
+
+
+def test_a_bad_image_found_by_a_worker_is_one_line(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(9):  # the first 8 are checked up front; the 9th only when a worker loads it
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(data / f"{i}.png")
+    (data / "8.png").write_bytes(b"\x89PNG broken")
+    args = ["train", "--data", str(data), "--outdir", str(tmp_path / "o"), "--resolution", "16",
+            "--batch", "2", "--kimg", "0.02", "--grid", "0", "--arch", "tiny", "--vgg", "random",
+            "--no-progress", "--workers", "1"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "8.png: cannot read the image" in err, err

@@ -168,6 +168,17 @@ class StreamSampler(torch.utils.data.Sampler):
             step += 1
 
 
+def next_batch(batches):
+    """The next batch; a DatasetError raised in a DataLoader worker comes back as one line
+    (the DataLoader re-raises it with the worker's whole traceback as its message)."""
+    try:
+        return next(batches)
+    except DatasetError as e:
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        prefix = f"{DatasetError.__module__}.{DatasetError.__name__}: "
+        raise DatasetError(last[len(prefix) :] if last.startswith(prefix) else last) from None
+
+
 def make_loader(dataset, batch, rank, world_size, start_step, workers):
     sampler = StreamSampler(batch, rank, world_size, start_step)
     return torch.utils.data.DataLoader(

@@ -31,7 +31,7 @@ import torch
 from .. import backend
 from ..errors import CheckpointError
 from . import config as cfg
-from .data import ImageMaskDataset, make_loader
+from .data import ImageMaskDataset, make_loader, next_batch
 from .loss import TwoStageLoss
 from .monitor import Monitor
 from .networks import build_networks, ema_update, load_start_weights
@@ -276,7 +276,7 @@ class Trainer:
         self.monitor.start(total)
         last = None
         while self.nimg < total:
-            self.train_step(next(batches))
+            self.train_step(next_batch(batches))
             done = self.nimg >= total
             if not done and self.tick != 0 and self.nimg < self.tick_start_nimg + tick_nimg:
                 self.monitor.step()
