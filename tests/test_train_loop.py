@@ -191,3 +191,20 @@ def test_mixed_precision(image_dir, tmp_path, precision):
     assert (scaler is not None and scaler["scale"] > 0) if precision == "fp16" else scaler is None
     lines = (tmp_path / precision / "stats.jsonl").read_text().splitlines()
     assert math.isfinite(json.loads(lines[-1])["Loss/G/loss"]["mean"])
+
+
+@pytest.mark.parametrize("cfg, res", [("places512", 512), ("places256", 256)])
+def test_config_networks_have_upstreams_state_dicts(manifest, cfg, res):
+    """What the places configs train is what upstream's pickles hold (so --finetune loads
+    them strictly); built on the meta device, so nothing is allocated."""
+    from mat_fast.training.networks import build_networks
+
+    o = TrainOptions(data="", outdir="", cfg=cfg)
+    with torch.device("meta"):
+        G, D, _ = build_networks(o, resolve_spec(o, 1), torch.device("meta"))
+    for net, key in ((G, f"generator_{res}"), (D, "discriminator_512")):
+        if key.endswith("512") and res != 512:
+            continue
+        assert {k: list(v.shape) for k, v in net.state_dict().items()} == manifest[key][
+            "state_dict"
+        ]
