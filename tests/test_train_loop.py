@@ -68,6 +68,8 @@ def test_resume_refuses_other_options(image_dir, tmp_path):
     loop.run_training(first)
     with pytest.raises(CheckpointError, match="seed 5 vs 6"):
         loop.run_training(_options(image_dir, tmp_path / "run", seed=6, resume=first.outdir))
+    with pytest.raises(CheckpointError, match="holds a training run already"):
+        loop.run_training(first)  # no silent overwriting
     with pytest.raises(CheckpointError, match="neither a snapshot folder"):
         loop.run_training(_options(image_dir, tmp_path / "x", resume=str(tmp_path)))
 

@@ -306,6 +306,11 @@ def run_training(options: cfg.TrainOptions) -> Optional[str]:
         torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
         initialised = True
     try:
+        if not options.resume and os.path.isfile(os.path.join(options.outdir, "latest")):
+            raise CheckpointError(
+                f"--outdir {options.outdir} holds a training run already: pass --resume "
+                f"{options.outdir} to continue it, or choose another --outdir"
+            )
         if rank == 0:
             os.makedirs(options.outdir, exist_ok=True)
         return Trainer(options, rank, world_size).train()
