@@ -35,8 +35,11 @@ __all__ = [
     "CheckpointNotFoundError",
     "infer_generator_kwargs",
     "load_generator",
+    "read_checkpoint_file",
     "read_state_dict",
+    "read_upstream_networks",
     "save_generator",
+    "save_state_dict",
 ]
 
 log = logging.getLogger(__name__)
@@ -237,6 +240,31 @@ def _listing(items, limit=10) -> str:
     return shown + (f" ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def read_checkpoint_file(path: Union[str, os.PathLike]):
+    """A checkpoint file's content as it is (safetensors dict, plain torch object or the
+    stand-ins of a network pickle), read with the same safety rules as the weights."""
+    return _read_file(os.path.expanduser(os.fspath(path)))
+
+
+def read_upstream_networks(path: Union[str, os.PathLike]) -> dict:
+    """``{'G': sd, 'D': sd, 'G_ema': sd}`` (those present) from an upstream network pickle,
+    without running its code; the start of a fine-tuning run."""
+    source = os.path.expanduser(os.fspath(path))
+    obj = _read_file(source)
+    if not isinstance(obj, Mapping) or not any(isinstance(obj.get(k), ModuleStub) for k in "GD"):
+        raise CheckpointError(
+            f"{source}: not an upstream MAT network pickle (no 'G'/'D'/'G_ema' networks)"
+        )
+    out = {}
+    for name in ("G", "D", "G_ema"):
+        if isinstance(obj.get(name), ModuleStub):
+            try:
+                out[name] = _check_tensors(network_state_dict(obj[name]), f"{source}[{name}]")
+            except RefusedPickle as e:
+                raise CheckpointError(f"{source}[{name}]: {e}") from None
+    return out
+
+
 def read_state_dict(path_or_state_dict: PathOrStateDict) -> dict:
     """Read a generator state dict (``{name: tensor}``, on CPU) from any supported format.
 
@@ -404,6 +432,25 @@ def save_generator(
     # Own, contiguous copies: safetensors refuses tensors that share storage.
     sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in G.state_dict().items()}
     kwargs = infer_generator_kwargs(sd)
+    meta = {
+        k: str(kwargs[k]) for k in ("img_resolution", "z_dim", "c_dim", "w_dim", "img_channels")
+    }
+    meta.update(use_noise=str(kwargs["synthesis_kwargs"]["use_noise"]), format="mat_fast.Generator")
+    save_state_dict(sd, path, format=format, metadata=meta)
+
+
+def save_state_dict(
+    state_dict: Mapping,
+    path: Union[str, os.PathLike],
+    *,
+    format: str = "safetensors",
+    metadata: Optional[dict] = None,
+) -> None:
+    """Write tensors atomically: to a temporary name in the same directory, then renamed
+    into place, so an interrupted save never leaves a partial file."""
+    path = os.path.expanduser(os.fspath(path))
+    directory = os.path.dirname(os.path.abspath(path))
+    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     # A fresh name next to the target (same filesystem, so os.replace is atomic); not
     # mkstemp, whose 0600 mode would end up on the checkpoint.
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
@@ -413,16 +460,7 @@ def save_generator(
 
             from .version import __version__
 
-            meta = {
-                k: str(kwargs[k])
-                for k in ("img_resolution", "z_dim", "c_dim", "w_dim", "img_channels")
-            }
-            meta.update(
-                use_noise=str(kwargs["synthesis_kwargs"]["use_noise"]),
-                format="mat_fast.Generator",
-                mat_fast_version=__version__,
-            )
-            save_file(sd, tmp, metadata=meta)
+            save_file(sd, tmp, metadata=dict(metadata or {}, mat_fast_version=__version__))
         else:
             torch.save(OrderedDict(sd), tmp)
         # safetensors creates its file 0600; give it the mode any new file would get

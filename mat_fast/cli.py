@@ -115,6 +115,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from .cli_eval import add_subcommands as add_eval_subcommands
 
     add_eval_subcommands(sub)  # masks, evaluate: each sets args.run
+    from .cli_train import add_subcommands as add_train_subcommands
+
+    add_train_subcommands(sub)  # train
     add_serve_parser(sub)
     return parser
 

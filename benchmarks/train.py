@@ -1,0 +1,165 @@
+"""Time per training step of MAT: each phase of upstream's loop, per backend and precision.
+
+    python benchmarks/train.py                                  # CPU: 256, batch 1, fp32
+    python benchmarks/train.py --resolutions 256,512 --batch 8 --precisions fp32,bf16  # GPU
+
+For every resolution, backend (the 'reference' path first: plain PyTorch ops, upstream's
+eager arithmetic) and precision it times the phases of one training step as
+``mat-fast train`` runs them (loss, backward and Adam step): Gmain, Dmain and Dreg (R1; run
+every 16 steps, so amortised as Dreg / 16), and reports the step time
+``Gmain + Dmain + Dreg / 16``, images per second (``batch / step``), the speed-up over the
+reference fp32 step of the same resolution, and the peak memory. The perceptual loss uses a
+random VGG19 (the same work as the real one). Output: a table,
+``<out>/train_<device>.json`` and ``<out>/train_<device>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import resource
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import (
+    add_malloc_option,
+    apply_malloc,
+    device_name,
+    draw_chart,
+    git_commit,
+    time_group,
+)
+from mat_fast import backend
+from mat_fast.training import loop
+from mat_fast.training.config import TrainOptions
+
+PHASES = ("Gmain", "Dmain", "Dreg")
+
+
+def _images(folder: Path, resolution: int, count: int) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        pixels = rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def _peak_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak
+
+
+def bench(args, resolution, backend_name, precision, data, device):
+    o = TrainOptions(
+        data=str(data), outdir=tempfile.mkdtemp(), arch=args.arch, resolution=resolution,
+        batch=args.batch, batch_gpu=args.batch, vgg=None, workers=0, grid=0, progress=False,
+        precision=precision, device=str(device), gamma=10.0,
+    )  # fmt: skip
+    with backend.use_backend(backend_name):
+        trainer = loop.Trainer(o)
+        img, mask, c = next(iter(loop.make_loader(trainer.dataset, args.batch, 0, 1, 0, 0)))
+        imgs = [(img.to(device).float() / 127.5 - 1)]
+        masks, cs = [mask.to(device)], [c.to(device)]
+        z = [torch.randn([args.batch, trainer.G.z_dim], device=device)]
+        phases = {p.name: (i, p) for i, p in enumerate(trainer.phases)}
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def run(name):
+            index, phase = phases[name]
+            trainer.run_phase(index, phase, imgs, masks, cs, z)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        fns = {name: (lambda name=name: run(name)) for name in PHASES}
+        stats = time_group(fns, device, args.budget_s)
+    step = (
+        stats["Gmain"]["median_ms"] + stats["Dmain"]["median_ms"] + stats["Dreg"]["median_ms"] / 16
+    )
+    return dict(
+        resolution=resolution, backend=trainer_backend(backend_name, device), precision=precision,
+        phases_ms={k: v["median_ms"] for k, v in stats.items()}, step_ms=step,
+        img_per_s=args.batch / step * 1e3, peak_mem_gb=_peak_gb(device),
+    )  # fmt: skip
+
+
+def trainer_backend(name: str, device) -> str:
+    return backend.resolve(device, name)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--resolutions", default="256", help="comma-separated (256,512)")
+    p.add_argument("--batch", type=int, default=None, help="per step (default: GPU 8, CPU 1)")
+    p.add_argument("--backends", default=None, help="comma-separated (default: all available)")
+    p.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16, fp16")
+    p.add_argument("--budget-s", type=float, default=10.0, help="timing budget per phase")
+    p.add_argument(
+        "--arch", default="mat", choices=["mat", "tiny"], help="tiny: smoke-test the script"
+    )
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    add_malloc_option(p)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    args.batch = args.batch or (8 if device.type == "cuda" else 1)
+    malloc = apply_malloc(device, args.malloc)
+    available = [n for n, why in backend.available_backends(device).items() if why is None]
+    names = args.backends.split(",") if args.backends else available
+    names = ["reference"] + [n for n in names if n != "reference"]
+    rows = []
+    for resolution in (int(r) for r in args.resolutions.split(",")):
+        with tempfile.TemporaryDirectory() as data:
+            _images(Path(data), resolution, 2)
+            for name in names:
+                for precision in args.precisions.split(","):
+                    row = bench(args, resolution, name, precision, data, device)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    for row in rows:
+        same = [r for r in rows if r["resolution"] == row["resolution"]]
+        base = next(
+            (r for r in same if r["backend"] == "reference" and r["precision"] == "fp32"), same[0]
+        )
+        row["speedup_vs_reference"] = base["step_ms"] / row["step_ms"]
+    print(f"\n{'res':>4} {'backend':<10} {'prec':<5} {'Gmain':>9} {'Dmain':>9} {'Dreg':>9} "
+          f"{'step ms':>9} {'img/s':>7} {'x ref':>6} {'peak GB':>8}")  # fmt: skip
+    for r in rows:
+        ph = r["phases_ms"]
+        print(f"{r['resolution']:>4} {r['backend']:<10} {r['precision']:<5} {ph['Gmain']:>9.1f} "
+              f"{ph['Dmain']:>9.1f} {ph['Dreg']:>9.1f} {r['step_ms']:>9.1f} {r['img_per_s']:>7.2f} "
+              f"{r['speedup_vs_reference']:>6.2f} {r['peak_mem_gb']:>8.2f}")  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "cuda" if device.type == "cuda" else "cpu"
+    meta = dict(
+        device=device_name(device), torch=torch.__version__, python=platform.python_version(),
+        commit=git_commit(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        batch=args.batch, arch=args.arch, malloc=malloc,
+        note="step = Gmain + Dmain + Dreg/16 (loss, backward, Adam step); reference = plain "
+        "PyTorch ops in fp32",
+    )  # fmt: skip
+    (out / f"train_{tag}.json").write_text(json.dumps(dict(meta, rows=rows), indent=2) + "\n")
+    chart = [
+        dict(config=f"{r['resolution']} px, batch {args.batch}", impl=f"{r['backend']} {r['precision']}",
+             median_ms=r["step_ms"], speedup_vs_reference=r["speedup_vs_reference"])
+        for r in rows
+    ]  # fmt: skip
+    draw_chart(chart, out / f"train_{tag}.png", f"MAT training step ({meta['device']})",
+               speedup_key="speedup_vs_reference", baseline="reference fp32")  # fmt: skip
+    print(f"\nwrote {out / f'train_{tag}.json'} and {out / f'train_{tag}.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
