@@ -82,9 +82,7 @@ def main() -> None:
                     (p0, m0), (p1, m1) = done[-2:]
                     expected = m1 + (m1 - m0) / (p1 - p0) * (size * size - p1)
                     if expected > 0.8 * _available_bytes():
-                        rows.append(
-                            dict(size=size, dtype=dtype_name, malloc=malloc, skipped=True)
-                        )
+                        rows.append(dict(size=size, dtype=dtype_name, malloc=malloc, skipped=True))
                         print(f"{size} {dtype_name} {malloc}: skipped (~{expected / GIB:.1f} GiB)")
                         continue
                 env = dict(os.environ, MAT_FAST_KEEP_FREED_MEMORY="1" if malloc == "keep" else "0")
