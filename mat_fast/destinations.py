@@ -47,7 +47,7 @@ def check_destination(path: str, what: str, protected: Iterable[Tuple[str, str]]
         raise InputError(f"{what} {path} is a folder; name an image file")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise InputError(f"folder for {what} does not exist: {folder}; create it first")
+        raise InputError(f"output folder does not exist: {folder} (for {what}); create it first")
     reason = _writable_folder(folder)
     if reason is not None:
         raise InputError(
