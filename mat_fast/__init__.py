@@ -15,14 +15,18 @@ from .backend import (
     use_backend,
 )
 from .checkpoints import CheckpointError, CheckpointNotFoundError, load_generator, save_generator
+from .devices import DeviceError
 from .image_io import InputError
 from .inpaint import Inpainter
+from .memory import MemoryBudgetError
 from .model import Discriminator, Generator
 
 __all__ = [
     "BackendUnavailableError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "DeviceError",
+    "MemoryBudgetError",
     "Inpainter",
     "InputError",
     "load_generator",

@@ -213,3 +213,14 @@ def test_fp16_on_cpu_warns_in_the_cli(tmp_path, caplog, monkeypatch):
         main(["inpaint", str(tmp_path / "a.png"), str(tmp_path / "a.png")]
              + ["-o", str(tmp_path / "o.png"), "--dtype", "fp16", *TINY])  # fmt: skip
     assert "--dtype bf16" in caplog.text
+
+
+def test_a_failed_write_names_the_real_path_not_the_temporary_file(tmp_path, monkeypatch):
+    def refuse(self, fp, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(fp))
+
+    monkeypatch.setattr(Image.Image, "save", refuse)
+    with pytest.raises(InputError) as err:
+        write_images([(_photo(), tmp_path / "a.png", {})])
+    assert str(tmp_path / "a.png") in str(err.value) and ".partial" not in str(err.value)
+    assert "Permission denied" in str(err.value) and list(tmp_path.iterdir()) == []
