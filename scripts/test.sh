@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the tests need, then runs the whole suite (CPU; GPU tests skip cleanly).
+# Sets up .venv with the test extra (scripts/setup_env.sh), then runs the whole suite in it
+# (CPU; GPU tests skip cleanly).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-exec "${PYTHON:-python3}" -m pytest "$@"
+PY="$(bash scripts/setup_env.sh --print-python)"
+exec "$PY" -m pytest "$@"
