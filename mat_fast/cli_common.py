@@ -45,3 +45,13 @@ def positive_int(text: str) -> int:
 
 
 positive_int.__name__ = "positive integer"
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not 0 or a positive integer")
+    return value
+
+
+non_negative_int.__name__ = "non-negative integer"

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import List, Tuple
 
-from .cli_common import DTYPES, WEIGHTS_HELP, CliError, positive_int
+from .cli_common import DTYPES, WEIGHTS_HELP, CliError, non_negative_int, positive_int
 from .destinations import check_destination
 from .image_io import (
     load_image,
@@ -95,8 +95,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--random-resolution",
         type=int,
-        choices=[256, 512],
-        help="network size for --random-weights (default 512; 256 is 4x cheaper)",
+        choices=[128, 256, 512],
+        help="network size for --random-weights (default 512; 256 is 4x cheaper, 128 the "
+        "smallest, for tests)",
     )
     p.add_argument(
         "--comparison",
@@ -149,7 +150,29 @@ def add_parser(sub) -> None:
         type=_quality,
         help="JPEG/WebP quality 1-100 (default: JPEG 95 without chroma subsampling, WebP lossless)",
     )
-    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=4,
+        help="folder mode: images of one size per Inpainter call (equal canvases share a "
+        "forward; default 4)",
+    )
+    p.add_argument(
+        "--workers",
+        type=non_negative_int,
+        help="folder mode: decoding processes and writing threads (default: up to 4; 0 = "
+        "all in the main process)",
+    )
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="folder mode: keep outputs that exist (resume an interrupted run)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="folder mode: stop at the first bad pair (default: report it, do the rest)",
+    )
     p.add_argument(
         "--cuda-graphs",
         action="store_true",
@@ -323,35 +346,9 @@ def _folder_destinations(args, pairs) -> List[str]:
     ]
 
 
-def cmd_inpaint(args) -> int:
-    folder_mode = any((args.input_dir, args.mask_dir, args.out_dir))
-    _check_options(args)
-    if folder_mode:
-        if (
-            not (args.input_dir and args.mask_dir and args.out_dir)
-            or args.image
-            or args.mask
-            or args.comparison
-            or args.output
-        ):
-            raise CliError(
-                "folder mode needs --input-dir, --mask-dir and --out-dir "
-                "(and no IMAGE MASK, -o or --comparison)"
-            )
-        pairs = _pair_folders(args.input_dir, args.mask_dir)
-        outputs = _folder_destinations(args, pairs)
-    else:
-        pairs, outputs = [(args.image, args.mask)], [_single_destinations(args)]
-    for image_path, mask_path in pairs:  # check every input before any work
-        _load_pair(image_path, mask_path, args.max_pixels)
-
-    inpainter = _make_inpainter(args)
-    if folder_mode:
-        os.makedirs(args.out_dir, exist_ok=True)
-    from tqdm import tqdm
-
+def _options(args) -> dict:
+    """The Inpainter's keyword arguments besides the seed."""
     options = dict(
-        seed=args.seed,
         truncation_psi=args.truncation,
         noise_mode=args.noise_mode,
         mask_convention=args.mask_convention,
@@ -360,34 +357,100 @@ def cmd_inpaint(args) -> int:
     )
     if args.resize_limit is not None:
         options["resize_limit"] = args.resize_limit
-    progress = tqdm(
-        total=len(pairs), unit="image", disable=len(pairs) == 1 or None, file=sys.stderr
-    )
-    warned = set()
-    for start in range(0, len(pairs), args.batch_size):
-        chunk = pairs[start : start + args.batch_size]
-        loaded = [_load_pair(i, m, args.max_pixels) for i, m in chunk]
-        results = inpainter([im for im, _ in loaded], [m for _, m in loaded], **options)
-        for (image, mask), result, out in zip(loaded, results, outputs[start:]):
-            metadata = output_metadata(image)
-            for warning in storage_warnings(result, out, metadata):
-                if warning not in warned:
-                    warned.add(warning)
-                    log.warning("mat-fast: %s", warning)
-            items = [(result, out, metadata)]
-            if args.comparison:
-                items.append(
-                    (
-                        _comparison(image, mask, result, args.mask_convention, args.mask_threshold),
-                        args.comparison,
-                        {},
-                    )
-                )
-            write_images(items, quality=args.quality)
-            progress.update(1)
-    progress.close()
-    if not folder_mode:
-        print(f"wrote {outputs[0]}" + (f" and {args.comparison}" if args.comparison else ""))
-    else:
-        print(f"wrote {len(outputs)} images to {args.out_dir}")
+    return options
+
+
+def cmd_inpaint(args) -> int:
+    folder_mode = any((args.input_dir, args.mask_dir, args.out_dir))
+    if folder_mode:
+        return _cmd_folder(args)
+    if args.workers is not None or args.skip_existing or args.strict:
+        raise CliError("--workers, --skip-existing and --strict are folder-mode options")
+    _check_options(args)
+    out = _single_destinations(args)
+    image, mask = _load_pair(args.image, args.mask, args.max_pixels)  # before any work
+    inpainter = _make_inpainter(args)
+    result = inpainter(image, mask, seed=args.seed, **_options(args))
+    metadata = output_metadata(image)
+    for warning in storage_warnings(result, out, metadata):
+        log.warning("mat-fast: %s", warning)
+    items = [(result, out, metadata)]
+    if args.comparison:
+        comparison = _comparison(image, mask, result, args.mask_convention, args.mask_threshold)
+        items.append((comparison, args.comparison, {}))
+    write_images(items, quality=args.quality)
+    print(f"wrote {out}" + (f" and {args.comparison}" if args.comparison else ""))
     return 0
+
+
+def _cmd_folder(args) -> int:
+    """Folder mode, alone or as one rank of torchrun (see mat_fast.folder_inference)."""
+    from . import distributed
+    from .folder_inference import FolderPair, Summary, print_summary, run_folder
+
+    if (
+        not (args.input_dir and args.mask_dir and args.out_dir)
+        or args.image
+        or args.mask
+        or args.comparison
+        or args.output
+    ):
+        raise CliError(
+            "folder mode needs --input-dir, --mask-dir and --out-dir "
+            "(and no IMAGE MASK, -o or --comparison)"
+        )
+    rank, world, local_rank = distributed.init()
+    try:
+        if world > 1:  # one device per rank
+            try:
+                args.device = str(distributed.rank_device(args.device, local_rank))
+            except ValueError as err:
+                raise CliError(str(err)) from None
+        _check_options(args)
+        pairs = _pair_folders(args.input_dir, args.mask_dir)
+        outputs = _folder_destinations(args, pairs)
+        everything = [
+            FolderPair(image, mask, out, os.path.relpath(image, args.input_dir))
+            for (image, mask), out in zip(pairs, outputs)
+        ]
+        mine = distributed.shard(everything, rank, world)
+        summary, error = Summary(), None
+        try:
+            inpainter = _make_inpainter(args)
+            os.makedirs(args.out_dir, exist_ok=True)
+            from tqdm import tqdm
+
+            workers = min(4, os.cpu_count() or 1) if args.workers is None else args.workers
+            with tqdm(
+                total=len(mine),
+                unit="image",
+                file=sys.stderr,
+                disable=True if rank else None,
+                desc=f"rank 0 of {world}" if world > 1 else None,
+            ) as progress:
+                summary = run_folder(
+                    inpainter,
+                    mine,
+                    seed=args.seed,
+                    options=_options(args),
+                    batch_size=args.batch_size,
+                    workers=workers,
+                    strict=args.strict,
+                    skip_existing=args.skip_existing,
+                    max_pixels=args.max_pixels,
+                    quality=args.quality,
+                    progress=progress,
+                )
+        except (CliError, ValueError, OSError, RuntimeError) as err:
+            if world == 1:
+                raise
+            error = f"rank {rank}: {err}"
+        distributed.agree(world, error)
+        total = Summary()
+        for part in distributed.gather(summary, rank, world, everyone=True):
+            total.merge(part)
+        if rank == 0:
+            print_summary(total, len(everything), args.out_dir, world)
+        return 1 if total.failures else 0
+    finally:
+        distributed.finish()

@@ -25,6 +25,7 @@ from .errors import InputError, MemoryBudgetError
 from .image_io import compose, to_hole_mask, to_image_data
 from .memory import PHOTO_BYTES_PER_PIXEL, available_bytes, forward_bytes, gib
 from .model import Generator
+from .model.sample_rng import derive_seed, per_sample
 from .planning import STRATEGIES, Job, Planner, hole_regions, paste
 
 #: An image or mask as the Inpainter takes and returns it: a PIL image, a numpy array
@@ -214,6 +215,10 @@ class Inpainter:
                 alpha are not painted).
             seed: makes the result reproducible (latent z, dropout and noise draws) without
                 touching the global RNG; None draws fresh randomness. 0 <= seed < 2**63.
+                A list (one seed per image) gives each image its own random draws: its
+                fill then depends on its seed, not on the other images of the call or its
+                place among them (exactly on the CPU, where such canvases run one at a
+                time; on CUDA batched canvases may differ by float rounding).
             truncation_psi: < 1 pulls the style latent towards the average (safer fills).
             noise_mode: 'auto' ('const' at the training resolution, else 'random'; 'none'
                 for checkpoints without noise), 'random', 'const' or 'none'.
@@ -234,6 +239,11 @@ class Inpainter:
         if masks is None or len(masks) != len(images):
             raise InputError("pass one mask per image (a list of masks for a list of images)")
         self._check_options(seed, truncation_psi, noise_mode, strategy, resize_limit)
+        if isinstance(seed, (list, tuple)):
+            if len(seed) != len(images) or None in seed:
+                raise InputError("pass one seed per image (a list of seeds for a list of images)")
+            if self._forward is not None:
+                raise InputError("per-image seeds do not work with cuda_graphs=True")
         datas = [to_image_data(im) for im in images]
         holes = [
             to_hole_mask(m, d.size, mask_convention, mask_threshold) for m, d in zip(masks, datas)
@@ -294,8 +304,9 @@ class Inpainter:
                 "mat_fast: noise_mode=%r has no effect: this checkpoint has no noise inputs",
                 noise_mode,
             )
-        if seed is not None and not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**63):
-            raise InputError(f"seed must be an integer in [0, 2**63); got {seed!r}")
+        for one in seed if isinstance(seed, (list, tuple)) else [seed]:
+            if one is not None and not (isinstance(one, (int, np.integer)) and 0 <= one < 2**63):
+                raise InputError(f"seed must be an integer in [0, 2**63); got {one!r}")
         if not np.isfinite(truncation_psi):
             raise InputError(f"truncation_psi must be a finite number; got {truncation_psi!r}")
         if resize_limit < self.resolution // 2:
@@ -360,6 +371,17 @@ class Inpainter:
         by_shape: dict = {}
         for job in jobs:
             by_shape.setdefault(job.image.shape[:2], []).append(job)
+        if isinstance(seed, (list, tuple)):
+            # a canvas's seed: its image's and its place among that image's canvases (in
+            # planning order, which depends on that image only)
+            canvas_seeds, ordinal = {}, {}
+            for job in jobs:
+                number = ordinal[job.index] = ordinal.get(job.index, -1) + 1
+                canvas_seeds[id(job)] = derive_seed(seed[job.index], number)
+            self._run_per_image(
+                by_shape, filled, canvas_seeds, truncation_psi, noise_mode, kept, budget
+            )
+            return
         rng_scope = contextlib.nullcontext()
         if seed is not None:
             devices = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -369,24 +391,53 @@ class Inpainter:
                 torch.manual_seed(int(seed))
             for shape, group in by_shape.items():
                 for batch in self._batches(group, kept, budget):
-                    images = torch.from_numpy(np.stack([j.image for j in batch])).permute(
-                        0, 3, 1, 2
-                    )
-                    known = torch.from_numpy(np.stack([j.known for j in batch]))[:, None]
-                    images = (images * 2 - 1).to(self.device, self.dtype)
-                    known = known.to(self.device, self.dtype)
-                    # z and c stay fp32: the mapping network runs in fp32 in half models too
+                    # z stays fp32: the mapping network runs in fp32 in half models too
                     z = torch.randn(len(batch), G.z_dim).to(self.device)
-                    c = torch.zeros(len(batch), G.c_dim, device=self.device)
                     mode = self._noise_mode(noise_mode, tuple(shape))
-                    if self._forward is not None:
-                        out = self._forward(images, known, z, c, truncation_psi, mode)
-                    else:
-                        out = G(images, known, z, c, truncation_psi=truncation_psi, noise_mode=mode)
-                    out = ((out.float() + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
-                    del images, known
-                    for job, result in zip(batch, out):
-                        paste(job, result, filled[job.index])
+                    self._forward_batch(batch, z, truncation_psi, mode, filled)
+
+    def _run_per_image(
+        self, by_shape, filled, canvas_seeds, truncation_psi, noise_mode, kept, budget
+    ):
+        """Like _run, but each canvas draws z, dropout and noise from its own generator
+        (seeded by ``canvas_seeds[id(job)]``), so its fill does not depend on the other
+        canvases of the call (on CUDA, batched canvases may differ by float rounding)."""
+        with torch.inference_mode():
+            for shape, group in by_shape.items():
+                # On the CPU each canvas runs alone: batching gains nothing there, and a
+                # batch's kernels round differently from one canvas's (a fill would then
+                # depend on its batch by float rounding, +-1 level in a few pixels).
+                alone = self.device.type == "cpu"
+                for batch in [[j] for j in group] if alone else self._batches(group, kept, budget):
+                    generators = [
+                        torch.Generator(self.device).manual_seed(canvas_seeds[id(job)])
+                        for job in batch
+                    ]
+                    z = torch.cat(
+                        [
+                            torch.randn(1, self.generator.z_dim, generator=g, device=self.device)
+                            for g in generators
+                        ]
+                    )
+                    mode = self._noise_mode(noise_mode, tuple(shape))
+                    with per_sample(generators):
+                        self._forward_batch(batch, z, truncation_psi, mode, filled)
+
+    def _forward_batch(self, batch, z, truncation_psi, mode, filled) -> None:
+        G = self.generator
+        images = torch.from_numpy(np.stack([j.image for j in batch])).permute(0, 3, 1, 2)
+        known = torch.from_numpy(np.stack([j.known for j in batch]))[:, None]
+        images = (images * 2 - 1).to(self.device, self.dtype)
+        known = known.to(self.device, self.dtype)
+        c = torch.zeros(len(batch), G.c_dim, device=self.device)
+        if self._forward is not None:
+            out = self._forward(images, known, z, c, truncation_psi, mode)
+        else:
+            out = G(images, known, z, c, truncation_psi=truncation_psi, noise_mode=mode)
+        out = ((out.float() + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+        del images, known
+        for job, result in zip(batch, out):
+            paste(job, result, filled[job.index])
 
 
 def _is_out_of_memory(err: RuntimeError) -> bool:

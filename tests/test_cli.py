@@ -145,7 +145,9 @@ def test_folder_mode_checks_every_pair_before_writing(tmp_path, capsys):
     _write(images / "a.png", (64, 64)), _write(masks / "a.png", (64, 64), "L")
     _write(images / "b.png", (64, 64)), _write(masks / "b.png", (32, 64), "L")  # bad size
     code, _, err = run(
-        ["inpaint", "--input-dir", images, "--mask-dir", masks, "--out-dir", out_dir, *FAST], capsys
+        ["inpaint", "--input-dir", images, "--mask-dir", masks, "--out-dir", out_dir, "--strict"]
+        + FAST,
+        capsys,
     )
     assert code == 2 and "b.png" in err
     assert not out_dir.exists() or not os.listdir(out_dir)
