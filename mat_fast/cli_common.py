@@ -37,21 +37,18 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
+def _int_at_least(low: int, name: str):
+    """An argparse type: an integer >= ``low``; argparse names it ``name`` in its errors."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} is not a {name}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-positive_int.__name__ = "positive integer"
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not 0 or a positive integer")
-    return value
-
-
-non_negative_int.__name__ = "non-negative integer"
+positive_int = _int_at_least(1, "positive integer")
+non_negative_int = _int_at_least(0, "non-negative integer")

@@ -19,6 +19,7 @@ from .cli_common import DTYPES, WEIGHTS_HELP, CliError, non_negative_int, positi
 from .destinations import check_destination
 from .image_io import (
     load_image,
+    mask_size_error,
     output_extension_error,
     output_metadata,
     storage_warnings,
@@ -280,10 +281,7 @@ def _load_pair(image_path: str, mask_path: str, max_pixels=None):
     image = load_image(image_path, max_pixels)
     mask = load_image(mask_path, max_pixels)
     if image.size != mask.size:
-        raise CliError(
-            f"{mask_path} is {mask.size[0]}x{mask.size[1]} but {image_path} is "
-            f"{image.size[0]}x{image.size[1]}; a mask must have its image's size"
-        )
+        raise CliError(mask_size_error(image_path, image.size, mask_path, mask.size))
     return image, mask
 
 

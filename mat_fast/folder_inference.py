@@ -28,7 +28,13 @@ import torch
 from PIL import Image
 
 from .errors import InputError
-from .image_io import load_image, output_metadata, storage_warnings, write_images
+from .image_io import (
+    load_image,
+    mask_size_error,
+    output_metadata,
+    storage_warnings,
+    write_images,
+)
 from .model.sample_rng import derive_seed
 
 log = logging.getLogger("mat_fast")
@@ -79,10 +85,7 @@ def _header_size(pair: FolderPair) -> Tuple[int, int]:
             raise PairFailed(f"cannot read {path} as an image ({err})") from None
     # EXIF rotation swaps the sides of both alike; the decoded sizes are checked again
     if sizes[0] != sizes[1] and sizes[0] != sizes[1][::-1]:
-        raise PairFailed(
-            f"{pair.mask} is {sizes[1][0]}x{sizes[1][1]} but {pair.image} is "
-            f"{sizes[0][0]}x{sizes[0][1]}; a mask must have its image's size"
-        )
+        raise PairFailed(mask_size_error(pair.image, sizes[0], pair.mask, sizes[1]))
     return sizes[0]
 
 
@@ -101,10 +104,7 @@ class _Decoded(torch.utils.data.Dataset):
             image = load_image(pair.image, self.max_pixels)
             mask = load_image(pair.mask, self.max_pixels)
             if image.size != mask.size:
-                raise PairFailed(
-                    f"{pair.mask} is {mask.size[0]}x{mask.size[1]} but {pair.image} is "
-                    f"{image.size[0]}x{image.size[1]}; a mask must have its image's size"
-                )
+                raise PairFailed(mask_size_error(pair.image, image.size, pair.mask, mask.size))
         except (InputError, OSError, ValueError) as err:
             return index, None, None, str(err)
         return index, image, mask, None

@@ -84,6 +84,14 @@ def load_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> Ima
         ) from None
 
 
+def mask_size_error(image_path, image_size, mask_path, mask_size) -> str:
+    """The message for a mask whose size (width, height) is not its image's."""
+    return (
+        f"{mask_path} is {mask_size[0]}x{mask_size[1]} but {image_path} is "
+        f"{image_size[0]}x{image_size[1]}; a mask must have its image's size"
+    )
+
+
 def upright(im: Image.Image) -> Image.Image:
     """An opened image loaded fully, turned upright (EXIF orientation) and with palettes
     expanded: what :func:`load_image` returns, for images opened from memory too."""
