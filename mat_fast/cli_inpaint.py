@@ -405,6 +405,8 @@ def _cmd_folder(args) -> int:
             except ValueError as err:
                 raise CliError(str(err)) from None
         _check_options(args)
+        if args.cuda_graphs:  # a captured graph replays its own random draws
+            raise CliError("--cuda-graphs does not work in folder mode (per-image seeds)")
         pairs = _pair_folders(args.input_dir, args.mask_dir)
         outputs = _folder_destinations(args, pairs)
         everything = [
