@@ -12,7 +12,14 @@ from .backend import (
     use_backend,
 )
 from .checkpoints import load_generator, save_generator
-from .errors import BackendUnavailableError, CheckpointError, CheckpointNotFoundError, InputError
+from .errors import (
+    BackendUnavailableError,
+    CheckpointError,
+    CheckpointNotFoundError,
+    DeviceError,
+    InputError,
+    MemoryBudgetError,
+)
 from .inpaint import Inpainter
 from .model import Discriminator, Generator
 from .version import __version__
@@ -21,6 +28,8 @@ __all__ = [
     "BackendUnavailableError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "DeviceError",
+    "MemoryBudgetError",
     "Inpainter",
     "InputError",
     "load_generator",

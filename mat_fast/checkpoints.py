@@ -357,10 +357,14 @@ def load_generator(
 
     ``path_or_state_dict``: an upstream ``.pkl`` (G_ema is used), a ``.pth``/``.pt`` state
     dict, a ``.safetensors`` file, or an in-memory state dict. Returns the network in
-    eval mode with gradients off, on ``device`` in ``dtype``. Building it draws initial
-    weights from torch's global RNG just like ``Generator(...)`` (and upstream's
-    generate_image.py) does, so seeded runs stay comparable with upstream's.
+    eval mode with gradients off, on ``device`` (``'auto'``: a CUDA GPU if visible, else the
+    CPU; an unknown or absent device raises :class:`mat_fast.DeviceError`) in ``dtype``.
+    Building it draws initial weights from torch's global RNG just like ``Generator(...)``
+    (and upstream's generate_image.py) does, so seeded runs stay comparable with upstream's.
     """
+    from .devices import resolve_device
+
+    device = resolve_device(device)  # before the (slow) read: a bad device fails at once
     source = (
         "<in-memory state dict>"
         if isinstance(path_or_state_dict, Mapping)

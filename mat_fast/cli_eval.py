@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Optional
 
-import torch
-
+from .distributed import agree, finish, gather, init, rank_device
 from .metrics.deps import MissingExtraError, require
 from .metrics.weights import WeightsError
 
@@ -98,41 +96,6 @@ def cmd_masks(args) -> int:
 # evaluate
 
 
-def _distributed():
-    """(rank, world, local_rank): torchrun's, with a gloo group; (0, 1, 0) alone."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    elif name == "cuda" and torch.cuda.is_available():
-        name = f"cuda:{local_rank % torch.cuda.device_count()}"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
-    return device
-
-
-def _agree(world: int, error: Optional[str]) -> None:
-    """Every rank learns whether any rank failed, so none waits forever on the others."""
-    if world > 1:
-        import torch.distributed as dist
-
-        errors = [None] * world
-        dist.all_gather_object(errors, error)
-        error = next((e for e in errors if e), None)
-    if error:
-        raise ValueError(error)
-
-
 def _load_in_turn(load, local_rank: int, world: int):
     """Each machine's first rank first (it may download into the cache), then the others
     from the cache; a failure anywhere stops every rank."""
@@ -143,7 +106,7 @@ def _load_in_turn(load, local_rank: int, world: int):
                 result = load(download=first_turn)
             except (WeightsError, OSError, ValueError) as err:
                 error = str(err)
-        _agree(world, error)
+        agree(world, error)
     return result
 
 
@@ -179,10 +142,7 @@ def cmd_evaluate(args) -> int:
     except MissingExtraError as err:
         raise ValueError(str(err)) from None
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        finish()
 
 
 def _evaluate(args) -> int:
@@ -198,8 +158,8 @@ def _evaluate(args) -> int:
         require("scipy.linalg", "FID")
     if "pids" in metrics or "uids" in metrics:
         require("sklearn.svm", "P-IDS/U-IDS")
-    rank, world, local_rank = _distributed()
-    device = _device(args.device, local_rank)
+    rank, world, local_rank = init()
+    device = rank_device(args.device, local_rank)
     pairs = ev.pair_folders(args.fake_dir, args.real_dir)
     masks = None
     if args.sheet and args.masks:
@@ -241,12 +201,9 @@ def _evaluate(args) -> int:
             )
         except (ValueError, OSError, RuntimeError) as err:
             error = f"rank {rank}: {err}" if world > 1 else str(err)
-    _agree(world, error)
+    agree(world, error)
     if world > 1:
-        import torch.distributed as dist
-
-        gathered = [None] * world if rank == 0 else None
-        dist.gather_object(results, gathered, dst=0)
+        gathered = gather(results, rank, world)
         if rank != 0:
             return 0
         results = ev.merge_shards(gathered, len(pairs))

@@ -11,7 +11,9 @@ __all__ = [
     "BackendUnavailableError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "DeviceError",
     "InputError",
+    "MemoryBudgetError",
     "NativeBuildError",
 ]
 
@@ -40,3 +42,11 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 class InputError(ValueError):
     """Bad user input (file, image, mask); the message says what is wrong and how to fix it."""
+
+
+class DeviceError(InputError):
+    """The requested device does not exist here or is not one mat_fast runs on."""
+
+
+class MemoryBudgetError(InputError):
+    """A call would need more memory than is available; the message says how much."""

@@ -7,8 +7,10 @@ known pixel is returned bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -40,22 +42,54 @@ class ImageData:
         return self.original.shape[:2]
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
+@contextlib.contextmanager
+def _no_bomb_check():
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def load_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> Image.Image:
     """Open an image file fully (so errors surface here) with a clear error, turned upright
     as viewers show it (EXIF orientation applied: phone photos are often stored sideways,
-    and a mask is drawn on the picture people see)."""
+    and a mask is drawn on the picture people see). Files with more than ``max_pixels``
+    pixels (default: Pillow's decompression-bomb limit, ``Image.MAX_IMAGE_PIXELS``) are
+    refused with an error instead of Pillow's warning."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"image file not found: {path}")
     if os.path.isdir(path):
         raise InputError(f"{path} is a directory; pass an image file (or use --input-dir)")
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
-        with Image.open(path) as im:
+        with _no_bomb_check():  # checked below, with an error that says what to do
+            opened = Image.open(path)
+        with opened as im:
+            if limit is not None and im.size[0] * im.size[1] > limit:
+                w, h = im.size
+                raise InputError(
+                    f"{path} is {w}x{h} ({w * h / 1e6:.1f} Mpx), more than the limit of "
+                    f"{limit / 1e6:.1f} Mpx that guards against decompression bombs; if you "
+                    f"trust the file, raise the limit (--max-pixels {w * h})"
+                )
             return upright(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise InputError(
             f"cannot read {path} as an image ({err}); use PNG, JPEG, WebP, TIFF or BMP"
         ) from None
+
+
+def mask_size_error(image_path, image_size, mask_path, mask_size) -> str:
+    """The message for a mask whose size (width, height) is not its image's."""
+    return (
+        f"{mask_path} is {mask_size[0]}x{mask_size[1]} but {image_path} is "
+        f"{image_size[0]}x{image_size[1]}; a mask must have its image's size"
+    )
 
 
 def upright(im: Image.Image) -> Image.Image:
@@ -169,16 +203,24 @@ def to_image_data(image: Any) -> ImageData:
     )
 
 
-def to_hole_mask(mask: Any, size, convention: str = "fill") -> np.ndarray:
+def to_hole_mask(mask: Any, size, convention: str = "fill", threshold: float = 0.5) -> np.ndarray:
     """Boolean (H, W) array, True where the image must be filled.
 
-    ``convention='fill'`` (inpainting apps): nonzero (white) = fill. ``'keep'`` (upstream
-    MAT): nonzero = keep, zero (black) = hole. RGB masks count a pixel when any colour
-    channel is nonzero; alpha channels are ignored unless the mask has no colour at all.
+    A mask pixel is *white* when its value is at least ``threshold`` of the full range
+    (255 for 8 bits, 65535 for 16 bits, 1 for floats and booleans; default half of it,
+    so faint noise and JPEG ringing do not count); in a colour mask the brightest channel
+    counts. ``convention='fill'`` (inpainting apps): white = fill. ``'keep'`` (upstream
+    MAT): black = fill. A mask with alpha (LA, RGBA) paints only where it is opaque
+    (alpha at or above the same threshold): transparent pixels are kept; a mask whose
+    colour is black everywhere paints with its alpha alone.
     """
     if convention not in ("fill", "keep"):
         raise InputError(
             f"mask convention must be 'fill' (white = fill) or 'keep' (black = hole); got {convention!r}"
+        )
+    if not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
+        raise InputError(
+            f"mask threshold must be a fraction of the full range in (0, 1]; got {threshold!r}"
         )
     if isinstance(mask, Image.Image):
         arr = _pil_to_array(mask)[0]
@@ -192,20 +234,37 @@ def to_hole_mask(mask: Any, size, convention: str = "fill") -> np.ndarray:
         )
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8)
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise InputError("mask contains NaN or Inf values")
+        white_level = 1.0
+    elif arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise InputError("mask contains NaN or Inf values")
+        white_level = 1.0
+    elif arr.dtype == np.uint8:
+        white_level = 255.0
+    elif arr.dtype.kind in "ui":
+        white_level = 65535.0
+    else:
+        raise InputError(f"unsupported mask dtype {arr.dtype}; pass uint8, uint16, bool or float")
     _check_hw(arr, "mask")
-    if arr.ndim == 3:
-        channels = arr.shape[2]
-        color = arr[:, :, : channels - 1] if channels in (2, 4) else arr
-        arr = color.max(axis=2) if color.any() or channels not in (2, 4) else arr[:, :, -1]
     if tuple(arr.shape[:2]) != tuple(size):
         raise InputError(
             f"mask is {arr.shape[1]}x{arr.shape[0]} (WxH) but the image is {size[1]}x{size[0]}; "
             f"masks must have the image's size"
         )
-    nonzero = arr != 0
-    return nonzero if convention == "fill" else ~nonzero
+    level = threshold * white_level
+    opaque = None
+    if arr.ndim == 3:
+        channels = arr.shape[2]
+        if channels in (2, 4):
+            opaque = arr[:, :, -1] >= level
+            arr = arr[:, :, : channels - 1]
+        arr = arr.max(axis=2)
+    white = arr >= level
+    if opaque is None:
+        return white if convention == "fill" else ~white
+    if convention == "fill":
+        return opaque & white if white.any() else opaque
+    return opaque & ~white
 
 
 def compose(data: ImageData, filled_rgb: np.ndarray, hole: np.ndarray):
@@ -281,27 +340,100 @@ def output_extension_error(path: str | os.PathLike) -> Optional[str]:
     return None
 
 
-def image_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
-    """``image`` encoded in memory as ``fmt``, converted as :func:`save_image` would."""
+#: What each format can keep besides 8-bit pixels (PIL format name -> features).
+_ALPHA_FORMATS = ("PNG", "WEBP", "TIFF", "GIF")
+_METADATA_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")
+
+
+def output_metadata(image: Image.Image) -> dict:
+    """EXIF and ICC profile of a loaded image, to write with its result: the EXIF's
+    orientation is reset to 'upright', since :func:`load_image` stored the pixels upright."""
+    meta = {}
+    exif = image.getexif()
+    if len(exif):
+        if 0x0112 in exif:
+            exif[0x0112] = 1
+        meta["exif"] = exif.tobytes()
+    if image.info.get("icc_profile"):
+        meta["icc_profile"] = image.info["icc_profile"]
+    return meta
+
+
+def storage_warnings(image: Image.Image, path: str | os.PathLike, metadata=()) -> list:
+    """What writing ``image`` to ``path`` would lose, one sentence each."""
+    path = os.fspath(path)
+    fmt, lost = _output_format(path), []
+    if fmt is None:
+        return lost
+    name = os.path.splitext(path)[1] or fmt
+    if ("A" in image.mode or "transparency" in image.info) and fmt not in _ALPHA_FORMATS:
+        lost.append(f"{name} has no alpha channel: the transparency is dropped (use .png)")
+    if (image.mode.startswith("I") or image.mode == "F") and fmt in _EIGHT_BIT_FORMATS:
+        lost.append(f"{name} holds 8 bits per channel: the 16-bit result is reduced (use .png)")
+    if metadata and fmt not in _METADATA_FORMATS:
+        lost.append(f"{name} cannot hold EXIF or ICC data: the input's are dropped (use .png)")
+    return lost
+
+
+def _save_options(fmt: str, quality: Optional[int]) -> dict:
+    if fmt == "JPEG":  # Pillow's default is 75 with 4:2:0 chroma: visibly blurred colour edges
+        return dict(quality=95 if quality is None else quality, subsampling=0)
+    if fmt == "WEBP":
+        return dict(lossless=True) if quality is None else dict(quality=quality)
+    if fmt == "TIFF":
+        return dict(compression="tiff_lzw")
+    return {}
+
+
+def _encode(image: Image.Image, target, fmt: str, metadata, quality: Optional[int]) -> None:
+    options = _save_options(fmt, quality)
+    if fmt in _METADATA_FORMATS:
+        options.update({k: v for k, v in (metadata or {}).items() if v})
+    _storable(fmt, image).save(target, format=fmt, **options)
+
+
+def image_bytes(
+    image: Image.Image, fmt: str = "PNG", metadata=None, quality: Optional[int] = None
+) -> bytes:
+    """``image`` encoded in memory as ``fmt``, as :func:`write_images` would write it to a
+    file (same conversions, quality rules and kept EXIF/ICC ``metadata``)."""
     buffer = io.BytesIO()
-    _storable(fmt, image).save(buffer, format=fmt)
+    _encode(image, buffer, fmt, metadata, quality)
     return buffer.getvalue()
 
 
-def save_image(image: Image.Image, path: str | os.PathLike) -> None:
-    """Save atomically (temp file + rename) so a failed write leaves nothing half-written."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise InputError(f"output folder does not exist: {directory}")
-    fmt = _output_format(path)
-    if fmt is None:
-        raise InputError(output_extension_error(path))
-    image = _storable(fmt, image)
-    tmp = f"{path}.partial-{os.getpid()}"
+def save_image(image: Image.Image, path: str | os.PathLike, **options) -> None:
+    """Save one image atomically; see :func:`write_images`."""
+    write_images([(image, path, options.pop("metadata", None) or {})], **options)
+
+
+def write_images(items, quality: Optional[int] = None) -> None:
+    """Write ``(image, path, metadata)`` items (metadata: ``exif``/``icc_profile`` bytes,
+    kept where the format can hold them) all or none: each goes to a temporary file next to
+    its target first, and only when all are written are they renamed into place, so a
+    failed write leaves nothing half-written. JPEG is written at quality 95 without chroma
+    subsampling, WebP losslessly, unless ``quality`` is given; PNG and TIFF are lossless."""
+    temps = []
     try:
-        image.save(tmp, format=fmt)
-        os.replace(tmp, path)
+        for image, path, metadata in items:
+            path = os.fspath(path)
+            directory = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(directory):
+                raise InputError(f"output folder does not exist: {directory}")
+            fmt = _output_format(path)
+            if fmt is None:
+                raise InputError(output_extension_error(path))
+            tmp = os.path.join(directory, f".{os.path.basename(path)}.partial-{os.getpid()}")
+            temps.append(tmp)
+            try:
+                _encode(image, tmp, fmt, metadata, quality)
+            except OSError as err:
+                raise InputError(
+                    f"cannot write {path}: {err.strerror or err}; choose another output path"
+                ) from None
+        for tmp, (_, path, _) in zip(temps, items):
+            os.replace(tmp, os.fspath(path))
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.remove(tmp)

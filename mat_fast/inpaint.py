@@ -2,26 +2,31 @@
 
 Sizes: each side is reflect-padded independently to a multiple of the network's resolution
 (512) and cropped back - never padded to a square, which would waste up to 2x compute.
-Large images with small holes use the crop strategy: each hole region plus a margin of
-context is inpainted on its own canvas and pasted back. Equal-size canvases run as one batch.
+Large images use the crop strategy (each hole region plus a margin of context on its own
+canvas, pasted back) and, where even that would not fit in memory, the resize strategy (the
+region inpainted at a reduced size, the fill scaled back up): see mat_fast.planning. The
+memory a call needs is estimated before it runs (mat_fast.memory).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
-from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .cpu_memory import keep_freed_memory_for
-from .image_io import ImageData, InputError, compose, to_hole_mask, to_image_data
+from . import cpu_memory
+from .devices import resolve_device
+from .errors import InputError, MemoryBudgetError
+from .image_io import compose, to_hole_mask, to_image_data
+from .memory import PHOTO_BYTES_PER_PIXEL, available_bytes, forward_bytes, gib
 from .model import Generator
+from .model.sample_rng import derive_seed, per_sample
+from .planning import STRATEGIES, Job, Planner, hole_regions, paste
 
 #: An image or mask as the Inpainter takes and returns it: a PIL image, a numpy array
 #: (H, W[, C]) or a tensor (C, H, W) (masks: (H, W)).
@@ -29,16 +34,14 @@ ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
 
 log = logging.getLogger("mat_fast")
 
-Box = Tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
+__all__ = ["Inpainter", "hole_regions", "random_generator", "resolve_device"]
 
-
-def resolve_device(device: Any = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was requested but no CUDA GPU is visible; use --device cpu")
-    return device
+# With freed memory kept (mat_fast.cpu_memory) a 512 px forward runs 20-30% faster, but the
+# process keeps its high-water mark, and on large canvases the peak itself grows (measured
+# 20.7 vs 13.8 GiB at 2560x2048 fp32, docs/MEASUREMENTS.md of the shared folder). By default
+# (keep_freed_memory=None and no MAT_FAST_KEEP_FREED_MEMORY) it is kept for calls whose
+# photos have at most this many pixels, and glibc's defaults restored for larger ones.
+KEEP_FREED_MAX_PIXELS = 1024 * 1024
 
 
 def random_generator(seed: int = 0, resolution: int = 512, use_noise: bool = True) -> Generator:
@@ -48,93 +51,6 @@ def random_generator(seed: int = 0, resolution: int = 512, use_noise: bool = Tru
         torch.manual_seed(seed)
         G = Generator(512, 0, 512, resolution, 3, synthesis_kwargs=dict(use_noise=use_noise))
     return G.eval().requires_grad_(False)
-
-
-@dataclass
-class _Job:
-    """One canvas to run: an image's (cropped) region, padded to the network's multiple."""
-
-    index: int  # which input image
-    box: Box  # region of the image this canvas covers (before padding)
-    paste: Box  # part of the region whose hole pixels this job owns
-    image: np.ndarray  # (h, w, 3) padded
-    known: np.ndarray  # (h, w) float32 padded: 1 known, 0 hole
-    pad: Tuple[int, int, int, int]  # top, bottom, left, right
-
-
-def _pad_amounts(size: int, multiple: int) -> Tuple[int, int]:
-    total = (-size) % multiple
-    return total // 2, total - total // 2
-
-
-def _reflect(arr: np.ndarray, pads) -> np.ndarray:
-    width = [(pads[0], pads[1]), (pads[2], pads[3])] + [(0, 0)] * (arr.ndim - 2)
-    # 'reflect' needs at least 2 pixels along an axis; a 1-pixel axis repeats its edge.
-    mode = "reflect" if min(arr.shape[:2]) > 1 else "edge"
-    return np.pad(arr, width, mode=mode)
-
-
-def hole_regions(hole: np.ndarray, margin: int, cell: int = 16) -> List[Box]:
-    """Boxes around groups of hole pixels, each grown by ``margin`` and merged while they
-    overlap, so every hole pixel lies in exactly one box. Works on a coarse grid of
-    ``cell`` x ``cell`` blocks so that it stays fast on large photos."""
-    H, W = hole.shape
-    gh, gw = math.ceil(H / cell), math.ceil(W / cell)
-    padded = np.zeros((gh * cell, gw * cell), dtype=bool)
-    padded[:H, :W] = hole
-    occupied = padded.reshape(gh, cell, gw, cell).any(axis=(1, 3))
-    labels = np.zeros((gh, gw), dtype=np.int32)
-    boxes: List[List[int]] = []
-    for start in zip(*np.nonzero(occupied)):
-        if labels[start]:
-            continue
-        boxes.append([start[0], start[1], start[0] + 1, start[1] + 1])
-        labels[start] = len(boxes)
-        stack = [start]
-        while stack:  # flood fill over 8-neighbours
-            y, x = stack.pop()
-            box = boxes[-1]
-            box[0], box[1] = min(box[0], y), min(box[1], x)
-            box[2], box[3] = max(box[2], y + 1), max(box[3], x + 1)
-            for ny in range(max(y - 1, 0), min(y + 2, gh)):
-                for nx in range(max(x - 1, 0), min(x + 2, gw)):
-                    if occupied[ny, nx] and not labels[ny, nx]:
-                        labels[ny, nx] = len(boxes)
-                        stack.append((ny, nx))
-    grown = [
-        (
-            int(max(t * cell - margin, 0)),
-            int(max(left * cell - margin, 0)),
-            int(min(b * cell + margin, H)),
-            int(min(right * cell + margin, W)),
-        )
-        for t, left, b, right in boxes
-    ]
-    merged = True
-    while merged:  # merge overlapping boxes until none overlap
-        merged = False
-        for i in range(len(grown)):
-            for j in range(i + 1, len(grown)):
-                a, b = grown[i], grown[j]
-                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
-                    grown[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
-                    del grown[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    return grown
-
-
-def _canvas_box(box: Box, size: Tuple[int, int], multiple: int) -> Box:
-    """Grow ``box`` to a multiple of ``multiple`` inside the image where possible, so the
-    padding that the network needs is filled with real context instead of reflections."""
-    out = []
-    for lo, hi, limit in ((box[0], box[2], size[0]), (box[1], box[3], size[1])):
-        length = min(math.ceil((hi - lo) / multiple) * multiple, limit)
-        start = min(max(lo - (length - (hi - lo)) // 2, 0), limit - length)
-        out.append((start, start + length))
-    return out[0][0], out[1][0], out[0][1], out[1][1]
 
 
 class _GraphedGenerator:
@@ -202,24 +118,44 @@ class Inpainter:
         dtype: torch.dtype = torch.float32,
         batch_size: int = 4,
         cuda_graphs: bool = False,
+        keep_freed_memory: Optional[bool] = None,
+        max_memory: Optional[int] = None,
     ) -> None:
-        """``cuda_graphs=True`` (CUDA only) captures the forward once per canvas shape and
-        replays it: faster for repeated same-size images, at the cost of one capture per
-        shape and a memory pool per captured shape (see :class:`_GraphedGenerator`)."""
+        """
+        Args:
+            device: 'auto' (a CUDA GPU if visible, else the CPU), 'cpu', 'cuda', 'cuda:N'.
+            batch_size: at most this many equal-size canvases per forward; fewer where
+                memory would not hold them, and on the CPU the canvases of one photo run
+                one at a time (batching them doubles the peak for no speed gain).
+            cuda_graphs: (CUDA only) capture the forward once per canvas shape and replay
+                it: faster for repeated same-size images, at the cost of one capture and
+                one memory pool per shape (see :class:`_GraphedGenerator`).
+            keep_freed_memory: CPU only, and process-wide: glibc's malloc settings are
+                changed for the whole process (see :mod:`mat_fast.cpu_memory`). True keeps
+                freed memory for reuse (faster forwards, the process keeps its peak);
+                False leaves malloc's settings alone; None (default) takes
+                ``MAT_FAST_KEEP_FREED_MEMORY`` (1 or 0) when set, else keeps freed memory
+                for calls whose canvases have at most ``KEEP_FREED_MAX_PIXELS`` pixels
+                and restores glibc's defaults before larger ones (kept memory raises their
+                peak).
+            max_memory: bytes a call may use (default: the memory available on the device
+                at the time of the call). Calls that would need more are planned smaller
+                by the 'auto' strategy or refused with :class:`mat_fast.MemoryBudgetError`.
+        """
         if not isinstance(generator, Generator):
             raise TypeError(f"Inpainter needs a mat_fast.Generator; got {type(generator).__name__}")
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+        if max_memory is not None and max_memory <= 0:
+            raise InputError(f"max_memory must be a positive number of bytes; got {max_memory!r}")
         self.device = resolve_device(device)
         if cuda_graphs and self.device.type != "cuda":
             raise InputError(
-                f"cuda_graphs=True needs a CUDA device; this Inpainter runs on "
-                f"{self.device.type} (drop --cuda-graphs or use --device cuda)"
+                f"cuda_graphs=True needs a CUDA device; this Inpainter runs on {self.device.type}"
             )
         self.dtype = dtype
-        # On CPU, reuse freed memory instead of page-faulting every large activation anew
-        # each forward (a quarter to a third of a 512 px forward; see mat_fast.cpu_memory).
-        keep_freed_memory_for(self.device)
+        self.keep_freed_memory = keep_freed_memory
+        self.max_memory = max_memory
         self.generator = generator.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
         self.batch_size = batch_size
         self._forward = _GraphedGenerator(self.generator) if cuda_graphs else None
@@ -261,25 +197,37 @@ class Inpainter:
         truncation_psi: float = 1.0,
         noise_mode: str = "auto",
         mask_convention: str = "fill",
+        mask_threshold: float = 0.5,
         strategy: str = "auto",
         crop_trigger: int = 1024,
         crop_margin: int = 128,
+        resize_limit: int = 2048,
     ) -> Union[ImageLike, List[ImageLike]]:
         """Inpaint one image (or a list of images with a list of masks).
 
         Args:
             image: PIL image, numpy array (H, W[, C]) uint8/uint16/float in [0, 1], or tensor
                 (C, H, W); RGB, RGBA (alpha kept), grayscale and 16-bit all work.
-            mask: same size as the image. ``mask_convention='fill'``: white/nonzero = region
-                to fill (inpainting apps); ``'keep'``: black = hole (upstream MAT's files).
+            mask: same size as the image. ``mask_convention='fill'``: white = region to fill
+                (inpainting apps); ``'keep'``: black = hole (upstream MAT's files). A pixel
+                is white when its value is at least ``mask_threshold`` of the full range
+                (the brightest channel of a colour mask; transparent pixels of a mask with
+                alpha are not painted).
             seed: makes the result reproducible (latent z, dropout and noise draws) without
-                touching the global RNG; None draws fresh randomness.
+                touching the global RNG; None draws fresh randomness. 0 <= seed < 2**63.
+                A list (one seed per image) gives each image its own random draws: its
+                fill then depends on its seed, not on the other images of the call or its
+                place among them (exactly on the CPU, where such canvases run one at a
+                time; on CUDA batched canvases may differ by float rounding).
             truncation_psi: < 1 pulls the style latent towards the average (safer fills).
             noise_mode: 'auto' ('const' at the training resolution, else 'random'; 'none'
                 for checkpoints without noise), 'random', 'const' or 'none'.
-            strategy: 'full' (pad the whole image), 'crop' (inpaint each hole region with
-                ``crop_margin`` pixels of context) or 'auto' ('crop' once the longer side
-                exceeds ``crop_trigger``).
+            strategy: 'full' (pad the whole image), 'crop' (each hole region with
+                ``crop_margin`` pixels of context), 'resize' (like crop; regions longer
+                than ``resize_limit`` are inpainted scaled down to it and the fill scaled
+                back up) or 'auto' (full up to ``crop_trigger`` px on the longer side, else
+                crop; any canvas that would not fit in memory is scaled down until it
+                does). See :mod:`mat_fast.planning`.
 
         Returns:
             The filled image(s), same type, mode, dtype and size as the input(s); every
@@ -290,67 +238,150 @@ class Inpainter:
         masks = [mask] if single else list(mask) if isinstance(mask, (list, tuple)) else None
         if masks is None or len(masks) != len(images):
             raise InputError("pass one mask per image (a list of masks for a list of images)")
-        if strategy not in ("auto", "full", "crop"):
-            raise InputError(f"strategy must be 'auto', 'full' or 'crop'; got {strategy!r}")
+        self._check_options(seed, truncation_psi, noise_mode, strategy, resize_limit)
+        if isinstance(seed, (list, tuple)):
+            if len(seed) != len(images) or None in seed:
+                raise InputError("pass one seed per image (a list of seeds for a list of images)")
+            if self._forward is not None:
+                raise InputError("per-image seeds do not work with cuda_graphs=True")
         datas = [to_image_data(im) for im in images]
-        holes = [to_hole_mask(m, d.size, mask_convention) for m, d in zip(masks, datas)]
+        holes = [
+            to_hole_mask(m, d.size, mask_convention, mask_threshold) for m, d in zip(masks, datas)
+        ]
+        for index, hole in enumerate(holes):
+            if not hole.any():
+                log.warning("mat_fast: the mask of image %d has nothing to fill", index)
+            elif hole.all():
+                log.warning(
+                    "mat_fast: the mask of image %d covers the whole image; the result is "
+                    "generated from nothing (check the mask convention)",
+                    index,
+                )
+        photo_pixels = sum(h.size for h in holes)
+        kept = self._set_malloc(holes)
+        budget = self._budget(photo_pixels)
 
-        jobs: List[_Job] = []
+        def need(canvas):
+            return forward_bytes(self.device.type, self.dtype, kept, canvas)
+
+        planner = Planner(
+            self.resolution,
+            lambda canvas: budget is None or need(canvas) <= budget,
+            need,
+            budget,
+        )
+        jobs: List[Job] = []
         for index, (data, hole) in enumerate(zip(datas, holes)):
-            jobs.extend(self._plan(index, data, hole, strategy, crop_trigger, crop_margin))
+            jobs.extend(
+                planner.plan(
+                    index, data.rgb, hole, strategy, crop_trigger, crop_margin, resize_limit
+                )
+            )
         filled = [d.rgb.copy() for d in datas]
-        self._run(jobs, filled, seed, truncation_psi, noise_mode)
+        try:
+            self._run(jobs, filled, seed, truncation_psi, noise_mode, kept, budget)
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+            if isinstance(err, RuntimeError) and not _is_out_of_memory(err):
+                raise
+            largest = max((j.image.shape[0] * j.image.shape[1] for j in jobs), default=0)
+            raise MemoryBudgetError(
+                f"ran out of memory on the {self.device} (largest canvas "
+                f"{largest / 1e6:.1f} Mpx, estimated {gib(need(largest))}); free memory, "
+                f"use a bfloat16 dtype, the 'resize' strategy or a smaller memory budget"
+            ) from None
         results = [compose(d, f, h) for d, f, h in zip(datas, filled, holes)]
         return results[0] if single else results
 
-    def _plan(
-        self,
-        index: int,
-        data: ImageData,
-        hole: np.ndarray,
-        strategy: str,
-        crop_trigger: int,
-        crop_margin: int,
-    ) -> List[_Job]:
-        if not hole.any():
-            log.info("mat_fast: image %d has no hole pixels; returned unchanged", index)
-            return []
-        H, W = hole.shape
-        use_crop = strategy == "crop" or (strategy == "auto" and max(H, W) > crop_trigger)
-        regions = hole_regions(hole, crop_margin) if use_crop else [(0, 0, H, W)]
-        jobs = []
-        for region in regions:
-            box = _canvas_box(region, (H, W), self.resolution) if use_crop else region
-            t, left, b, r = box
-            h, w = b - t, r - left
-            pads = (*_pad_amounts(h, self.resolution), *_pad_amounts(w, self.resolution))
-            known = (~hole[t:b, left:r]).astype(np.float32)
-            jobs.append(
-                _Job(
-                    index,
-                    box,
-                    region,
-                    _reflect(data.rgb[t:b, left:r], pads),
-                    _reflect(known, pads),
-                    pads,
-                )
+    def _check_options(self, seed, truncation_psi, noise_mode, strategy, resize_limit) -> None:
+        if strategy not in STRATEGIES:
+            raise InputError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+        if noise_mode not in ("auto", "random", "const", "none"):
+            raise InputError(
+                f"noise_mode must be 'auto', 'random', 'const' or 'none'; got {noise_mode!r}"
             )
-        return jobs
+        if noise_mode in ("random", "const") and not self.generator.use_noise:
+            log.warning(
+                "mat_fast: noise_mode=%r has no effect: this checkpoint has no noise inputs",
+                noise_mode,
+            )
+        for one in seed if isinstance(seed, (list, tuple)) else [seed]:
+            if one is not None and not (isinstance(one, (int, np.integer)) and 0 <= one < 2**63):
+                raise InputError(f"seed must be an integer in [0, 2**63); got {one!r}")
+        if not np.isfinite(truncation_psi):
+            raise InputError(f"truncation_psi must be a finite number; got {truncation_psi!r}")
+        if resize_limit < self.resolution // 2:
+            raise InputError(
+                f"resize_limit must be at least {self.resolution // 2} px; got {resize_limit}"
+            )
 
-    def _noise_mode(self, noise_mode: str, canvas: Tuple[int, int]) -> str:
+    def _set_malloc(self, holes) -> bool:
+        """Apply the keep_freed_memory choice for this call; whether freed memory is kept."""
+        if self.device.type != "cpu":
+            return False
+        choice = self.keep_freed_memory
+        env = os.environ.get(cpu_memory.ENV_VAR, "").strip()
+        if choice is None and env in ("0", "1"):
+            choice = env == "1"
+        if choice is None:  # auto: by the largest photo, an upper bound of its canvases
+            big = max((h.size for h in holes), default=0) > KEEP_FREED_MAX_PIXELS
+            if big and cpu_memory.freed_memory_kept():
+                cpu_memory.return_freed_memory()
+            return False if big else cpu_memory.keep_freed_memory()
+        return cpu_memory.keep_freed_memory() if choice else cpu_memory.freed_memory_kept()
+
+    def _budget(self, photo_pixels: int) -> Optional[int]:
+        """Bytes the forwards may use: the budget less what the photos themselves take."""
+        budget = self.max_memory if self.max_memory is not None else available_bytes(self.device)
+        if budget is None:
+            return None
+        if self.device.type == "cpu":
+            budget -= PHOTO_BYTES_PER_PIXEL * photo_pixels
+        return max(budget, 0)
+
+    def _noise_mode(self, noise_mode: str, canvas) -> str:
         if noise_mode != "auto":
             return noise_mode
         if not self.generator.use_noise:
             return "none"
         return "const" if canvas == (self.resolution, self.resolution) else "random"
 
-    def _run(
-        self, jobs: Sequence[_Job], filled: List[np.ndarray], seed, truncation_psi, noise_mode
-    ):
+    def _batches(self, group: Sequence[Job], kept: bool, budget: Optional[int]):
+        """Split equal-shape jobs into batches that fit: canvases of one photo run one at a
+        time on the CPU (a batch of crops doubles the peak for no gain there)."""
+        canvas = group[0].image.shape[0] * group[0].image.shape[1]
+        size = self.batch_size
+        while size > 1 and budget is not None:
+            if forward_bytes(self.device.type, self.dtype, kept, canvas, size) <= budget:
+                break
+            size -= 1
+        batch: List[Job] = []
+        for job in group:
+            alone = self.device.type == "cpu" and job.cropped
+            if batch and (
+                len(batch) >= size or alone or batch[-1].cropped and self.device.type == "cpu"
+            ):
+                yield batch
+                batch = []
+            batch.append(job)
+        if batch:
+            yield batch
+
+    def _run(self, jobs, filled: List[np.ndarray], seed, truncation_psi, noise_mode, kept, budget):
         G = self.generator
         by_shape: dict = {}
         for job in jobs:
             by_shape.setdefault(job.image.shape[:2], []).append(job)
+        if isinstance(seed, (list, tuple)):
+            # a canvas's seed: its image's and its place among that image's canvases (in
+            # planning order, which depends on that image only)
+            canvas_seeds, ordinal = {}, {}
+            for job in jobs:
+                number = ordinal[job.index] = ordinal.get(job.index, -1) + 1
+                canvas_seeds[id(job)] = derive_seed(seed[job.index], number)
+            self._run_per_image(
+                by_shape, filled, canvas_seeds, truncation_psi, noise_mode, kept, budget
+            )
+            return
         rng_scope = contextlib.nullcontext()
         if seed is not None:
             devices = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -359,31 +390,56 @@ class Inpainter:
             if seed is not None:
                 torch.manual_seed(int(seed))
             for shape, group in by_shape.items():
-                for start in range(0, len(group), self.batch_size):
-                    batch = group[start : start + self.batch_size]
-                    images = torch.from_numpy(np.stack([j.image for j in batch])).permute(
-                        0, 3, 1, 2
-                    )
-                    known = torch.from_numpy(np.stack([j.known for j in batch]))[:, None]
-                    images = (images * 2 - 1).to(self.device, self.dtype)
-                    known = known.to(self.device, self.dtype)
-                    # z and c stay fp32: the mapping network runs in fp32 in half models too
+                for batch in self._batches(group, kept, budget):
+                    # z stays fp32: the mapping network runs in fp32 in half models too
                     z = torch.randn(len(batch), G.z_dim).to(self.device)
-                    c = torch.zeros(len(batch), G.c_dim, device=self.device)
                     mode = self._noise_mode(noise_mode, tuple(shape))
-                    if self._forward is not None:
-                        out = self._forward(images, known, z, c, truncation_psi, mode)
-                    else:
-                        out = G(images, known, z, c, truncation_psi=truncation_psi, noise_mode=mode)
-                    out = ((out.float() + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
-                    for job, result in zip(batch, out):
-                        self._paste(job, result, filled[job.index])
+                    self._forward_batch(batch, z, truncation_psi, mode, filled)
 
-    @staticmethod
-    def _paste(job: _Job, result: np.ndarray, target: np.ndarray) -> None:
-        pt, pb, pl, pr = job.pad
-        result = result[pt : result.shape[0] - pb, pl : result.shape[1] - pr]
-        t, left, _, _ = job.box
-        qt, ql, qb, qr = job.paste
-        # Only this job's region: neighbouring canvases may overlap its margin.
-        target[qt:qb, ql:qr] = result[qt - t : qb - t, ql - left : qr - left]
+    def _run_per_image(
+        self, by_shape, filled, canvas_seeds, truncation_psi, noise_mode, kept, budget
+    ):
+        """Like _run, but each canvas draws z, dropout and noise from its own generator
+        (seeded by ``canvas_seeds[id(job)]``), so its fill does not depend on the other
+        canvases of the call (on CUDA, batched canvases may differ by float rounding)."""
+        with torch.inference_mode():
+            for shape, group in by_shape.items():
+                # On the CPU each canvas runs alone: batching gains nothing there, and a
+                # batch's kernels round differently from one canvas's (a fill would then
+                # depend on its batch by float rounding, +-1 level in a few pixels).
+                alone = self.device.type == "cpu"
+                for batch in [[j] for j in group] if alone else self._batches(group, kept, budget):
+                    generators = [
+                        torch.Generator(self.device).manual_seed(canvas_seeds[id(job)])
+                        for job in batch
+                    ]
+                    z = torch.cat(
+                        [
+                            torch.randn(1, self.generator.z_dim, generator=g, device=self.device)
+                            for g in generators
+                        ]
+                    )
+                    mode = self._noise_mode(noise_mode, tuple(shape))
+                    with per_sample(generators):
+                        self._forward_batch(batch, z, truncation_psi, mode, filled)
+
+    def _forward_batch(self, batch, z, truncation_psi, mode, filled) -> None:
+        G = self.generator
+        images = torch.from_numpy(np.stack([j.image for j in batch])).permute(0, 3, 1, 2)
+        known = torch.from_numpy(np.stack([j.known for j in batch]))[:, None]
+        images = (images * 2 - 1).to(self.device, self.dtype)
+        known = known.to(self.device, self.dtype)
+        c = torch.zeros(len(batch), G.c_dim, device=self.device)
+        if self._forward is not None:
+            out = self._forward(images, known, z, c, truncation_psi, mode)
+        else:
+            out = G(images, known, z, c, truncation_psi=truncation_psi, noise_mode=mode)
+        out = ((out.float() + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+        del images, known
+        for job, result in zip(batch, out):
+            paste(job, result, filled[job.index])
+
+
+def _is_out_of_memory(err: RuntimeError) -> bool:
+    text = str(err).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text

@@ -79,7 +79,7 @@ def test_set_backend_checks_the_device_it_is_given(monkeypatch):
 
 
 def test_cli_checks_the_backend_for_its_device(monkeypatch, capsys):
-    from mat_fast import cli
+    from mat_fast import cli, cli_inpaint
 
     checked = []
     monkeypatch.setattr(
@@ -88,7 +88,7 @@ def test_cli_checks_the_backend_for_its_device(monkeypatch, capsys):
         lambda name, device_type: checked.append((name, device_type)),
     )
     monkeypatch.setattr(cli, "cmd_info", lambda args: 0)
-    monkeypatch.setattr(cli, "cmd_inpaint", lambda args: 0)
+    monkeypatch.setattr(cli_inpaint, "cmd_inpaint", lambda args: 0)
     assert cli.main(["inpaint", "in.png", "--device", "cuda:1", "--backend", "reference"]) == 0
     assert checked == [("reference", "cuda")]
 

@@ -145,7 +145,9 @@ def test_folder_mode_checks_every_pair_before_writing(tmp_path, capsys):
     _write(images / "a.png", (64, 64)), _write(masks / "a.png", (64, 64), "L")
     _write(images / "b.png", (64, 64)), _write(masks / "b.png", (32, 64), "L")  # bad size
     code, _, err = run(
-        ["inpaint", "--input-dir", images, "--mask-dir", masks, "--out-dir", out_dir, *FAST], capsys
+        ["inpaint", "--input-dir", images, "--mask-dir", masks, "--out-dir", out_dir, "--strict"]
+        + FAST,
+        capsys,
     )
     assert code == 2 and "b.png" in err
     assert not out_dir.exists() or not os.listdir(out_dir)
@@ -204,12 +206,12 @@ def test_module_entry_point_and_console_script():
 @pytest.fixture
 def no_model(monkeypatch):
     """Fail the test if the command gets as far as building a network."""
-    from mat_fast import cli
+    from mat_fast import cli_inpaint
 
     def refuse(args):
         raise AssertionError("the model was built although the arguments are wrong")
 
-    monkeypatch.setattr(cli, "_make_inpainter", refuse)
+    monkeypatch.setattr(cli_inpaint, "_make_inpainter", refuse)
 
 
 def _tiny_pair(folder, name="a", ext=".png", size=(24, 16)):
@@ -282,7 +284,7 @@ def test_folder_mode_refuses_clashing_names_and_overwriting_inputs(tmp_path, cap
 def test_exif_orientation_is_applied_on_load(tmp_path):
     """A JPEG stored 60x40 with Orientation=6 is shown 40x60: that is what load_image
     returns, so a mask drawn on the displayed picture fits it."""
-    from mat_fast.cli import _load_pair
+    from mat_fast.cli_inpaint import _load_pair
     from mat_fast.image_io import load_image
 
     stored = np.zeros((40, 60, 3), np.uint8)

@@ -143,7 +143,8 @@ def test_crop_strategy_inpaints_each_region_on_its_own_canvas(inpainter):
     hole[600:640, 1000:1050] = True
     out = inpainter(img, hole, seed=0, strategy="crop", crop_margin=32)
     _assert_known_untouched(img, out, hole)
-    assert inpainter.spy.calls == [((2, 3, 128, 128), "const")]  # one batch of two crops
+    # one crop at a time on the CPU: batching the crops of one photo doubles the peak
+    assert inpainter.spy.calls == [((1, 3, 128, 128), "const")] * 2
 
 
 def test_hole_regions_merge_overlaps_and_cover_every_hole_pixel():
@@ -198,8 +199,9 @@ def test_lists_need_one_mask_per_image(inpainter):
 
 
 def test_cuda_graphs_need_a_cuda_device(generator_128):
-    with pytest.raises(InputError, match="cuda_graphs=True needs a CUDA device"):
+    with pytest.raises(InputError, match="cuda_graphs=True needs a CUDA device") as err:
         Inpainter(generator_128, device="cpu", cuda_graphs=True)
+    assert "--" not in str(err.value)  # API messages do not talk about CLI flags
 
 
 @pytest.mark.gpu

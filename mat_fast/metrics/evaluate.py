@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..distributed import shard  # noqa: F401 - ev.shard, as before
 from . import pixel
 from .detector import detector_features
 from .features import fid_from_features, pids_uids_from_features
@@ -230,11 +231,6 @@ def compute_shard(
         out["fake_features"] = np.concatenate(fake_rows)[unsorted]
         out["real_features"] = np.concatenate(real_rows)[unsorted]
     return out
-
-
-def shard(pairs: Sequence[Pair], rank: int, world: int) -> List[Pair]:
-    """Every world-th pair from ``rank``: disjoint shards whose union is ``pairs``."""
-    return list(pairs[rank::world])
 
 
 def merge_shards(shards: Sequence[dict], total: int) -> dict:

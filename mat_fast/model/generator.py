@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import sample_rng
 from .layers import (
     NOISE_MODES,
     Conv2dLayer,
@@ -38,6 +39,9 @@ def _dropout_half(x: torch.Tensor, transposed: bool = False) -> torch.Tensor:
     contiguous, or with the last two dimensions transposed when ``transposed``. It is drawn
     in fp32 and cast (its values are 0 and 1), so half-precision runs see fp32's map.
     """
+    per_sample = sample_rng.half_map(x.shape, x.device)
+    if per_sample is not None:  # inside sample_rng.per_sample: each sample its own draws
+        return per_sample.to(x.dtype)
     shape = list(x.shape)
     if transposed:
         shape[-1], shape[-2] = shape[-2], shape[-1]

@@ -16,6 +16,7 @@ from torch import nn
 
 from .. import ops
 from ..ops.bias_act import bias_act
+from . import sample_rng
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -285,8 +286,9 @@ class StyleConv(nn.Module):
     ) -> torch.Tensor:
         x = self.conv(x, style)  # a temporary: the noise is added in place
         if self.use_noise and noise_mode == "random":
-            # Drawn from the global generator in fp32 like upstream, so seeds reproduce it.
-            noise = torch.randn([x.shape[0], 1, x.shape[2], x.shape[3]], device=x.device)
+            # Drawn from the global generator in fp32 like upstream, so seeds reproduce it
+            # (per sample inside sample_rng.per_sample).
+            noise = sample_rng.randn([x.shape[0], 1, x.shape[2], x.shape[3]], x.device)
             x = x.add_((noise * self.noise_strength).to(x.dtype))
         elif self.use_noise and noise_mode == "const":
             if tuple(self.noise_const.shape) != tuple(x.shape[-2:]):

@@ -18,6 +18,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``serve`` command to ``mat-fast``'s sub-commands."""
     p = subparsers.add_parser("serve", help="a local web page to paint a mask and fill it")
+    p.set_defaults(run=cmd_serve)
     p.add_argument(
         "--checkpoint",
         default=os.environ.get("MAT_FAST_CHECKPOINT"),
@@ -79,7 +80,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def cmd_serve(args) -> int:
     """Run ``mat-fast serve``: load the model once, then serve until Ctrl+C."""
-    from ..cli import DTYPES, WEIGHTS_HELP, CliError
+    from ..cli_common import DTYPES, WEIGHTS_HELP, CliError
 
     if not all(_installed(name) for name in ("starlette", "uvicorn", "python_multipart")):
         print(f"mat-fast: error: {INSTALL_HINT}", file=sys.stderr)

@@ -26,7 +26,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..image_io import InputError, image_bytes, to_hole_mask, to_image_data, upright
+from ..image_io import (
+    InputError,
+    image_bytes,
+    output_metadata,
+    to_hole_mask,
+    to_image_data,
+    upright,
+)
 from .fill_queue import FillQueue, Job, QueueFull
 
 PACKAGE = Path(__file__).resolve().parent
@@ -180,11 +187,13 @@ def create_app(
         image, mask, hole = await run_in_threadpool(check)
 
         def work() -> bytes:  # on the worker: the model and the encoding
-            return image_bytes(inpainter(image, mask, seed=seed, mask_convention=convention))
+            result = inpainter(image, mask, seed=seed, mask_convention=convention)
+            return image_bytes(result, metadata=output_metadata(image))  # EXIF, ICC kept
 
         job = Job(work=work, seed=seed)
         if not hole.any():
-            queue.add_finished(job, await run_in_threadpool(image_bytes, image), EMPTY_MASK_NOTICE)
+            unchanged = await run_in_threadpool(image_bytes, image, "PNG", output_metadata(image))
+            queue.add_finished(job, unchanged, EMPTY_MASK_NOTICE)
         return job
 
     async def fill(request: Request) -> Response:
