@@ -20,6 +20,7 @@ from .errors import (
     InputError,
     MemoryBudgetError,
 )
+from .image16 import RGB16Image
 from .inpaint import Inpainter
 from .model import Discriminator, Generator
 from .version import __version__
@@ -31,6 +32,7 @@ __all__ = [
     "DeviceError",
     "MemoryBudgetError",
     "Inpainter",
+    "RGB16Image",
     "InputError",
     "load_generator",
     "save_generator",

@@ -278,7 +278,7 @@ def _pair_folders(input_dir: str, mask_dir: str) -> List[Tuple[str, str]]:
 
 
 def _load_pair(image_path: str, mask_path: str, max_pixels=None):
-    image = load_image(image_path, max_pixels)
+    image = load_image(image_path, max_pixels, full_depth=True)  # 16-bit RGB kept
     mask = load_image(mask_path, max_pixels)
     if image.size != mask.size:
         raise CliError(mask_size_error(image_path, image.size, mask_path, mask.size))

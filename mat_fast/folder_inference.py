@@ -101,7 +101,7 @@ class _Decoded(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         pair = self.pairs[index]
         try:
-            image = load_image(pair.image, self.max_pixels)
+            image = load_image(pair.image, self.max_pixels, full_depth=True)
             mask = load_image(pair.mask, self.max_pixels)
             if image.size != mask.size:
                 raise PairFailed(mask_size_error(pair.image, image.size, pair.mask, mask.size))

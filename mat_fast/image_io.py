@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import image16
 from .errors import InputError
+from .image16 import RGB16Image
 
 # ITU-R 601 luma, what PIL uses for RGB -> L: fills of grayscale images use it.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -36,6 +38,7 @@ class ImageData:
     pil_mode: Optional[str] = None
     squeeze: bool = False  # numpy/tensor input was (H, W)
     tensor_like: Optional[torch.Tensor] = None  # tensor input: dtype/device/layout (C, H, W)
+    info: Optional[dict] = None  # RGB16Image input: its metadata, given back with the result
 
     @property
     def size(self):
@@ -54,12 +57,18 @@ def _no_bomb_check():
         Image.MAX_IMAGE_PIXELS = previous
 
 
-def load_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> Image.Image:
+def load_image(
+    path: str | os.PathLike, max_pixels: Optional[int] = None, *, full_depth: bool = False
+):
     """Open an image file fully (so errors surface here) with a clear error, turned upright
     as viewers show it (EXIF orientation applied: phone photos are often stored sideways,
     and a mask is drawn on the picture people see). Files with more than ``max_pixels``
     pixels (default: Pillow's decompression-bomb limit, ``Image.MAX_IMAGE_PIXELS``) are
-    refused with an error instead of Pillow's warning."""
+    refused with an error instead of Pillow's warning.
+
+    Returns a PIL image; with ``full_depth``, a 16-bit RGB(A) PNG or TIFF (which Pillow
+    reads at 8 bits) comes back as a :class:`RGB16Image` instead, when OpenCV is installed
+    (else it is read at 8 bits with a warning: see :mod:`mat_fast.image16`)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"image file not found: {path}")
@@ -77,6 +86,10 @@ def load_image(path: str | os.PathLike, max_pixels: Optional[int] = None) -> Ima
                     f"{limit / 1e6:.1f} Mpx that guards against decompression bombs; if you "
                     f"trust the file, raise the limit (--max-pixels {w * h})"
                 )
+            if full_depth and image16.is_rgb16_file(path, im):
+                deep = image16.read(path, im)
+                if deep is not None:
+                    return deep
             return upright(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise InputError(
@@ -173,10 +186,13 @@ def _tensor_to_hwc(t: torch.Tensor, what: str) -> np.ndarray:
 
 
 def to_image_data(image: Any) -> ImageData:
-    """Accept PIL images, numpy arrays ((H, W[, C]) uint8/uint16/float in [0, 1]) and torch
-    tensors ((C, H, W) uint8 or float in [0, 1])."""
-    pil_mode, squeeze, tensor_like = None, False, None
-    if isinstance(image, Image.Image):
+    """Accept PIL images, 16-bit RGB(A) images (:class:`RGB16Image`), numpy arrays
+    ((H, W[, C]) uint8/uint16/float in [0, 1]) and torch tensors ((C, H, W) uint8 or float
+    in [0, 1])."""
+    pil_mode, squeeze, tensor_like, info = None, False, None, None
+    if isinstance(image, RGB16Image):
+        kind, arr, scale, info = "rgb16", image.pixels, 65535.0, image.info
+    elif isinstance(image, Image.Image):
         kind = "pil"
         arr, scale, pil_mode = _pil_to_array(image)
     elif isinstance(image, np.ndarray):
@@ -199,7 +215,7 @@ def to_image_data(image: Any) -> ImageData:
     if rgb.shape[2] == 1:
         rgb = np.repeat(rgb, 3, axis=2)
     return ImageData(
-        np.ascontiguousarray(rgb), arr, kind, scale, has_alpha, pil_mode, squeeze, tensor_like
+        np.ascontiguousarray(rgb), arr, kind, scale, has_alpha, pil_mode, squeeze, tensor_like, info
     )
 
 
@@ -222,7 +238,9 @@ def to_hole_mask(mask: Any, size, convention: str = "fill", threshold: float = 0
         raise InputError(
             f"mask threshold must be a fraction of the full range in (0, 1]; got {threshold!r}"
         )
-    if isinstance(mask, Image.Image):
+    if isinstance(mask, RGB16Image):
+        arr = mask.pixels
+    elif isinstance(mask, Image.Image):
         arr = _pil_to_array(mask)[0]
     elif isinstance(mask, np.ndarray):
         arr = mask
@@ -280,6 +298,8 @@ def compose(data: ImageData, filled_rgb: np.ndarray, hole: np.ndarray):
         fill = np.rint(fill)
     out[hole, :color_channels] = fill.astype(out.dtype)
 
+    if data.kind == "rgb16":
+        return RGB16Image(out, dict(data.info or {}))
     if data.kind == "pil":
         arr = out[:, :, 0] if channels == 1 else out
         if data.pil_mode == "I":  # read as uint16, PIL wants int32 back
@@ -319,8 +339,10 @@ def _storable(fmt: str, image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # JPEG has no alpha; other modes as RGB
 
 
-def eight_bit_rgb(image: Image.Image) -> Image.Image:
+def eight_bit_rgb(image) -> Image.Image:
     """An RGB picture of ``image`` for display (16-bit and float images scaled, not clipped)."""
+    if isinstance(image, RGB16Image):
+        image = image.to_8bit()
     return _storable("JPEG", image).convert("RGB")
 
 
@@ -341,13 +363,16 @@ def output_extension_error(path: str | os.PathLike) -> Optional[str]:
 
 
 #: What each format can keep besides 8-bit pixels (PIL format name -> features).
+_RGB16_FORMATS = ("PNG", "TIFF")  # 16-bit RGB(A), written with OpenCV
 _ALPHA_FORMATS = ("PNG", "WEBP", "TIFF", "GIF")
 _METADATA_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")
 
 
-def output_metadata(image: Image.Image) -> dict:
+def output_metadata(image) -> dict:
     """EXIF and ICC profile of a loaded image, to write with its result: the EXIF's
     orientation is reset to 'upright', since :func:`load_image` stored the pixels upright."""
+    if isinstance(image, RGB16Image):  # read with its orientation reset already
+        return {k: v for k, v in image.info.items() if k in ("exif", "icc_profile") and v}
     meta = {}
     exif = image.getexif()
     if len(exif):
@@ -359,18 +384,33 @@ def output_metadata(image: Image.Image) -> dict:
     return meta
 
 
-def storage_warnings(image: Image.Image, path: str | os.PathLike, metadata=()) -> list:
+def _written_at_16_bits(image, fmt: str) -> bool:
+    """Whether a :class:`RGB16Image` is written to ``fmt`` at full depth here."""
+    return fmt in _RGB16_FORMATS and image16.available()
+
+
+def storage_warnings(image, path: str | os.PathLike, metadata=()) -> list:
     """What writing ``image`` to ``path`` would lose, one sentence each."""
     path = os.fspath(path)
     fmt, lost = _output_format(path), []
     if fmt is None:
         return lost
     name = os.path.splitext(path)[1] or fmt
+    deep = isinstance(image, RGB16Image)
     if ("A" in image.mode or "transparency" in image.info) and fmt not in _ALPHA_FORMATS:
         lost.append(f"{name} has no alpha channel: the transparency is dropped (use .png)")
-    if (image.mode.startswith("I") or image.mode == "F") and fmt in _EIGHT_BIT_FORMATS:
+    if deep and fmt in _RGB16_FORMATS and not image16.available():
+        lost.append(
+            f"writing 16-bit RGB as {name} needs OpenCV: the result is reduced to 8 bits "
+            f"({image16.INSTALL_HINT})"
+        )
+    elif ((image.mode.startswith("I") or image.mode == "F") and fmt in _EIGHT_BIT_FORMATS) or (
+        deep and not _written_at_16_bits(image, fmt)
+    ):
         lost.append(f"{name} holds 8 bits per channel: the 16-bit result is reduced (use .png)")
-    if metadata and fmt not in _METADATA_FORMATS:
+    if metadata and deep and fmt == "TIFF" and _written_at_16_bits(image, fmt):
+        lost.append(f"{name} at 16 bits is written without EXIF or ICC data (use .png)")
+    elif metadata and fmt not in _METADATA_FORMATS:
         lost.append(f"{name} cannot hold EXIF or ICC data: the input's are dropped (use .png)")
     return lost
 
@@ -385,16 +425,19 @@ def _save_options(fmt: str, quality: Optional[int]) -> dict:
     return {}
 
 
-def _encode(image: Image.Image, target, fmt: str, metadata, quality: Optional[int]) -> None:
+def _encode(image, target, fmt: str, metadata, quality: Optional[int]) -> None:
+    if isinstance(image, RGB16Image):
+        if _written_at_16_bits(image, fmt):
+            image16.write(image, target, fmt, metadata)
+            return
+        image = image.to_8bit()  # storage_warnings says so
     options = _save_options(fmt, quality)
     if fmt in _METADATA_FORMATS:
         options.update({k: v for k, v in (metadata or {}).items() if v})
     _storable(fmt, image).save(target, format=fmt, **options)
 
 
-def image_bytes(
-    image: Image.Image, fmt: str = "PNG", metadata=None, quality: Optional[int] = None
-) -> bytes:
+def image_bytes(image, fmt: str = "PNG", metadata=None, quality: Optional[int] = None) -> bytes:
     """``image`` encoded in memory as ``fmt``, as :func:`write_images` would write it to a
     file (same conversions, quality rules and kept EXIF/ICC ``metadata``)."""
     buffer = io.BytesIO()

@@ -22,15 +22,17 @@ from PIL import Image
 from . import cpu_memory
 from .devices import resolve_device
 from .errors import InputError, MemoryBudgetError
+from .image16 import RGB16Image
 from .image_io import compose, to_hole_mask, to_image_data
 from .memory import PHOTO_BYTES_PER_PIXEL, available_bytes, forward_bytes, gib
 from .model import Generator
 from .model.sample_rng import derive_seed, per_sample
 from .planning import STRATEGIES, Job, Planner, hole_regions, paste
 
-#: An image or mask as the Inpainter takes and returns it: a PIL image, a numpy array
-#: (H, W[, C]) or a tensor (C, H, W) (masks: (H, W)).
-ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
+#: An image or mask as the Inpainter takes and returns it: a PIL image, a 16-bit RGB(A)
+#: image (RGB16Image, which PIL has no mode for), a numpy array (H, W[, C]) or a tensor
+#: (C, H, W) (masks: (H, W)).
+ImageLike = Union[Image.Image, RGB16Image, np.ndarray, torch.Tensor]
 
 log = logging.getLogger("mat_fast")
 
@@ -206,8 +208,10 @@ class Inpainter:
         """Inpaint one image (or a list of images with a list of masks).
 
         Args:
-            image: PIL image, numpy array (H, W[, C]) uint8/uint16/float in [0, 1], or tensor
-                (C, H, W); RGB, RGBA (alpha kept), grayscale and 16-bit all work.
+            image: PIL image, :class:`mat_fast.RGB16Image` (16-bit RGB(A), as
+                ``image_io.load_image(path, full_depth=True)`` reads such files), numpy
+                array (H, W[, C]) uint8/uint16/float in [0, 1], or tensor (C, H, W); RGB,
+                RGBA (alpha kept), grayscale and 16-bit all work.
             mask: same size as the image. ``mask_convention='fill'``: white = region to fill
                 (inpainting apps); ``'keep'``: black = hole (upstream MAT's files). A pixel
                 is white when its value is at least ``mask_threshold`` of the full range
