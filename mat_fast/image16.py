@@ -19,6 +19,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import InputError
+
 log = logging.getLogger("mat_fast")
 
 INSTALL_HINT = "pip install 'mat_fast[hidepth]'"
@@ -48,9 +50,9 @@ class RGB16Image:
     def __post_init__(self):
         p = self.pixels
         if not (isinstance(p, np.ndarray) and p.dtype == np.uint16 and p.ndim == 3):
-            raise ValueError("RGB16Image pixels must be a uint16 array (H, W, 3 or 4)")
+            raise InputError("RGB16Image pixels must be a uint16 array (H, W, 3 or 4)")
         if p.shape[2] not in (3, 4):
-            raise ValueError(f"RGB16Image pixels must have 3 or 4 channels; got {p.shape[2]}")
+            raise InputError(f"RGB16Image pixels must have 3 or 4 channels; got {p.shape[2]}")
 
     @property
     def size(self):

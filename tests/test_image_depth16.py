@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from mat_fast import RGB16Image, image16
+from mat_fast import InputError, RGB16Image, image16
 from mat_fast.cli import main
 from mat_fast.image_io import load_image, output_metadata, storage_warnings, write_images
 from mat_fast.inpaint import Inpainter
@@ -164,6 +164,14 @@ def test_without_opencv_16_bit_rgb_is_read_at_8_bits_with_a_warning(tmp_path, mo
     assert any("needs OpenCV" in w and "hidepth" in w for w in warnings)
     write_images([(RGB16Image(source), tmp_path / "x.png", {})])
     assert _png_depth(tmp_path / "x.png") == (8, 2)
+
+
+def test_rgb16_image_takes_uint16_rgb_or_rgba_only():
+    with pytest.raises(InputError, match="uint16"):
+        RGB16Image(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(InputError, match="3 or 4 channels"):
+        RGB16Image(np.zeros((4, 4, 2), np.uint16))
+    assert RGB16Image(np.zeros((4, 5, 4), np.uint16)).mode == "RGBA;16"
 
 
 def test_storage_warnings_for_rgb16(tmp_path):
