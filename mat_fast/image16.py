@@ -24,6 +24,7 @@ from .errors import InputError
 log = logging.getLogger("mat_fast")
 
 INSTALL_HINT = "pip install 'mat_fast[hidepth]'"
+_missing_said = False  # whether the missing-OpenCV warning was given in this process
 
 #: What Pillow's ImageOps.exif_transpose does for each EXIF orientation value.
 _UPRIGHT = {
@@ -126,12 +127,15 @@ def read(path: str, im: Image.Image) -> Optional[RGB16Image]:
     sample's high byte: that also guards channel order and size."""
     cv2 = _opencv()
     if cv2 is None:
-        log.warning(
-            "mat_fast: %s has 16 bits per channel but is read at 8 bits (reading it at full "
-            "depth needs OpenCV: %s)",
-            path,
-            INSTALL_HINT,
-        )
+        global _missing_said
+        if not _missing_said:  # once per process: a folder of such files gives one line
+            _missing_said = True
+            log.warning(
+                "mat_fast: %s has 16 bits per channel but is read at 8 bits, as are other "
+                "such files (reading them at full depth needs OpenCV: %s)",
+                path,
+                INSTALL_HINT,
+            )
         return None
     method = _UPRIGHT.get(im.getexif().get(0x0112))  # before loading (TIFF forgets it then)
     decoded = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)

@@ -150,6 +150,7 @@ def test_without_opencv_16_bit_rgb_is_read_at_8_bits_with_a_warning(tmp_path, mo
     _write16(tmp_path / "photo.png", source)
     hole = _mask(tmp_path / "mask.png")
     monkeypatch.setattr(image16, "_opencv", lambda: None)
+    monkeypatch.setattr(image16, "_missing_said", False)
     with caplog.at_level(logging.WARNING, logger="mat_fast"):
         assert main(["inpaint", str(tmp_path / "photo.png"), str(tmp_path / "mask.png")]
                     + ["-o", str(tmp_path / "out.png"), *TINY]) == 0  # fmt: skip
@@ -159,6 +160,9 @@ def test_without_opencv_16_bit_rgb_is_read_at_8_bits_with_a_warning(tmp_path, mo
     assert _png_depth(tmp_path / "out.png") == (8, 2)
     written = np.asarray(Image.open(tmp_path / "out.png"))
     assert np.array_equal(written[~hole], (source >> 8).astype(np.uint8)[~hole])
+    with caplog.at_level(logging.WARNING, logger="mat_fast"):  # said once, not per file
+        load_image(tmp_path / "photo.png", full_depth=True)
+    assert sum("16 bits" in r.getMessage() for r in caplog.records) == 1
     # an RGB16Image handed to the writer without OpenCV: reduced, and said so
     warnings = storage_warnings(RGB16Image(source), tmp_path / "x.png")
     assert any("needs OpenCV" in w and "hidepth" in w for w in warnings)
