@@ -1,14 +1,16 @@
 """16-bit-per-channel RGB and RGBA pictures, which Pillow has no mode for.
 
 Pillow opens a 16-bit RGB(A) PNG or TIFF as 8-bit RGB(A), keeping the high byte of each
-sample. To keep such files at full depth they are decoded and encoded with OpenCV
-(``pip install 'mat_fast[hidepth]'``, the optional ``opencv-python-headless``), used for
-these files only; everything else still goes through Pillow. Without OpenCV they are
-reduced to 8 bits as before, with a one-line warning that says so.
+sample. To keep such files at full depth they are decoded (and written as PNG) with OpenCV
+and written as TIFF with tifffile (``pip install 'mat_fast[hidepth]'``: the optional
+``opencv-python-headless`` and ``tifffile``), used for these files only; everything else
+still goes through Pillow. Without OpenCV they are reduced to 8 bits as before, with a
+one-line warning that says so.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import struct
@@ -77,6 +79,24 @@ def _opencv():
     except ImportError:
         return None
     return cv2
+
+
+def _tifffile():
+    """The tifffile module, or None when it is not installed."""
+    try:
+        import tifffile
+    except ImportError:
+        return None
+    return tifffile
+
+
+def tiff_drops(metadata) -> list:
+    """What of ``metadata`` a 16-bit TIFF written here leaves out: its EXIF (no EXIF IFD is
+    written), and its ICC profile too where tifffile is missing (OpenCV writes the TIFF)."""
+    dropped = ["EXIF"] if (metadata or {}).get("exif") else []
+    if (metadata or {}).get("icc_profile") and _tifffile() is None:
+        dropped.append("ICC")
+    return dropped
 
 
 def available() -> bool:
@@ -168,9 +188,26 @@ def _with_png_metadata(png: bytes, metadata: dict) -> bytes:
     return png[:ihdr_end] + chunks + png[ihdr_end:]
 
 
+def _tiff_bytes(tifffile, image: RGB16Image, metadata: dict) -> bytes:
+    """A deflate-compressed 16-bit TIFF with its alpha marked as such and the ICC profile."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        image.pixels,
+        photometric="rgb",
+        extrasamples=["unassalpha"] if image.pixels.shape[2] == 4 else None,
+        compression="zlib",
+        iccprofile=metadata.get("icc_profile") or None,
+    )
+    return buffer.getvalue()
+
+
 def encode(image: RGB16Image, fmt: str, metadata: Optional[dict] = None) -> bytes:
-    """``image`` as a 16-bit PNG (with ``metadata``'s EXIF and ICC) or TIFF (without them:
-    OpenCV writes no such tags). Needs OpenCV: see :func:`available`."""
+    """``image`` as a 16-bit PNG (with ``metadata``'s EXIF and ICC) or TIFF (what it keeps:
+    :func:`tiff_drops`). Needs OpenCV: see :func:`available`."""
+    tifffile = _tifffile() if fmt == "TIFF" else None
+    if tifffile is not None:
+        return _tiff_bytes(tifffile, image, metadata or {})
     cv2 = _opencv()
     if cv2 is None:
         raise RuntimeError(f"writing 16-bit RGB needs OpenCV ({INSTALL_HINT})")

@@ -409,7 +409,11 @@ def storage_warnings(image, path: str | os.PathLike, metadata=()) -> list:
     ):
         lost.append(f"{name} holds 8 bits per channel: the 16-bit result is reduced (use .png)")
     if metadata and deep and fmt == "TIFF" and _written_at_16_bits(image, fmt):
-        lost.append(f"{name} at 16 bits is written without EXIF or ICC data (use .png)")
+        dropped = image16.tiff_drops(metadata)
+        if dropped:
+            lost.append(
+                f"{name} at 16 bits is written without {' or '.join(dropped)} data (use .png)"
+            )
     elif metadata and fmt not in _METADATA_FORMATS:
         lost.append(f"{name} cannot hold EXIF or ICC data: the input's are dropped (use .png)")
     return lost

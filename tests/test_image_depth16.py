@@ -185,8 +185,24 @@ def test_storage_warnings_for_rgb16(tmp_path):
     assert any("8 bits" in w for w in storage_warnings(rgb, tmp_path / "a.webp"))
     assert any("alpha" in w for w in storage_warnings(rgba, tmp_path / "a.jpg"))
     assert any("EXIF" in w for w in storage_warnings(rgb, tmp_path / "a.tif", {"exif": b"x"}))
-    write_images([(rgba, tmp_path / "a.tif", {})])
+
+
+def test_16_bit_tiff_output_marks_alpha_and_keeps_the_icc_profile(tmp_path, monkeypatch):
+    pytest.importorskip("tifffile")
+    rgba = RGB16Image(_pixels(4, seed=9))
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    assert storage_warnings(rgba, tmp_path / "a.tif", {"icc_profile": icc}) == []
+    write_images([(rgba, tmp_path / "a.tif", {"icc_profile": icc})])
     assert np.array_equal(_read16(tmp_path / "a.tif"), rgba.pixels)
+    written = Image.open(tmp_path / "a.tif")
+    assert written.tag_v2[258] == (16, 16, 16, 16) and written.tag_v2[338] == (2,)  # alpha
+    assert written.info["icc_profile"] == icc
+    # without tifffile OpenCV writes it: still 16 bits, the ICC profile dropped and said so
+    monkeypatch.setattr(image16, "_tifffile", lambda: None)
+    warnings = storage_warnings(rgba, tmp_path / "b.tif", {"icc_profile": icc})
+    assert warnings == [".tif at 16 bits is written without ICC data (use .png)"]
+    write_images([(rgba, tmp_path / "b.tif", {"icc_profile": icc})])
+    assert np.array_equal(_read16(tmp_path / "b.tif"), rgba.pixels)
 
 
 def test_8_bit_and_16_bit_grey_files_keep_their_pil_path(tmp_path, generator_128):
