@@ -138,13 +138,20 @@ def _turned(pixels: np.ndarray, method) -> np.ndarray:
     return np.stack([np.asarray(c.transpose(method)) for c in channels], axis=2)
 
 
+def _same_picture(pixels: np.ndarray, eight_bit: np.ndarray) -> bool:
+    """Whether 16-bit ``pixels`` reduce to ``eight_bit`` within one level: Pillow keeps the
+    high byte, libtiff (compressed TIFF) rounds; a turned or reordered picture is far off."""
+    difference = (pixels >> 8).astype(np.int16) - eight_bit.astype(np.int16)
+    return bool(np.abs(difference).max(initial=0) <= 1)
+
+
 def read(path: str, im: Image.Image) -> Optional[RGB16Image]:
     """The 16-bit RGB(A) file ``path`` (opened as ``im``) at full depth and upright (EXIF
     orientation applied), or None with a one-line warning (then Pillow's 8-bit view is used).
 
     OpenCV turns some files by their orientation itself (TIFF) and not others (PNG), so the
-    decoded samples are checked against Pillow's upright 8-bit view, which keeps each
-    sample's high byte: that also guards channel order and size."""
+    decoded samples are checked against Pillow's upright 8-bit view (:func:`_same_picture`):
+    that also guards channel order and size."""
     cv2 = _opencv()
     if cv2 is None:
         global _missing_said
@@ -163,10 +170,9 @@ def read(path: str, im: Image.Image) -> Optional[RGB16Image]:
     if decoded is not None and decoded.dtype == np.uint16 and decoded.ndim == 3:
         order = [2, 1, 0, 3] if decoded.shape[2] == 4 else [2, 1, 0]  # OpenCV's BGR(A)
         pixels = decoded[:, :, order]
-        for candidate in ([_turned(pixels, method)] if method else []) + [pixels]:
-            if candidate.shape == high_bytes.shape and np.array_equal(
-                (candidate >> 8).astype(np.uint8), high_bytes
-            ):
+        turned = [] if method is None else [_turned(pixels, method)]  # FLIP_LEFT_RIGHT is 0
+        for candidate in turned + [pixels]:
+            if candidate.shape == high_bytes.shape and _same_picture(candidate, high_bytes):
                 return RGB16Image(np.ascontiguousarray(candidate), _metadata(im))
     log.warning("mat_fast: OpenCV cannot read %s at 16 bits; it is read at 8 bits", path)
     return None

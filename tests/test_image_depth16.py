@@ -113,25 +113,42 @@ def test_inpainter_takes_and_returns_rgb16_with_its_metadata(tmp_path, generator
     assert np.array_equal(as_array, result.pixels)
 
 
-@pytest.mark.parametrize("suffix", [".png", ".tif"])
-def test_exif_orientation_is_applied_as_pillow_does(tmp_path, suffix):
+#: Each EXIF orientation as numpy turns the stored pixels upright (independent of Pillow).
+UPRIGHT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+@pytest.mark.parametrize(
+    "suffix, orientation", [(".png", o) for o in UPRIGHT] + [(".tif", 2), (".tif", 6)]
+)
+def test_exif_orientation_is_applied_as_pillow_does(tmp_path, suffix, orientation):
     source = _pixels(seed=4)
     exif = Image.Exif()
-    exif[0x0112] = 6  # stored sideways
+    exif[0x0112] = orientation
     path = tmp_path / f"in{suffix}"
     if suffix == ".png":
         path.write_bytes(image16.encode(RGB16Image(source), "PNG", {"exif": exif.tobytes()}))
-    else:  # OpenCV writes no orientation tag; tifffile (scikit-image's reader) does
+    else:  # OpenCV writes no orientation tag (and turns TIFFs itself on reading); tifffile does
         tifffile = pytest.importorskip("tifffile")
-        tifffile.imwrite(path, source, photometric="rgb", extratags=[(274, "H", 1, 6, True)])
+        tags = [(274, "H", 1, orientation, True)]
+        tifffile.imwrite(path, source, photometric="rgb", extratags=tags)
     deep = load_image(path, full_depth=True)
+    assert isinstance(deep, RGB16Image)
+    assert np.array_equal(deep.pixels, UPRIGHT[orientation](source))
     upright_8bit = np.asarray(load_image(path))  # Pillow keeps each sample's high byte
-    assert isinstance(deep, RGB16Image) and deep.size == (H, W)
     assert np.array_equal(deep.pixels >> 8, upright_8bit)
-    assert np.array_equal(deep.pixels, np.rot90(source, -1))  # 6: turn 90 degrees clockwise
-    reread = Image.Exif()
-    reread.load(output_metadata(deep)["exif"])
-    assert reread.get(0x0112, 1) == 1  # viewers must not turn the upright pixels again
+    if orientation != 1:
+        reread = Image.Exif()
+        reread.load(output_metadata(deep)["exif"])
+        assert reread.get(0x0112, 1) == 1  # viewers must not turn the upright pixels again
 
 
 def test_jpeg_output_warns_and_is_8_bit(tmp_path, caplog):
