@@ -140,7 +140,8 @@ def _turned(pixels: np.ndarray, method) -> np.ndarray:
 
 def _same_picture(pixels: np.ndarray, eight_bit: np.ndarray) -> bool:
     """Whether 16-bit ``pixels`` reduce to ``eight_bit`` within one level: Pillow keeps the
-    high byte, libtiff (compressed TIFF) rounds; a turned or reordered picture is far off."""
+    high byte (seen for PNG and plain, LZW and deflate TIFF); the level of slack covers a
+    reduction that rounds instead. A turned or reordered picture is far off."""
     difference = (pixels >> 8).astype(np.int16) - eight_bit.astype(np.int16)
     return bool(np.abs(difference).max(initial=0) <= 1)
 
