@@ -12,7 +12,13 @@ from PIL import Image, ImageCms
 
 from mat_fast import InputError, RGB16Image, image16
 from mat_fast.cli import main
-from mat_fast.image_io import load_image, output_metadata, storage_warnings, write_images
+from mat_fast.image_io import (
+    load_image,
+    output_metadata,
+    storage_warnings,
+    to_hole_mask,
+    write_images,
+)
 from mat_fast.inpaint import Inpainter
 
 cv2 = pytest.importorskip("cv2")
@@ -193,6 +199,12 @@ def test_rgb16_image_takes_uint16_rgb_or_rgba_only():
     with pytest.raises(InputError, match="3 or 4 channels"):
         RGB16Image(np.zeros((4, 4, 2), np.uint16))
     assert RGB16Image(np.zeros((4, 5, 4), np.uint16)).mode == "RGBA;16"
+    # as a mask: white from half of 65535, as for any 16-bit mask
+    mask = np.zeros((4, 5, 3), np.uint16)
+    mask[1, 2] = 32768
+    mask[2, 3] = 32767
+    hole = to_hole_mask(RGB16Image(mask), (4, 5))
+    assert hole.sum() == 1 and hole[1, 2]
 
 
 def test_storage_warnings_for_rgb16(tmp_path):
