@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 PY="$(bash scripts/setup_env.sh --print-python)"
-exec "$PY" -m pytest -n auto --dist worksteal "$@"
+exec "$PY" -m pytest -n auto --dist worksteal --durations=30 "$@"
