@@ -130,6 +130,13 @@ def test_phase_matches_upstream(phase):
     assert not problems, f"{phase}: differs from upstream's loss:\n" + "\n".join(problems[:20])
 
 
+def _stat_rtol(name: str) -> float:
+    """R1's values (``Loss/r1_penalty*``, ``Loss/D/reg*``) are squared norms of an input
+    gradient, so they get the gradients' tolerance: their rounding follows the backward's,
+    which changes with torch's thread count (2.5e-4 measured on one thread vs two)."""
+    return MODULE_RTOL if "r1_penalty" in name or "/reg" in name else STAT_RTOL
+
+
 def phase_problems(rec: dict, stats: dict, grads: dict, w_avg: torch.Tensor) -> list:
     """What differs between a phase's recorded results and ours: reported values, which
     parameters got a gradient, the gradients (``grads[name] = (sample, (sum, sum|.|),
@@ -139,7 +146,7 @@ def phase_problems(rec: dict, stats: dict, grads: dict, w_avg: torch.Tensor) -> 
     problems = [
         f"{name}: ours {stats[name].flatten()[:4].tolist()} vs upstream {ref.flatten()[:4].tolist()}"
         for name, ref in rec["stats"].items()
-        if not _close(stats[name].reshape(ref.shape), ref, STAT_RTOL, floor=1e-6)
+        if not _close(stats[name].reshape(ref.shape), ref, _stat_rtol(name), floor=1e-6)
     ]
     none_ours = sorted(n for n, g in grads.items() if g is None)
     none_ref = sorted(n for n, g in rec["grads"].items() if g is None)

@@ -6,6 +6,7 @@ sample's draws then depend on its place in the batch. Inside ``per_sample(genera
 each sample of the batch draws from its own ``torch.Generator`` instead, so its draws
 depend only on that generator's seed: the same whatever the batch, its order or the
 process it runs in (what folder-mode inference needs for reproducible per-image results).
+A forward compiled with ``torch.compile`` always draws upstream's way.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ def per_sample(generators: Sequence[torch.Generator]) -> Iterator[None]:
 
 
 def _generators(batch: int) -> Optional[List[torch.Generator]]:
+    if torch.compiler.is_compiling():
+        # Dynamo cannot trace a ContextVar, and a traced graph would not see which generators
+        # a later call sets: a compiled forward draws upstream's way (torch's global RNG).
+        return None
     generators = _GENERATORS.get()
     if generators is not None and len(generators) != batch:
         raise ValueError(f"{len(generators)} per-sample generators for a batch of {batch}")

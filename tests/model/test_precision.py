@@ -193,8 +193,10 @@ def _cases(resolution):
     On CPU the slow half-precision forwards are kept to what adds coverage, so that CI stays
     within its time: the 'cpu' backend in bf16 (the CPU half precision users should pick) in
     the quick run at 256 with and without noise; at 512 and in fp16 (~1.5 min per forward
-    even channels_last) and the 'reference' twin in bf16 (minutes in its grouped convs) one
-    case each with the slow tests. Every device x backend x dtype runs on a GPU."""
+    even channels_last) one case each with the slow tests. The 'reference' twin in half
+    precision does not run whole on CPU (torch's generic half convolutions: > 15 min per
+    forward); its half-precision hazards are checked op by op below. Every device x backend
+    x dtype runs on a GPU."""
     for param in _device_backends():
         device, name = param.values
         for dtype_name in HALF_DTYPES:
@@ -202,7 +204,9 @@ def _cases(resolution):
                 marks = list(param.marks)
                 if device == "cpu":
                     quick = name == "cpu" and dtype_name == "bf16" and resolution == 256
-                    kept = quick or (use_noise and (name, dtype_name) != ("reference", "fp16"))
+                    # the reference twin in half precision takes torch's generic CPU
+                    # convolutions: > 15 min for one bf16 forward at 256 on one core
+                    kept = quick or (use_noise and name == "cpu")
                     if resolution == 512 and (name, dtype_name) != ("cpu", "bf16"):
                         kept = False
                     if not kept:
