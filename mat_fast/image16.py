@@ -119,8 +119,9 @@ def is_rgb16_file(path: str, im: Image.Image) -> bool:
     return False
 
 
-def _metadata(im: Image.Image) -> dict:
-    """EXIF (orientation reset, as the pixels are stored upright) and ICC of an opened file."""
+def upright_metadata(im: Image.Image) -> dict:
+    """EXIF (orientation reset, as the pixels are stored upright) and ICC of an opened file
+    (every loader's rule: image_io.output_metadata uses it for PIL images too)."""
     info = {}
     exif = im.getexif()
     if len(exif):
@@ -174,7 +175,7 @@ def read(path: str, im: Image.Image) -> Optional[RGB16Image]:
         turned = [] if method is None else [_turned(pixels, method)]  # FLIP_LEFT_RIGHT is 0
         for candidate in turned + [pixels]:
             if candidate.shape == high_bytes.shape and _same_picture(candidate, high_bytes):
-                return RGB16Image(np.ascontiguousarray(candidate), _metadata(im))
+                return RGB16Image(np.ascontiguousarray(candidate), upright_metadata(im))
     log.warning("mat_fast: OpenCV cannot read %s at 16 bits; it is read at 8 bits", path)
     return None
 

@@ -373,15 +373,7 @@ def output_metadata(image) -> dict:
     orientation is reset to 'upright', since :func:`load_image` stored the pixels upright."""
     if isinstance(image, RGB16Image):  # read with its orientation reset already
         return {k: v for k, v in image.info.items() if k in ("exif", "icc_profile") and v}
-    meta = {}
-    exif = image.getexif()
-    if len(exif):
-        if 0x0112 in exif:
-            exif[0x0112] = 1
-        meta["exif"] = exif.tobytes()
-    if image.info.get("icc_profile"):
-        meta["icc_profile"] = image.info["icc_profile"]
-    return meta
+    return image16.upright_metadata(image)
 
 
 def _written_at_16_bits(image, fmt: str) -> bool:
