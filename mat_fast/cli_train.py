@@ -48,7 +48,7 @@ def add_subcommands(sub) -> None:
     )
     t.add_argument("--device", default="auto", help="auto, cpu, cuda (torchrun: cuda:LOCAL_RANK)")
     t.add_argument(
-        "--backend", default=None, help="op backend (R1 falls back to 'reference' where needed)"
+        "--backend", default=None, help="op backend (default: $MAT_FAST_BACKEND or auto)"
     )
     t.add_argument(
         "--resume", help="continue a run exactly: its output folder or a snapshot-* folder"
