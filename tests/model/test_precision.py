@@ -187,32 +187,33 @@ FP16_CPU_REFERENCE = (
 )
 
 
-def _cases(resolution):
-    """(device, backend, dtype, use_noise) params for the whole-network checks.
+# The whole-network half-precision cases run on CPU: (resolution, backend, dtype, use_noise)
+# -> marks. Kept to what adds coverage, so that CI stays within its time: the 'cpu' backend
+# in bf16 (the CPU half precision users should pick) in the quick run at 256 with and
+# without noise; fp16 (~1.5 min per forward even channels_last) and 512 once each with the
+# slow tests. The 'reference' twin in half precision does not run whole on CPU (torch's
+# generic half convolutions: > 15 min per forward on one core); its half-precision hazards
+# are checked op by op below. Every device x backend x dtype runs on a GPU.
+CPU_CASES = {
+    (256, "cpu", "bf16", True): [],
+    (256, "cpu", "bf16", False): [],
+    (256, "cpu", "fp16", True): [pytest.mark.slow],
+    (512, "cpu", "bf16", True): [pytest.mark.slow],
+}
 
-    On CPU the slow half-precision forwards are kept to what adds coverage, so that CI stays
-    within its time: the 'cpu' backend in bf16 (the CPU half precision users should pick) in
-    the quick run at 256 with and without noise; at 512 and in fp16 (~1.5 min per forward
-    even channels_last) one case each with the slow tests. The 'reference' twin in half
-    precision does not run whole on CPU (torch's generic half convolutions: > 15 min per
-    forward); its half-precision hazards are checked op by op below. Every device x backend
-    x dtype runs on a GPU."""
+
+def _cases(resolution):
+    """(device, backend, dtype, use_noise) params for the whole-network checks."""
     for param in _device_backends():
         device, name = param.values
         for dtype_name in HALF_DTYPES:
             for use_noise in (True, False) if resolution == 256 else (True,):
                 marks = list(param.marks)
                 if device == "cpu":
-                    quick = name == "cpu" and dtype_name == "bf16" and resolution == 256
-                    # the reference twin in half precision takes torch's generic CPU
-                    # convolutions: > 15 min for one bf16 forward at 256 on one core
-                    kept = quick or (use_noise and name == "cpu")
-                    if resolution == 512 and (name, dtype_name) != ("cpu", "bf16"):
-                        kept = False
-                    if not kept:
+                    key = (resolution, name, dtype_name, use_noise)
+                    if key not in CPU_CASES:
                         continue
-                    if not quick:
-                        marks.append(pytest.mark.slow)
+                    marks += CPU_CASES[key]
                 noise = "noise" if use_noise else "no-noise"
                 yield pytest.param(
                     device,
