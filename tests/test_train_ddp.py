@@ -11,6 +11,7 @@ w_avg (a buffer each rank updates from its own samples, as upstream) is left out
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -61,6 +62,24 @@ def test_two_gloo_processes_equal_one(tmp_path, monkeypatch):
         for key, value in a[net].items():
             if not key.endswith("w_avg"):
                 assert torch.allclose(value, b[net][key], rtol=1e-5, atol=1e-6), f"{net}.{key}"
+    # the reported losses are every rank's samples (upstream averages over ranks), so
+    # they match the 1-process run's: same samples, same count, same mean
+    stats = [
+        [json.loads(line) for line in (Path(run) / "stats.jsonl").read_text().splitlines()]
+        for run in (tmp_path / "one", tmp_path / "two")
+    ]
+    assert len(stats[0]) == len(stats[1])
+    seen = set()
+    for tick_one, tick_two in zip(*stats):
+        losses = [name for name in tick_one if name.startswith("Loss/")]
+        assert sorted(losses) == sorted(n for n in tick_two if n.startswith("Loss/"))
+        seen.update(losses)
+        for name in losses:
+            one_s, two_s = tick_one[name], tick_two[name]
+            assert one_s["num"] == two_s["num"], name
+            for key in ("mean", "std"):
+                assert one_s[key] == pytest.approx(two_s[key], rel=1e-4, abs=1e-6), (name, key)
+    assert {"Loss/G/loss", "Loss/D/loss", "Loss/D/reg"} <= seen, sorted(seen)
     # and the runs trained: the 2-process weights are not the initial ones
     torch.manual_seed(ARGS["seed"])
     from mat_fast.training.tiny import TinyGenerator

@@ -283,11 +283,10 @@ class Trainer:
                 continue
             snap = done or self.tick % o.snap == 0
             state = self.state() if snap else None  # (every rank: the RNGs are gathered)
-            if self.rank == 0:
-                self.monitor.tick(snapshot=snap)
-                if snap:
-                    nets = dict(G=self.G, G_ema=self.G_ema, D=self.D)
-                    last = write_snapshot(o.outdir, self.nimg, nets, state, o.to_json())
+            self.monitor.tick(snapshot=snap)  # every rank: their stats are gathered
+            if self.rank == 0 and snap:
+                nets = dict(G=self.G, G_ema=self.G_ema, D=self.D)
+                last = write_snapshot(o.outdir, self.nimg, nets, state, o.to_json())
             self.tick += 1
             self.tick_start_nimg = self.nimg
         self.monitor.close()

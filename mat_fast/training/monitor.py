@@ -1,6 +1,8 @@
 """What a training run shows and writes (rank 0): a tqdm bar with kimg, sec/kimg, img/s
 and the main losses; at every tick one JSON line in ``stats.jsonl`` with every value the
-loss reports plus progress, timing and memory (upstream's names, each ``{num, mean, std}``),
+loss reports plus progress, timing and memory (upstream's names, each ``{num, mean, std}``
+over the values of every rank, as upstream's training_stats: each rank collects its own and
+rank 0 merges their counts, sums and sums of squares),
 the same as TensorBoard scalars when the ``tensorboard`` package is installed; and PNG
 grids of G_ema's output on fixed validation images (``reals.png``, ``masks.png``,
 ``fakes_init.png``, then ``fakes-NNNNNNNNN.png`` (images so far) with every snapshot)."""
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..distributed import gather
 from .data import ImageMaskDataset
 
 log = logging.getLogger("mat_fast")
@@ -47,7 +50,33 @@ def _rss_gb() -> float:
         return float("nan")
 
 
+def _moments(values) -> dict:
+    """name -> (count, sum, sum of squares) in float64: what ranks exchange at a tick."""
+    moments = {}
+    for name, chunks in values.items():
+        v = torch.cat(chunks).double()
+        moments[name] = (v.numel(), float(v.sum()), float(v.square().sum()))
+    return moments
+
+
+def merge_moments(per_rank) -> dict:
+    """Every rank's moments -> ``{name: {num, mean, std}}`` over all their values."""
+    totals = defaultdict(lambda: [0, 0.0, 0.0])
+    for moments in per_rank:
+        for name, (num, total, squares) in moments.items():
+            t = totals[name]
+            t[0], t[1], t[2] = t[0] + num, t[1] + total, t[2] + squares
+    stats = {}
+    for name, (num, total, squares) in sorted(totals.items()):
+        mean = total / num
+        stats[name] = dict(num=num, mean=mean, std=max(squares / num - mean * mean, 0.0) ** 0.5)
+    return stats
+
+
 class Monitor:
+    """Every rank collects what the loss reports (``report``, ``phase_time``) and calls
+    ``tick``; only the writing rank (``enabled``: rank 0) shows the bar and writes files."""
+
     def __init__(self, trainer, enabled: bool):
         self.t, self.enabled = trainer, enabled
         self.values = defaultdict(list)
@@ -57,14 +86,12 @@ class Monitor:
     # -- collection (every rank collects; only rank 0 writes) -----------------------------
 
     def report(self, name: str, value: torch.Tensor) -> None:
-        if self.enabled:
-            self.values[name].append(value.detach().float().flatten())
+        self.values[name].append(value.detach().float().flatten())
 
     def phase_time(self, name: str, t0: float) -> None:
-        if self.enabled:
-            if self.t.device.type == "cuda":
-                torch.cuda.synchronize(self.t.device)
-            self.values[f"Timing/{name}"].append(torch.tensor([(time.perf_counter() - t0) * 1e3]))
+        if self.t.device.type == "cuda":
+            torch.cuda.synchronize(self.t.device)
+        self.values[f"Timing/{name}"].append(torch.tensor([(time.perf_counter() - t0) * 1e3]))
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -105,8 +132,14 @@ class Monitor:
         self.bar.update(batch)
 
     def tick(self, snapshot: bool) -> None:
+        """Every rank calls it (their values are gathered); the writing rank writes."""
+        t = self.t
+        per_rank = gather(_moments(self.values), t.rank, t.world_size)
+        self.values.clear()
+        if not self.enabled:
+            return
         self.step()
-        t, now = self.t, time.time()
+        now = time.time()
         nimg = max(t.nimg - self.tick_nimg, 1)
         scalars = {
             "Progress/tick": t.tick,
@@ -122,15 +155,9 @@ class Monitor:
         if t.device.type == "cuda":
             scalars["Resources/peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(t.device) / 2**30
             torch.cuda.reset_peak_memory_stats(t.device)
-        stats = {}
-        for name, chunks in sorted(self.values.items()):
-            v = torch.cat(chunks).double()
-            stats[name] = dict(
-                num=v.numel(), mean=float(v.mean()), std=float(v.std(unbiased=False))
-            )
+        stats = merge_moments(per_rank)
         for name, value in scalars.items():
             stats[name] = dict(num=1, mean=float(value), std=0.0)
-        self.values.clear()
         self.jsonl.write(json.dumps(dict(stats, timestamp=now)) + "\n")
         self.jsonl.flush()
         if self.tb is not None:
