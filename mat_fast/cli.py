@@ -96,9 +96,20 @@ def cmd_info(args) -> int:
         for name, reason in available_backends(device).items():
             print(f"    {name:<10} {'ok' if reason is None else reason}")
     from .ops import native_build
+    from .ops.resample.cpu import half_convolutions_in_fp32
 
     # The native kernels: a layer under the 'cpu' backend, all of the 'cuda' one.
     print(f"native   {native_build.describe()}")
+    halves = [
+        name
+        for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16))
+        if half_convolutions_in_fp32(dtype)
+    ]
+    if halves:  # users choosing a half dtype on this CPU should know where its time goes
+        print(
+            f"cpu half {'/'.join(halves)} convolutions computed in fp32 (this CPU has no "
+            "oneDNN kernels for them; memory stays half)"
+        )
     return 0
 
 

@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .errors import InputError
+from .ops.resample.cpu import half_convolutions_in_fp32
 
 GIB = 1 << 30
 
@@ -35,9 +36,14 @@ GIB = 1 << 30
 # row. Key: (dtype, freed memory kept by mat_fast.cpu_memory) -> [(canvas h, w, GiB, where)].
 #   "box": `python benchmarks/memory.py --dtypes float32 --malloc keep,default` (and
 #     bfloat16 at 512), this project's 2-core AMD EPYC CPU box without AVX512-BF16
-#     (bf16 runs through fp32 conversions there: slower and larger), torch 2.13 CPU,
-#     commit 88f8f9f; benchmarks/results/memory_cpu.json. 2048x2048 was not run: the box
-#     is shared and had under 14 GiB free.
+#     (bf16 ran through torch's generic half kernels there: slower and larger), torch 2.13
+#     CPU, commit 88f8f9f; benchmarks/results/memory_cpu.json. 2048x2048 was not run: the
+#     box is shared and had under 14 GiB free.
+#   "box, widened": the same box after the 'cpu' backend's half convolutions were widened
+#     to fp32 on CPUs without oneDNN half kernels (ops/resample/cpu.py), commit after
+#     89c1877, `python benchmarks/memory.py --sizes 512,1024 --dtypes bfloat16 --malloc
+#     keep,default`: each convolution's fp32 copies of its input and output cost more at
+#     large canvases than the half activations save.
 #   "M.md": docs/MEASUREMENTS.md of the project's shared folder (2-core AMD EPYC with
 #     AVX512-BF16, 23.5 GiB, torch 2.13 CPU, commit bc5c33a): peak of a 4032x3024 photo
 #     whose hole needs a 2560x2048 canvas, less the ~0.5 GiB resident before the call.
@@ -50,6 +56,10 @@ CPU_MEASURED: Dict[Tuple[str, bool], List[Tuple[int, int, float, str]]] = {
                          (2048, 2560, 13.3, "M.md")],
     ("bfloat16", True): [(512, 512, 1.16, "box"), (2048, 2560, 9.5, "M.md")],
     ("bfloat16", False): [(512, 512, 1.16, "box"), (2048, 2560, 9.5, "M.md")],
+    ("bfloat16 widened", True): [(512, 512, 0.61, "box, widened"),
+                                 (1024, 1024, 3.22, "box, widened")],
+    ("bfloat16 widened", False): [(512, 512, 0.61, "box, widened"),
+                                  (1024, 1024, 2.44, "box, widened")],
 }  # fmt: skip
 
 # What the Inpainter keeps per pixel of each photo during a call (computed, not measured):
@@ -86,7 +96,10 @@ def forward_bytes(
     (a batch costs what one canvas of all its pixels does)."""
     half = dtype in (torch.float16, torch.bfloat16)
     # fp16 on the CPU is not measured: bf16's figures (same element size)
-    points = CPU_MEASURED[("bfloat16" if half else "float32", kept or device_type == "cuda")]
+    key = "bfloat16" if half else "float32"
+    if half and device_type == "cpu" and half_convolutions_in_fp32(dtype):
+        key = "bfloat16 widened"
+    points = CPU_MEASURED[(key, kept or device_type == "cuda")]
     estimate = _interpolate(points, canvas_pixels * batch)
     if device_type == "cuda":  # unmeasured: see GPU_FIXED_BYTES_UNMEASURED
         estimate += GPU_FIXED_BYTES_UNMEASURED

@@ -185,6 +185,10 @@ def test_info_lists_backends_with_reasons(capsys):
     # which native library runs (a stale or unexpected one can be spotted), or why none does
     assert f"native   {native_build.describe()}" in stdout
     assert native_build.is_loaded() or "native   unavailable: " in stdout
+    # whether half precision convolutions are widened on this CPU (both answers occur)
+    from mat_fast.ops.resample.cpu import half_convolutions_in_fp32
+
+    assert ("bf16" in stdout.split("cpu half")[-1]) == half_convolutions_in_fp32(torch.bfloat16)
 
 
 def test_module_entry_point_and_console_script():
