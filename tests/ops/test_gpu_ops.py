@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from mat_fast.ops import native_build
-from mat_fast.ops.bias_act.reference import bias_act_reference
 from mat_fast.ops.partial_conv.reference import (
     partial_conv_epilogue_reference,
     partial_conv_mask_reference,
@@ -104,47 +103,6 @@ def test_cuda_partial_conv_ops_every_dtype_and_layout(stride, dtype, layout):
     )
     assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
     assert_lowp_close(out.cpu(), low, ref, "epilogue", floor=1e-6)
-
-
-# (shape, dim, layout): MAT's real maps: a 180-channel 64x64 conv map and stage-1 tokens
-REAL_SHAPES = [
-    pytest.param((2, 180, 64, 64), 1, "nchw", id="conv-nchw"),
-    pytest.param((2, 180, 64, 64), 1, "channels_last", id="conv-channels_last"),
-    pytest.param((2, 4096, 180), 2, "tokens", id="tokens"),
-]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("clamp", [None, 256.0])
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("shape,dim,layout", REAL_SHAPES)
-def test_gpu_bias_act_triton_real_shapes_with_gradients(shape, dim, layout, dtype, clamp):
-    from mat_fast.ops.bias_act.triton import bias_act_triton
-
-    g = torch.Generator().manual_seed(5)
-    x32 = torch.randn(*shape, generator=g) * 4
-    b32 = torch.randn(shape[dim], generator=g)
-    dy32 = torch.randn(*shape, generator=g)
-    kw = dict(dim=dim, act="lrelu", clamp=clamp)
-
-    def run(fn, x, b, dy):
-        x = x.detach().clone().requires_grad_(True)
-        b = b.detach().clone().requires_grad_(True)
-        y = fn(x, b, **kw)
-        dx, db = torch.autograd.grad(y, (x, b), dy)
-        return y.detach(), dx, db
-
-    on_gpu = [t.cuda().to(dtype) for t in (x32, b32, dy32)]
-    on_gpu[0] = _layout(on_gpu[0], layout)
-    got = run(bias_act_triton, *on_gpu)
-    assert got[0].is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
-    ref = run(bias_act_reference, x32, b32, dy32)
-    low = run(bias_act_reference, *(t.to(dtype) for t in (x32, b32, dy32)))
-    for name, mine, lo, want in zip(("y", "dx", "db"), got, low, ref):
-        if dtype == torch.float32:
-            assert_close_verbose(mine.cpu(), want, rtol=1e-5, what=name)
-        else:
-            assert_lowp_close(mine.cpu(), lo, want, name, floor=1e-3)
 
 
 @pytest.mark.gpu
