@@ -1,9 +1,10 @@
-"""Shared cases of the Triton partial-convolution tests: the fp32 reference compositions,
+"""Shared cases of the partial-convolution tests: the fp32 reference compositions,
 inputs (masks of every kind, NCHW and channels_last activations), tolerances and MAT's
 geometries, and the fixture that runs the kernels in Triton's interpreter without a GPU.
 
-Imported by test_partial_conv_triton.py (parity) and test_partial_conv_triton_graph.py
-(custom-op plumbing, GPU-only shapes, the sm_90 build). The kernel module reads
+Imported by test_partial_conv.py and test_partial_conv_fused.py (parity, every backend) and
+test_partial_conv_triton_graph.py (custom-op plumbing, GPU-only shapes, the sm_90 build).
+The Triton kernel module reads
 ``TRITON_INTERPRET`` once, when imported; it is imported here, at collection, under the
 interpreter when no GPU is visible, and the variable is restored afterwards (set again by
 the fixture only while the tests run, for the backend probe).

@@ -1,4 +1,5 @@
-"""Modulated convolution on every backend against the reference."""
+"""Modulated convolution on every backend against the reference, the backend a parametrised
+axis (only ``cpu`` has a kernel of its own; the other backends run the reference)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ from mat_fast.ops.modulated_conv.reference import modulated_conv2d_reference
 from mat_fast.ops.resample.reference import setup_filter
 
 from ..helpers.asserts import DTYPES, assert_close_verbose, check, layout
+from ..helpers.backends import CPU
+
+# The fast kernels of each backend that has one (Triton and CUDA run the reference here).
+KERNELS = {"cpu": modconv_cpu.modulated_conv2d_cpu}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("kernel,up,demodulate", [(3, 1, True), (3, 2, True), (1, 1, False)])
-def test_modulated_conv2d_cpu_matches_reference(kernel, up, demodulate, batch, dtype):
+@pytest.mark.parametrize("backend", [CPU])
+def test_modulated_conv2d_matches_reference(backend, kernel, up, demodulate, batch, dtype):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(batch, 6, 9, 11, generator=g)
     w = torch.randn(1, 5, 6, kernel, kernel, generator=g) / (kernel * 6**0.5)
@@ -23,7 +29,7 @@ def test_modulated_conv2d_cpu_matches_reference(kernel, up, demodulate, batch, d
     f = setup_filter()
     args = (demodulate, up, kernel // 2, f)
     check(
-        lambda x, w, s: modconv_cpu.modulated_conv2d_cpu(x, w, s, *args),
+        lambda x, w, s: KERNELS[backend](x, w, s, *args),
         lambda x, w, s: modulated_conv2d_reference(x, w, s, *args),
         [x, w, styles],
         dtype,
@@ -32,7 +38,8 @@ def test_modulated_conv2d_cpu_matches_reference(kernel, up, demodulate, batch, d
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_modulated_conv2d_cpu_gradients_match_reference(batch):
+@pytest.mark.parametrize("backend", [CPU])
+def test_modulated_conv2d_gradients_match_reference(backend, batch):
     g = torch.Generator().manual_seed(3)
     leaves = [
         torch.randn(batch, 4, 6, 6, generator=g),
@@ -44,7 +51,7 @@ def test_modulated_conv2d_cpu_gradients_match_reference(batch):
         xs = [t.clone().requires_grad_(True) for t in leaves]
         return torch.autograd.grad(fn(*xs, True, 2, 1, setup_filter()).square().sum(), xs)
 
-    for a, r in zip(grads(modconv_cpu.modulated_conv2d_cpu), grads(modulated_conv2d_reference)):
+    for a, r in zip(grads(KERNELS[backend]), grads(modulated_conv2d_reference)):
         assert_close_verbose(a, r, rtol=1e-5, what="modulated_conv2d grad")
 
 

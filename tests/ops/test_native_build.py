@@ -8,7 +8,8 @@
 * the cache keeps its most recently used entries and sweeps abandoned builds; a build
   compiles exactly the sources its key hashed; a cache hit marks the entry used.
 
-The kernels' numbers against their references are in test_window_attention_native.py and test_partial_conv_native.py.
+The kernels' numbers against their references are in test_window_attention.py and
+test_partial_conv.py (the 'cpu' and 'cuda' backend parameters).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ with the flags cpp_extension would use: torch's headers, its NVCC defines, sm_90
 ``-std=c++17`` (what torch 2.11 on the GPU box builds with; newer headers accept it). That
 proves the device code and the host-side registration compile - template instantiation,
 dtype dispatch, launch bounds - and lets ptxas report registers and spills. Linking and
-running need CUDA torch and a GPU: those tests are marked ``gpu`` in
-test_window_attention_native.py and test_partial_conv_native.py.
+running need CUDA torch and a GPU: those tests are the ``cuda`` backend parameters (marked
+``gpu``) of test_window_attention.py and test_partial_conv.py.
 
 The CPU wheel lacks one generated header, ``c10/cuda/impl/cuda_cmake_macros.h``; a copy
 with the single define CUDA builds of torch put there is supplied for the compile.

@@ -1,7 +1,8 @@
 """Triton partial convolution as custom ops (fake implementations, opcheck, graph capture
 with torch.compile), MAT's real shapes on GPU (inductor and CUDA graphs included), and the
 kernels built for sm_90 without a GPU. Parity against the reference over shapes, dtypes and
-masks is test_partial_conv_triton.py; shared inputs are in helpers/partial_conv_cases.py.
+masks, every backend, is test_partial_conv.py and test_partial_conv_fused.py; shared inputs
+are in helpers/partial_conv_cases.py.
 """
 
 from __future__ import annotations

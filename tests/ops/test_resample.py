@@ -1,7 +1,8 @@
 """FIR resampling and resampled convolution: the reference against definitions written
 from scratch (loops, the generic pad/upsample/filter chain), and the 'cpu' backend's
 channels_last arrangement (depthwise FIR, conv padding/stride instead of pad/slice) against
-the reference.
+the reference, with the backend a parametrised axis (only ``cpu`` has resampling kernels;
+the other backends run the reference).
 
 Tolerance: fp32 within 1e-5 of max|ref| (the same arithmetic in another order); bf16/fp16
 within 2x the reference's own low-precision error against fp32, plus a small floor.
@@ -21,6 +22,11 @@ from mat_fast.ops.resample.reference import (
 )
 
 from ..helpers.asserts import DTYPES, LAYOUTS, assert_close_verbose, check, layout
+from ..helpers.backends import CPU
+
+# The fast kernels of each backend that has them (Triton and CUDA run the reference here).
+UPFIRDN2D = {"cpu": resample_cpu.upfirdn2d_cpu}
+CONV2D_RESAMPLE = {"cpu": resample_cpu.conv2d_resample_cpu}
 
 # ---------------------------------------------------------------------------------------
 # Resampling
@@ -39,12 +45,13 @@ UPFIRDN_CASES = [
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("fmt", LAYOUTS)
 @pytest.mark.parametrize("case", UPFIRDN_CASES, ids=str)
-def test_upfirdn2d_cpu_matches_reference(case, fmt, dtype):
+@pytest.mark.parametrize("backend", [CPU])
+def test_upfirdn2d_matches_reference(backend, case, fmt, dtype):
     g = torch.Generator().manual_seed(0)
     x = layout(torch.randn(2, 5, 17, 19, generator=g), fmt)  # batch > 1, odd sizes
     f = setup_filter()
     check(
-        lambda x: resample_cpu.upfirdn2d_cpu(x, f, **case),
+        lambda x: UPFIRDN2D[backend](x, f, **case),
         lambda x: upfirdn2d_reference(x, f, **case),
         [x],
         dtype,
@@ -67,37 +74,22 @@ def test_upfirdn2d_cpu_matches_reference(case, fmt, dtype):
         (3, 1, 2, 2),  # grouped
     ],
 )
-def test_conv2d_resample_cpu_matches_reference(kernel, up, down, groups, fmt, dtype):
+@pytest.mark.parametrize("backend", [CPU])
+def test_conv2d_resample_matches_reference(backend, kernel, up, down, groups, fmt, dtype):
     g = torch.Generator().manual_seed(1)
     x = layout(torch.randn(2, 6, 13, 11, generator=g), fmt)
     w = torch.randn(4, 6 // groups, kernel, kernel, generator=g) * 0.3
     f = setup_filter()
     args = dict(up=up, down=down, padding=kernel // 2, groups=groups)
-    out = resample_cpu.conv2d_resample_cpu(x, w, f, **args)
+    out = CONV2D_RESAMPLE[backend](x, w, f, **args)
     assert out.is_contiguous(memory_format=torch.channels_last) or up > 1 and kernel == 1
     check(
-        lambda x, w: resample_cpu.conv2d_resample_cpu(x, w, f, **args),
+        lambda x, w: CONV2D_RESAMPLE[backend](x, w, f, **args),
         lambda x, w: conv2d_resample_reference(x, w, f, **args),
         [x, w],
         dtype,
         f"conv2d_resample k{kernel} up{up} down{down} g{groups}",
     )
-
-
-# ---------------------------------------------------------------------------------------
-# Modulated convolution
-
-
-# ---------------------------------------------------------------------------------------
-# Bias + activation
-
-
-# ---------------------------------------------------------------------------------------
-# Partial-convolution epilogue (public op)
-
-
-# ---------------------------------------------------------------------------------------
-# Dropout maps: a function of the seed, not of our memory layout
 
 
 def upfirdn_brute(x, f, up, down, p):

@@ -1,9 +1,10 @@
 """Window attention from block input tokens (normalise + q/k/v projections + attention):
-the fused Triton path (one GEMM, 1/||x|| and biases applied inside the kernel) and the
-per-backend composition, against the reference twin.
+the fused kernels (Triton's: one GEMM, 1/||x|| and biases applied inside the kernel) with
+the backend a parametrised axis, and the composition that backends without a fused kernel
+run (their own attention kernel after upstream's projections), against the reference twin.
 
 Triton runs in its interpreter on CPU without a GPU (small shapes); the module import
-under the interpreter is shared with ``test_window_attention_triton``.
+under the interpreter is shared through helpers/window_attention_cases.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ from mat_fast.ops.window_attention.reference import (
 )
 
 from ..helpers.asserts import assert_close_verbose
-from .test_window_attention_triton import DEVICE, _triton_env, make_mask, wat  # noqa: F401 (fixture)
+from ..helpers.backends import TRITON
+from ..helpers.triton_interpreter import DEVICE
+from ..helpers.window_attention_cases import (
+    make_mask,
+    triton_env,  # noqa: F401 (an autouse fixture: importing it turns it on here)
+    wat,
+)
+
+#: The backends with a fused projection + attention kernel (the others compose, below).
+KERNELS = {"triton": wat.window_attention_qkv_triton}
 
 
 def make_inputs(B, H, W, C, mask_kind, seed, dtype=torch.float32, window=8, shift=0, bias=True):
@@ -60,13 +70,14 @@ GEOMETRIES = [
 
 @pytest.mark.parametrize("mask_kind", ["none", "binary", "invalid", "nonbinary"])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_fused_fp32_matches_reference(geometry, mask_kind):
+@pytest.mark.parametrize("backend_name", [TRITON])
+def test_fused_fp32_matches_reference(backend_name, geometry, mask_kind):
     B, H, W, C, heads, window, shift = geometry
     x, weight, bias, mask = make_inputs(
         B, H, W, C, mask_kind, seed=H * W + shift, window=window, shift=shift
     )
     geo = ((H, W), window, shift, heads)
-    out, new_mask, grads = run(wat.window_attention_qkv_triton, x, weight, bias, mask, geo)
+    out, new_mask, grads = run(KERNELS[backend_name], x, weight, bias, mask, geo)
     r_out, r_mask, r_grads = run(window_attention_qkv_reference, x, weight, bias, mask, geo)
     assert out.shape == (B, H * W, C) and out.dtype == x.dtype
     assert_close_verbose(out, r_out, rtol=1e-5, what="out")
@@ -78,14 +89,15 @@ def test_fused_fp32_matches_reference(geometry, mask_kind):
         assert_close_verbose(got, want, rtol=1e-4, what=name)
 
 
-def test_fused_real_head_dim_without_bias():
+@pytest.mark.parametrize("backend_name", [TRITON])
+def test_fused_real_head_dim_without_bias(backend_name):
     """MAT's 6 heads of 30 (head_dim padded to 32 in the kernel), no bias."""
     B, H, W, C, heads, window, shift = 1, 16, 16, 180, 6, 8, 4
     x, weight, _, mask = make_inputs(
         B, H, W, C, "binary", seed=7, window=window, shift=shift, bias=False
     )
     geo = ((H, W), window, shift, heads)
-    out, _, grads = run(wat.window_attention_qkv_triton, x, weight, None, mask, geo)
+    out, _, grads = run(KERNELS[backend_name], x, weight, None, mask, geo)
     r_out, _, r_grads = run(window_attention_qkv_reference, x, weight, None, mask, geo)
     assert_close_verbose(out, r_out, rtol=1e-5, what="out")
     for name, got, want in zip(("dx", "dweight"), grads, r_grads):
@@ -100,7 +112,8 @@ def _rel(a, b):
     "dtype,floor", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3)], ids=["fp16", "bf16"]
 )
 @pytest.mark.parametrize("geometry", GEOMETRIES[1:])
-def test_fused_low_precision_within_twice_reference_error(geometry, dtype, floor):
+@pytest.mark.parametrize("backend_name", [TRITON])
+def test_fused_low_precision_within_twice_reference_error(backend_name, geometry, dtype, floor):
     """Error vs the fp32 reference at most twice the reference's own error in ``dtype``
     (forward and gradients), plus a small floor for near-exact cases."""
     B, H, W, C, heads, window, shift = geometry
@@ -109,7 +122,7 @@ def test_fused_low_precision_within_twice_reference_error(geometry, dtype, floor
     gold = run(window_attention_qkv_reference, x, weight, bias, mask, geo)
     mask_lp = mask.to(dtype)
     ref_lp = run(window_attention_qkv_reference, x.to(dtype), weight, bias, mask_lp, geo)
-    fused = run(wat.window_attention_qkv_triton, x.to(dtype), weight, bias, mask_lp, geo)
+    fused = run(KERNELS[backend_name], x.to(dtype), weight, bias, mask_lp, geo)
     assert fused[0].dtype == dtype
     pairs = [("out", fused[0], ref_lp[0], gold[0])]
     pairs += [
@@ -127,14 +140,15 @@ def test_fused_low_precision_within_twice_reference_error(geometry, dtype, floor
 @pytest.mark.parametrize(
     "dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"]
 )
-def test_all_zero_tokens_stay_finite(dtype):
+@pytest.mark.parametrize("backend_name", [TRITON])
+def test_all_zero_tokens_stay_finite(backend_name, dtype):
     """Upstream normalises in the input dtype, so fp16 turns all-zero tokens into 0/0 = NaN;
     the fused path (fp32 norms) and our reference give q = b_q, k = b_k there."""
     B, H, W, C, heads, window = 2, 16, 16, 12, 2, 8
     x, weight, bias, mask = make_inputs(B, H, W, C, "invalid", seed=3, dtype=dtype, window=window)
     x[0, : H * W // 2] = 0  # top half of image 0: whole windows of zero tokens
     x[1] = 0
-    out, new_mask = wat.window_attention_qkv_triton(x, weight, bias, mask, (H, W), window, 0, heads)
+    out, new_mask = KERNELS[backend_name](x, weight, bias, mask, (H, W), window, 0, heads)
     ref, ref_mask = window_attention_qkv_reference(x, weight, bias, mask, (H, W), window, 0, heads)
     gold, _ = window_attention_qkv_reference(
         x.float(), weight, bias, mask.float(), (H, W), window, 0, heads
@@ -166,11 +180,12 @@ def test_upstream_fp16_normalise_is_the_nan_we_avoid():
     assert torch.equal(normalize_tokens(x), torch.zeros_like(x))
 
 
-def test_public_op_dispatches_and_validates():
+@pytest.mark.parametrize("backend_name", [TRITON])
+def test_public_op_dispatches_and_validates(backend_name):
     B, H, W, C, heads, window = 1, 16, 16, 12, 2, 8
     x, weight, bias, mask = make_inputs(B, H, W, C, "binary", seed=11)
     geo = ((H, W), window, 4, heads)
-    out, new_mask = window_attention_qkv(x, weight, bias, mask, *geo, backend_name="triton")
+    out, new_mask = window_attention_qkv(x, weight, bias, mask, *geo, backend_name=backend_name)
     ref, ref_mask = window_attention_qkv(x, weight, bias, mask, *geo, backend_name="reference")
     assert_close_verbose(out, ref, rtol=1e-5, what="out")
     assert torch.equal(new_mask, ref_mask)
