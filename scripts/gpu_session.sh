@@ -20,8 +20,8 @@
 #   build          75  the native extension, timed: 2 .cu + 3 .cpp translation units, sm_90 only
 #                      (TORCH_CUDA_ARCH_LIST=9.0), MAX_JOBS=nproc. nvcc took ~75 s for both .cu
 #                      files on 2 cores; on 16 in parallel the slowest unit bounds it (~30-45 s)
-#   tests_kernels  80  all tests of the 5 Triton op files + tests/ops/test_gpu_ops.py, one pytest
-#                      per file at once (6 processes), inductor and the CPU-only sm_90 compile
+#   tests_kernels  80  the triton parameters of the 7 op files with Triton kernels, one pytest
+#                      per file at once (7 processes), inductor and the CPU-only sm_90 compile
 #                      checks excluded. ~500 cases of ms each; the cost is Triton's JIT:
 #                      ~40-60 specialisations per file (dtype x window/shift x mask x packed x
 #                      fwd/bwd) at ~1 s each, compiled serially within a process, so ~60 s
@@ -214,21 +214,26 @@ skip_phase() {  # skip_phase NAME REASON
 }
 
 # GPU tests, three phases, each a few pytest processes at once (one per group):
-# tests_kernels: every test of the Triton op files (they run on CUDA where there is one:
-#   kernel parity at small and real shapes) and tests/ops/test_gpu_ops.py (bias_act at real
-#   shapes, the CUDA partial-conv ops); tests_gpu: every other gpu-marked test (native CUDA
-#   attention, whole-generator parity per backend, CUDA graphs, precision); tests_compile:
+# tests_kernels: the triton parameters (and backend-free tests) of the op files with Triton
+#   kernels (they run on CUDA where there is one: kernel parity at small and real shapes,
+#   bias_act at real shapes); tests_gpu: every other gpu-marked test (the cuda parameters:
+#   native CUDA attention and partial conv; whole-generator parity per backend, CUDA graphs,
+#   precision); tests_compile:
 #   the inductor compiles, last and few. The sm_90 compile checks are CPU tests: skipped.
 JUNIT_DIR="$(mktemp -d)"
-TRITON_FILES=(tests/ops/test_window_attention_triton.py tests/ops/test_window_attention_qkv.py
-    tests/ops/test_partial_conv_triton.py tests/ops/test_partial_conv_triton_graph.py
-    tests/ops/test_bias_act.py tests/ops/test_gpu_ops.py)
+# The op test modules take the backend as a parameter (cpu, triton, cuda): the kernel phase
+# runs their triton parameters, tests_gpu the cuda ones of the two ops with a CUDA extension.
+TRITON_FILES=(tests/ops/test_window_attention.py tests/ops/test_window_attention_triton_graph.py
+    tests/ops/test_window_attention_qkv.py tests/ops/test_partial_conv.py
+    tests/ops/test_partial_conv_fused.py tests/ops/test_partial_conv_triton_graph.py
+    tests/ops/test_bias_act.py)
+NATIVE_CUDA_FILES=(tests/ops/test_window_attention.py tests/ops/test_partial_conv.py)
 KERNEL_GROUPS=("${TRITON_FILES[@]}")
-GPU_GROUPS=("tests/ops/test_window_attention_native.py tests/ops/test_partial_conv_native.py"
-    "tests/model/test_precision.py")
+# a group's own -k comes after COMMON's and replaces it
+GPU_GROUPS=("-k 'cuda and not inductor' ${NATIVE_CUDA_FILES[*]}" "tests/model/test_precision.py")
 # the third group: every other file (pytest takes each file once)
-GPU_GROUPS+=("tests/test_inpainter.py $(printf -- '--ignore=%s ' "${TRITON_FILES[@]}" ${GPU_GROUPS[*]}) tests")
-COMPILE_GROUPS=("tests/ops/test_window_attention_triton.py::test_gpu_inductor_and_cuda_graphs tests/ops/test_partial_conv_triton_graph.py::test_gpu_inductor_and_cuda_graphs"
+GPU_GROUPS+=("tests/test_inpainter.py $(printf -- '--ignore=%s ' "${TRITON_FILES[@]}" tests/model/test_precision.py) tests")
+COMPILE_GROUPS=("tests/ops/test_window_attention_triton_graph.py::test_gpu_inductor_and_cuda_graphs tests/ops/test_partial_conv_triton_graph.py::test_gpu_inductor_and_cuda_graphs"
     "'tests/model/test_compile.py::test_generator_compiles_with_inductor_and_matches_eager_gpu[triton]'")
 COMMON="-q -rfEs -p no:cacheprovider"
 if [ "$DRY_RUN" = 1 ]; then
@@ -240,7 +245,7 @@ if [ "$DRY_RUN" = 1 ]; then
     GPU_GROUPS=("$(printf -- '--ignore=%s ' "${TRITON_FILES[@]}") tests")
     COMPILE_GROUPS=("${COMPILE_GROUPS[*]}")
 else
-    KERNEL_FILTER="-k 'not inductor and not compile_for_cuda_target'"
+    KERNEL_FILTER="-k 'not cpu and not cuda and not inductor and not compile_for_cuda_target'"
 fi
 
 tests_phase() {  # tests_phase NAME "COMMON ARGS" GROUP...: the groups at once, then their logs

@@ -38,13 +38,14 @@ TORCH_VERSION="${TORCH_COMPAT_VERSION:-2.11.0}"
 TRITON_VERSION="${TRITON_COMPAT_VERSION:-3.6.0}"
 SUBSET="${COMPAT_SUBSET:-fast}"
 
-TRITON_TESTS=(tests/ops/test_window_attention_triton.py tests/ops/test_window_attention_qkv.py
-    tests/ops/test_window_attention_gpu_tiles.py tests/ops/test_partial_conv_triton.py
+TRITON_TESTS=(tests/ops/test_window_attention.py tests/ops/test_window_attention_triton_graph.py
+    tests/ops/test_window_attention_qkv.py tests/ops/test_window_attention_gpu_tiles.py
+    tests/ops/test_partial_conv.py tests/ops/test_partial_conv_fused.py
     tests/ops/test_partial_conv_triton_graph.py tests/ops/test_bias_act.py
     tests/ops/test_sm90_resources.py)
-FAST_TESTS=("${TRITON_TESTS[@]}" tests/ops/test_gpu_ops.py tests/ops/test_window_attention_native.py
-    tests/ops/test_partial_conv_native.py tests/test_backend.py tests/model/test_generator.py
-    tests/test_checkpoints.py tests/test_benchmark_results.py)
+FAST_TESTS=("${TRITON_TESTS[@]}" tests/ops/test_ieee_fp32_references.py
+    tests/ops/test_window_attention_cpu_kernel.py tests/test_backend.py
+    tests/model/test_generator.py tests/test_checkpoints.py tests/test_benchmark_results.py)
 FAST_SKIP="not every_cpu_instruction_set_variant and not generator_cpu_backend_matches_reference"
 select=()
 if [ -n "${COMPAT_TESTS:-}" ]; then
