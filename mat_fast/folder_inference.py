@@ -4,9 +4,12 @@ or under torchrun.
 - Each rank takes a disjoint, deterministic shard of the pairs (every world-th pair) and
   runs on its own device; rank 0 shows the progress of its shard and prints the summary
   of all ranks (counts and failures gathered over gloo).
-- Decoding runs in ``workers`` DataLoader processes and encoding in as many writer threads
-  (Pillow's encoders release the GIL) while the generator runs; pairs of equal image size
-  go to the Inpainter together, ``batch_size`` at a time (equal canvases share a forward).
+- Decoding and preparing (the float view, the hole, the padded or cropped canvases:
+  :class:`mat_fast.prepare.Preparer`) run in ``workers`` DataLoader processes and encoding
+  in as many writer threads (Pillow's encoders release the GIL) while the generator runs;
+  pairs of equal image size go to :meth:`Inpainter.fill` together, ``batch_size`` at a time
+  (equal canvases share a forward). ``workers=0`` does all of it in this process, between
+  forwards (the better choice where the forward uses every CPU core: see the CLI's default).
 - An image's fill depends only on the image, its mask, the checkpoint and the seed: its
   random draws come from its own generator, seeded from ``seed`` and its path relative to
   the input folder (:func:`image_seed`), never from its batch, worker or rank.
@@ -68,6 +71,10 @@ class PairFailed(InputError):
     """A pair could not be read or does not fit together (``strict`` mode raises it)."""
 
 
+#: The Inpainter options that :meth:`Inpainter.fill` takes; the others go to its preparer.
+FILL_OPTIONS = ("truncation_psi", "noise_mode")
+
+
 def image_seed(seed: int, name: str) -> int:
     """The seed of one image: from the run's seed and the image's relative path (with '/'
     separators), so it is the same on every machine, rank and batch."""
@@ -89,11 +96,12 @@ def _header_size(pair: FolderPair) -> Tuple[int, int]:
     return sizes[0]
 
 
-class _Decoded(torch.utils.data.Dataset):
-    """Decodes a pair (in a DataLoader worker); a failure comes back as a message."""
+class _Prepared(torch.utils.data.Dataset):
+    """Decodes and prepares a pair (in a DataLoader worker): ``(index, prepared, metadata,
+    error)``; a failure comes back as its message."""
 
-    def __init__(self, pairs: Sequence[FolderPair], max_pixels: Optional[int]):
-        self.pairs, self.max_pixels = pairs, max_pixels
+    def __init__(self, pairs: Sequence[FolderPair], max_pixels: Optional[int], preparer):
+        self.pairs, self.max_pixels, self.preparer = pairs, max_pixels, preparer
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -105,9 +113,10 @@ class _Decoded(torch.utils.data.Dataset):
             mask = load_image(pair.mask, self.max_pixels)
             if image.size != mask.size:
                 raise PairFailed(mask_size_error(pair.image, image.size, pair.mask, mask.size))
+            prepared = self.preparer(image, mask, name=pair.name)
         except (InputError, OSError, ValueError) as err:
             return index, None, None, str(err)
-        return index, image, mask, None
+        return index, prepared, output_metadata(image), None
 
 
 def _as_list(items):
@@ -143,6 +152,8 @@ def run_folder(
     Inpainter's keyword arguments besides ``seed``. Returns what was done; with ``strict``
     the first bad pair raises :class:`PairFailed` instead of being skipped."""
     summary = Summary()
+    fill_options = {k: v for k, v in options.items() if k in FILL_OPTIONS}
+    preparer = inpainter.preparer(**{k: v for k, v in options.items() if k not in FILL_OPTIONS})
 
     def failed(pair: FolderPair, reason: str) -> None:
         if strict:
@@ -164,7 +175,7 @@ def run_folder(
         except PairFailed as err:
             failed(pair, str(err))
     loader = torch.utils.data.DataLoader(
-        _Decoded(pairs, max_pixels),
+        _Prepared(pairs, max_pixels, preparer),
         batch_sampler=_size_batches(todo, batch_size),
         num_workers=workers,
         collate_fn=_as_list,
@@ -174,22 +185,16 @@ def run_folder(
         pending = []
         for items in loader:
             good = []
-            for index, image, mask, error in items:
+            for index, prepared, metadata, error in items:
                 if error is not None:
                     failed(pairs[index], error)
                 else:
-                    good.append((pairs[index], image, mask))
+                    good.append((pairs[index], prepared, metadata))
             if not good:
                 continue
             seeds = [image_seed(seed, pair.name) for pair, _, _ in good]
-            results = inpainter(
-                [image for _, image, _ in good],
-                [mask for _, _, mask in good],
-                seed=seeds,
-                **options,
-            )
-            for (pair, image, _), result in zip(good, results):
-                metadata = output_metadata(image)
+            results = inpainter.fill([p for _, p, _ in good], seed=seeds, **fill_options)
+            for (pair, _, metadata), result in zip(good, results):
                 for warning in storage_warnings(result, pair.out, metadata):
                     if warning not in warned:
                         warned.add(warning)

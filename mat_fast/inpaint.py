@@ -11,6 +11,7 @@ memory a call needs is estimated before it runs (mat_fast.memory).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from typing import Any, List, Optional, Sequence, Union
@@ -27,7 +28,8 @@ from .image_io import compose, to_hole_mask, to_image_data
 from .memory import PHOTO_BYTES_PER_PIXEL, available_bytes, forward_bytes, gib
 from .model import Generator
 from .model.sample_rng import derive_seed, per_sample
-from .planning import STRATEGIES, Job, Planner, hole_regions, paste
+from .planning import STRATEGIES, Job, hole_regions, paste
+from .prepare import KEEP_FREED_MAX_PIXELS, Prepared, Preparer, make_planner, warn_if_degenerate
 
 #: An image or mask as the Inpainter takes and returns it: a PIL image, a 16-bit RGB(A)
 #: image (RGB16Image, which PIL has no mode for), a numpy array (H, W[, C]) or a tensor
@@ -36,14 +38,14 @@ ImageLike = Union[Image.Image, RGB16Image, np.ndarray, torch.Tensor]
 
 log = logging.getLogger("mat_fast")
 
-__all__ = ["Inpainter", "hole_regions", "random_generator", "resolve_device"]
-
-# With freed memory kept (mat_fast.cpu_memory) a 512 px forward runs 20-30% faster, but the
-# process keeps its high-water mark, and on large canvases the peak itself grows (measured
-# 20.7 vs 13.8 GiB at 2560x2048 fp32, docs/MEASUREMENTS.md of the shared folder). By default
-# (keep_freed_memory=None and no MAT_FAST_KEEP_FREED_MEMORY) it is kept for calls whose
-# photos have at most this many pixels, and glibc's defaults restored for larger ones.
-KEEP_FREED_MAX_PIXELS = 1024 * 1024
+__all__ = [
+    "Inpainter",
+    "Prepared",
+    "Preparer",
+    "hole_regions",
+    "random_generator",
+    "resolve_device",
+]
 
 
 def random_generator(seed: int = 0, resolution: int = 512, use_noise: bool = True) -> Generator:
@@ -243,58 +245,96 @@ class Inpainter:
         if masks is None or len(masks) != len(images):
             raise InputError("pass one mask per image (a list of masks for a list of images)")
         self._check_options(seed, truncation_psi, noise_mode, strategy, resize_limit)
-        if isinstance(seed, (list, tuple)):
-            if len(seed) != len(images) or None in seed:
-                raise InputError("pass one seed per image (a list of seeds for a list of images)")
-            if self._forward is not None:
-                raise InputError("per-image seeds do not work with cuda_graphs=True")
+        self._check_seeds(seed, len(images))
         datas = [to_image_data(im) for im in images]
         holes = [
             to_hole_mask(m, d.size, mask_convention, mask_threshold) for m, d in zip(masks, datas)
         ]
         for index, hole in enumerate(holes):
-            if not hole.any():
-                log.warning("mat_fast: the mask of image %d has nothing to fill", index)
-            elif hole.all():
-                log.warning(
-                    "mat_fast: the mask of image %d covers the whole image; the result is "
-                    "generated from nothing (check the mask convention)",
-                    index,
-                )
-        photo_pixels = sum(h.size for h in holes)
+            warn_if_degenerate(hole, f"image {index}")
         kept = self._set_malloc(holes)
-        budget = self._budget(photo_pixels)
-
-        def need(canvas):
-            return forward_bytes(self.device.type, self.dtype, kept, canvas)
-
-        planner = Planner(
-            self.resolution,
-            lambda canvas: budget is None or need(canvas) <= budget,
-            need,
-            budget,
-        )
-        jobs: List[Job] = []
-        for index, (data, hole) in enumerate(zip(datas, holes)):
-            jobs.extend(
-                planner.plan(
-                    index, data.rgb, hole, strategy, crop_trigger, crop_margin, resize_limit
-                )
+        budget = self._budget(sum(h.size for h in holes))
+        planner = make_planner(self.resolution, self.device.type, self.dtype, kept, budget)
+        prepared = [
+            Prepared(
+                d, h, planner.plan(0, d.rgb, h, strategy, crop_trigger, crop_margin, resize_limit)
             )
-        filled = [d.rgb.copy() for d in datas]
+            for d, h in zip(datas, holes)
+        ]
+        results = self._fill(prepared, seed, truncation_psi, noise_mode, kept, budget)
+        return results[0] if single else results
+
+    # -- in two steps (folder mode: preparing in DataLoader workers) ---------------------
+
+    def preparer(
+        self,
+        *,
+        mask_convention: str = "fill",
+        mask_threshold: float = 0.5,
+        strategy: str = "auto",
+        crop_trigger: int = 1024,
+        crop_margin: int = 128,
+        resize_limit: int = 2048,
+    ) -> "Preparer":
+        """What :meth:`__call__` does to an image before the network (its float view, the
+        hole, the padded or cropped canvases), as a picklable callable that needs no
+        network: DataLoader workers run it while the generator runs (folder mode), and
+        :meth:`fill` takes its results. The arguments are :meth:`__call__`'s. The memory
+        budget is taken now (``max_memory``, else what the device has free now) and each
+        image's own pixels are subtracted from it, as a one-image call would."""
+        self._check_options(None, 1.0, "auto", strategy, resize_limit)
+        budget = self.max_memory if self.max_memory is not None else available_bytes(self.device)
+        return Preparer(
+            self.resolution, self.device.type, self.dtype, self._keep_choice(), budget,
+            mask_convention, mask_threshold, strategy, crop_trigger, crop_margin, resize_limit,
+        )  # fmt: skip
+
+    def fill(
+        self,
+        prepared: Sequence["Prepared"],
+        *,
+        seed=None,
+        truncation_psi: float = 1.0,
+        noise_mode: str = "auto",
+    ) -> List[ImageLike]:
+        """Inpaint images a :meth:`preparer` prepared: the same results as :meth:`__call__`
+        on those images with those options (``seed`` as there: one int, or a list with one
+        seed per image)."""
+        self._check_options(seed, truncation_psi, noise_mode, "auto", self.resolution)
+        self._check_seeds(seed, len(prepared))
+        holes = [p.hole for p in prepared]
+        kept = self._set_malloc(holes)
+        budget = self._budget(sum(h.size for h in holes))
+        return self._fill(list(prepared), seed, truncation_psi, noise_mode, kept, budget)
+
+    def _fill(self, prepared, seed, truncation_psi, noise_mode, kept, budget) -> List[ImageLike]:
+        """Run every canvas of ``prepared`` and give back the images in the inputs' types."""
+        jobs: List[Job] = [
+            dataclasses.replace(job, index=index)
+            for index, one in enumerate(prepared)
+            for job in one.jobs
+        ]
+        filled = [one.data.rgb.copy() for one in prepared]
         try:
             self._run(jobs, filled, seed, truncation_psi, noise_mode, kept, budget)
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
             if isinstance(err, RuntimeError) and not _is_out_of_memory(err):
                 raise
             largest = max((j.image.shape[0] * j.image.shape[1] for j in jobs), default=0)
+            need = forward_bytes(self.device.type, self.dtype, kept, largest)
             raise MemoryBudgetError(
                 f"ran out of memory on the {self.device} (largest canvas "
-                f"{largest / 1e6:.1f} Mpx, estimated {gib(need(largest))}); free memory, "
+                f"{largest / 1e6:.1f} Mpx, estimated {gib(need)}); free memory, "
                 f"use a bfloat16 dtype, the 'resize' strategy or a smaller memory budget"
             ) from None
-        results = [compose(d, f, h) for d, f, h in zip(datas, filled, holes)]
-        return results[0] if single else results
+        return [compose(one.data, f, one.hole) for one, f in zip(prepared, filled)]
+
+    def _check_seeds(self, seed, count: int) -> None:
+        if isinstance(seed, (list, tuple)):
+            if len(seed) != count or None in seed:
+                raise InputError("pass one seed per image (a list of seeds for a list of images)")
+            if self._forward is not None:
+                raise InputError("per-image seeds do not work with cuda_graphs=True")
 
     def _check_options(self, seed, truncation_psi, noise_mode, strategy, resize_limit) -> None:
         if strategy not in STRATEGIES:
@@ -318,14 +358,19 @@ class Inpainter:
                 f"resize_limit must be at least {self.resolution // 2} px; got {resize_limit}"
             )
 
-    def _set_malloc(self, holes) -> bool:
-        """Apply the keep_freed_memory choice for this call; whether freed memory is kept."""
-        if self.device.type != "cpu":
-            return False
+    def _keep_choice(self) -> Optional[bool]:
+        """keep_freed_memory, else MAT_FAST_KEEP_FREED_MEMORY: True, False, or None (by size)."""
         choice = self.keep_freed_memory
         env = os.environ.get(cpu_memory.ENV_VAR, "").strip()
         if choice is None and env in ("0", "1"):
             choice = env == "1"
+        return choice
+
+    def _set_malloc(self, holes) -> bool:
+        """Apply the keep_freed_memory choice for this call; whether freed memory is kept."""
+        if self.device.type != "cpu":
+            return False
+        choice = self._keep_choice()
         if choice is None:  # auto: by the largest photo, an upper bound of its canvases
             big = max((h.size for h in holes), default=0) > KEEP_FREED_MAX_PIXELS
             if big and cpu_memory.freed_memory_kept():
