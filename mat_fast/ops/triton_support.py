@@ -85,7 +85,6 @@ def check_device(op: str, kernel, *tensors: Optional[torch.Tensor]) -> torch.dev
     """Raise a clear ``ValueError`` unless all tensors share one device that ``kernel`` (a
     ``@triton.jit`` function of the op) runs on: CUDA, or CPU when it was built for Triton's
     interpreter (see :func:`kernels_interpreted`)."""
-    interpreted = kernels_interpreted(kernel)
     present = [t for t in tensors if t is not None]
     device = present[0].device
     for t in present[1:]:
@@ -93,6 +92,13 @@ def check_device(op: str, kernel, *tensors: Optional[torch.Tensor]) -> torch.dev
             raise ValueError(
                 f"{op}: all tensors must be on one device; got {device} and {t.device}"
             )
+    if torch.compiler.is_compiling():
+        # Dynamo cannot trace isinstance() of a compiled @triton.jit kernel (a
+        # TritonKernelVariable: every torch.compile of a Triton op failed on the H200,
+        # torch 2.11); while tracing, the device check stops here, and a tensor on a device
+        # the kernels do not run on fails at their launch instead.
+        return device
+    interpreted = kernels_interpreted(kernel)
     if device.type == "cuda":
         if interpreted:
             raise ValueError(
