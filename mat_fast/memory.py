@@ -7,10 +7,12 @@ interpolated between peak RSS measured at 512x512, 1024x1024 and 2560x2048 (the 
 below says where each figure comes from). The Inpainter adds what it holds per *photo*
 pixel (float copies of the photo, the result).
 
-GPU estimate (UNMEASURED, no GPU figures exist yet): the CPU curve with freed memory kept
-(torch's caching allocator also keeps its peak), for the dtype, plus
-GPU_FIXED_BYTES_UNMEASURED for the CUDA context and workspaces; i.e. about
-0.8 GiB + 3 GiB per 1024x1024 canvas in fp32. Replace it with measured figures.
+GPU estimate (one point measured): the CPU curve with freed memory kept (torch's caching
+allocator also keeps its peak), for the dtype, plus GPU_FIXED_BYTES_UNMEASURED for the CUDA
+context and workspaces; i.e. about 0.8 GiB + 3 GiB per 1024x1024 canvas in fp32. The one
+GPU figure so far (H200, 512x512 batch 1 fp32, benchmarks/results/generator_cuda.json):
+peak allocated 1.47-1.64 GiB including the weights, against 1.84 GiB estimated (safe
+side). Replace it with measured curves.
 
 The estimate is compared before a call with the memory available (free device memory on a
 GPU; on the CPU, the kernel's MemAvailable, bounded by a cgroup limit where there is one),
@@ -72,7 +74,7 @@ PHOTO_BYTES_PER_PIXEL = 48
 # runs and the allocator's fragmentation grows with the number of calls.
 SAFETY = 1.15
 
-# GPU: NOT MEASURED (no GPU figures exist yet). Assumed: torch's caching allocator holds
+# GPU: one point measured (see the module docstring). Assumed: torch's caching allocator holds
 # blocks like the CPU with freed memory kept, plus the CUDA context and workspaces.
 GPU_FIXED_BYTES_UNMEASURED = 800 * (1 << 20)
 
