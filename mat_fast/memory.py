@@ -11,8 +11,8 @@ GPU estimate (one point measured): the CPU curve with freed memory kept (torch's
 allocator also keeps its peak), for the dtype, plus GPU_FIXED_BYTES_UNMEASURED for the CUDA
 context and workspaces; i.e. about 0.8 GiB + 3 GiB per 1024x1024 canvas in fp32. The one
 GPU figure so far (H200, 512x512 batch 1 fp32, benchmarks/results/generator_cuda.json):
-peak allocated 1.43-1.61 GiB (1469-1645 MiB) including the weights, against 1.84 GiB estimated (safe
-side). Replace it with measured curves.
+peak allocated 1.43-1.61 GiB (1469-1645 MiB) including the weights, against 1.84 GiB
+estimated (safe side). Replace it with measured curves.
 
 The estimate is compared before a call with the memory available (free device memory on a
 GPU; on the CPU, the kernel's MemAvailable, bounded by a cgroup limit where there is one),
