@@ -18,9 +18,6 @@ The ratio folder/generator is what the folder pipeline costs on top of the netwo
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,8 +32,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import apply_malloc, device_name, git_commit  # noqa: E402
+from benchmarks.common import apply_malloc  # noqa: E402
 from benchmarks.generator import DTYPES, forward_fn, make_inputs  # noqa: E402
+from benchmarks.results_io import ResultsFile  # noqa: E402
 from mat_fast.folder_inference import FolderPair, run_folder  # noqa: E402
 from mat_fast.inpaint import Inpainter, random_generator  # noqa: E402
 
@@ -80,7 +78,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             torch.cuda.synchronize(device)
 
     generator_rates, folder_rates = [], []
-    with tempfile.TemporaryDirectory() as tmp:
+    results = ResultsFile(
+        Path(args.out) / f"folder_{device.type}.json", "folder", device, malloc=malloc,
+        threads=torch.get_num_threads(), size=args.size, count=args.count,
+        batch=args.batch_size, workers=args.workers, dtype=args.dtype,
+    )  # fmt: skip
+    with results, tempfile.TemporaryDirectory() as tmp:
         pairs = write_folder(Path(tmp), args.count, args.size)
         forward(), sync()  # warm-up: native kernels, allocator
         for round_ in range(args.rounds):
@@ -104,38 +107,28 @@ def main(argv: Optional[List[str]] = None) -> int:
             )
             sync()
             folder_rates.append(summary.written / (time.perf_counter() - start))
+            results.add(
+                dict(
+                    round=round_,
+                    generator_images_per_s=generator_rates[-1],
+                    folder_images_per_s=folder_rates[-1],
+                    ratio=folder_rates[-1] / generator_rates[-1],
+                )
+            )
             print(
                 f"round {round_}: generator {generator_rates[-1]:.3f} img/s, "
                 f"folder {folder_rates[-1]:.3f} img/s",
                 flush=True,
             )
-    generator_ips, folder_ips = statistics.median(generator_rates), statistics.median(folder_rates)
-    result = dict(
-        device=device_name(device),
-        commit=git_commit(),
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        command="python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
-        python=platform.python_version(),
-        torch=torch.__version__,
-        malloc=malloc,
-        threads=torch.get_num_threads(),
-        size=args.size,
-        count=args.count,
-        batch=args.batch_size,
-        workers=args.workers,
-        dtype=args.dtype,
-        generator_images_per_s=generator_rates,
-        folder_images_per_s=folder_rates,
-        ratio=folder_ips / generator_ips,
-    )
+        generator_ips = statistics.median(generator_rates)
+        folder_ips = statistics.median(folder_rates)
+        results.meta["ratio_of_medians"] = folder_ips / generator_ips
     print(
         f"{args.size}px B{args.batch_size} {args.dtype}, {args.workers} workers: generator "
         f"{generator_ips:.3f} img/s, folder {folder_ips:.3f} img/s "
-        f"(folder/generator = {result['ratio']:.2f})"
+        f"(folder/generator = {results.meta['ratio_of_medians']:.2f})"
     )
-    path = Path(args.out) / f"folder_{device.type}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    print(f"wrote {results.path}")
     return 0
 
 

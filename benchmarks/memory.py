@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, device_name, git_commit  # noqa: E402
+from benchmarks.common import ROOT  # noqa: E402
+from benchmarks.results_io import ResultsFile  # noqa: E402
 
 GIB = 1 << 30
 
@@ -73,7 +74,15 @@ def main() -> None:
     if args.child:
         _child(int(args.child[0]), args.child[1])
         return
-    rows = []
+    import torch
+
+    results = ResultsFile(Path(args.out), "memory", torch.device("cpu"), cpus=os.cpu_count())
+    with results:
+        _measure(args, results)
+    print(f"wrote {args.out}")
+
+
+def _measure(args, results) -> None:
     for malloc in args.malloc.split(","):
         for dtype_name in args.dtypes.split(","):
             done = []
@@ -82,7 +91,7 @@ def main() -> None:
                     (p0, m0), (p1, m1) = done[-2:]
                     expected = m1 + (m1 - m0) / (p1 - p0) * (size * size - p1)
                     if expected > 0.8 * _available_bytes():
-                        rows.append(dict(size=size, dtype=dtype_name, malloc=malloc, skipped=True))
+                        results.add(dict(size=size, dtype=dtype_name, malloc=malloc, skipped=True))
                         print(f"{size} {dtype_name} {malloc}: skipped (~{expected / GIB:.1f} GiB)")
                         continue
                 env = dict(os.environ, MAT_FAST_KEEP_FREED_MEMORY="1" if malloc == "keep" else "0")
@@ -98,22 +107,13 @@ def main() -> None:
                     continue
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 row.update(size=size, dtype=dtype_name, malloc=malloc)
-                rows.append(row)
+                results.add(row)
                 done.append((size * size, row["peak_bytes"]))
                 print(
                     f"{size} {dtype_name} {malloc}: peak {row['peak_bytes'] / GIB:.2f} GiB "
                     f"(before the call {row['before_bytes'] / GIB:.2f}), {row['seconds']:.1f} s",
                     flush=True,
                 )
-    result = dict(
-        device=device_name(__import__("torch").device("cpu")),
-        cpus=os.cpu_count(),
-        commit=git_commit(),
-        command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        rows=rows,
-    )
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,7 @@ random VGG19 (the same work as the real one). Output: a table,
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import resource
 import sys
 import tempfile
@@ -31,14 +29,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import (
-    add_malloc_option,
-    apply_malloc,
-    device_name,
-    draw_chart,
-    git_commit,
-    time_group,
-)
+from benchmarks.common import add_malloc_option, apply_malloc, draw_chart, time_group
+from benchmarks.results_io import ResultsFile
 from mat_fast import backend
 from mat_fast.training import loop
 from mat_fast.training.config import TrainOptions
@@ -117,21 +109,30 @@ def main(argv=None) -> int:
     available = [n for n, why in backend.available_backends(device).items() if why is None]
     names = args.backends.split(",") if args.backends else available
     names = ["reference"] + [n for n in names if n != "reference"]
-    rows = []
-    for resolution in (int(r) for r in args.resolutions.split(",")):
-        with tempfile.TemporaryDirectory() as data:
-            _images(Path(data), resolution, 2)
-            for name in names:
-                for precision in args.precisions.split(","):
-                    row = bench(args, resolution, name, precision, data, device)
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-    for row in rows:
-        same = [r for r in rows if r["resolution"] == row["resolution"]]
-        base = next(
-            (r for r in same if r["backend"] == "reference" and r["precision"] == "fp32"), same[0]
-        )
-        row["speedup_vs_reference"] = base["step_ms"] / row["step_ms"]
+    out = Path(args.out)
+    tag = "cuda" if device.type == "cuda" else "cpu"
+    precisions = sorted(args.precisions.split(","), key=lambda p: p != "fp32")  # fp32 first
+    results = ResultsFile(
+        out / f"train_{tag}.json", "train", device, batch=args.batch, arch=args.arch,
+        malloc=malloc, note="step = Gmain + Dmain + Dreg/16 (loss, backward, Adam step); "
+        "reference = plain PyTorch ops in fp32; peak = the process's so far on CPU",
+    )  # fmt: skip
+    with results:
+        for resolution in (int(r) for r in args.resolutions.split(",")):
+            with tempfile.TemporaryDirectory() as data:
+                _images(Path(data), resolution, 2)
+                for name in names:
+                    for precision in precisions:
+                        row = bench(args, resolution, name, precision, data, device)
+                        base = next(
+                            (r for r in results.rows if r["resolution"] == resolution
+                             and r["backend"] == "reference" and r["precision"] == "fp32"),
+                            row,
+                        )  # fmt: skip
+                        row["speedup_vs_reference"] = base["step_ms"] / row["step_ms"]
+                        results.add(row)
+                        print(json.dumps(row), flush=True)
+    rows = results.rows
     print(f"\n{'res':>4} {'backend':<10} {'prec':<5} {'Gmain':>9} {'Dmain':>9} {'Dreg':>9} "
           f"{'step ms':>9} {'img/s':>7} {'x ref':>6} {'peak GB':>8}")  # fmt: skip
     for r in rows:
@@ -139,23 +140,12 @@ def main(argv=None) -> int:
         print(f"{r['resolution']:>4} {r['backend']:<10} {r['precision']:<5} {ph['Gmain']:>9.1f} "
               f"{ph['Dmain']:>9.1f} {ph['Dreg']:>9.1f} {r['step_ms']:>9.1f} {r['img_per_s']:>7.2f} "
               f"{r['speedup_vs_reference']:>6.2f} {r['peak_mem_gb']:>8.2f}")  # fmt: skip
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "cuda" if device.type == "cuda" else "cpu"
-    meta = dict(
-        device=device_name(device), torch=torch.__version__, python=platform.python_version(),
-        commit=git_commit(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        batch=args.batch, arch=args.arch, malloc=malloc,
-        note="step = Gmain + Dmain + Dreg/16 (loss, backward, Adam step); reference = plain "
-        "PyTorch ops in fp32",
-    )  # fmt: skip
-    (out / f"train_{tag}.json").write_text(json.dumps(dict(meta, rows=rows), indent=2) + "\n")
     chart = [
         dict(config=f"{r['resolution']} px, batch {args.batch}", impl=f"{r['backend']} {r['precision']}",
              median_ms=r["step_ms"], speedup_vs_reference=r["speedup_vs_reference"])
         for r in rows
     ]  # fmt: skip
-    draw_chart(chart, out / f"train_{tag}.png", f"MAT training step ({meta['device']})",
+    draw_chart(chart, out / f"train_{tag}.png", f"MAT training step ({results.meta['device']})",
                speedup_key="speedup_vs_reference", baseline="reference fp32")  # fmt: skip
     print(f"\nwrote {out / f'train_{tag}.json'} and {out / f'train_{tag}.png'}")
     return 0

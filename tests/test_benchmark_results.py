@@ -17,7 +17,15 @@ from benchmarks.results_io import ResultsFile, load
 from .helpers.paths import ROOT
 
 
-@pytest.mark.parametrize("name", ["attention_cpu", "generator_cpu", "precision_cpu"])
+COMMITTED = sorted(p.stem for p in (ROOT / "benchmarks" / "results").glob("*.json"))
+
+
+def test_every_benchmark_has_committed_results():
+    kinds = {name.split("_")[0] for name in COMMITTED}
+    assert {"attention", "generator", "precision", "memory", "folder", "train"} <= kinds
+
+
+@pytest.mark.parametrize("name", COMMITTED)
 def test_committed_results_follow_the_schema(name):
     data = load(ROOT / "benchmarks" / "results" / f"{name}.json")
     assert data["meta"]["benchmark"] == name.split("_")[0]
