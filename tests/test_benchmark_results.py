@@ -16,7 +16,6 @@ from benchmarks.results_io import ResultsFile, load
 
 from .helpers.paths import ROOT
 
-
 COMMITTED = sorted(p.stem for p in (ROOT / "benchmarks" / "results").glob("*.json"))
 
 
