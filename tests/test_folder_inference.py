@@ -80,6 +80,7 @@ def test_size_batches_group_equal_sizes_in_order():
     assert _size_batches(sizes, 2) == [[0, 2], [1, 5], [3]]
 
 
+@pytest.mark.slow  # torchrun with 2 processes and 3 runs of the CLI: ~50 s on 2 cores
 def test_results_do_not_depend_on_batch_workers_or_ranks(folders, tmp_path):
     one = _cli(_run_args(folders, tmp_path / "one", "--batch-size", "1", "--workers", "0"))
     assert one.returncode == 0, one.stderr[-2000:]

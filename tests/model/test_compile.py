@@ -58,7 +58,7 @@ def compiled_vs_eager(G, backend_name, device, compile_backend, **compile_kwargs
         # backend with custom ops (their fakes are what can break a graph); the reference
         # (plain torch ops) is traced with the slow tests.
         pytest.param("reference", marks=pytest.mark.slow),
-        "cpu",
+        pytest.param("cpu", marks=pytest.mark.slow),  # a whole-network compile: ~25 s
     ],
 )
 def test_generator_compiles_in_one_graph_and_matches_eager_cpu(generator_128, backend_name):

@@ -191,14 +191,13 @@ FP16_CPU_REFERENCE = (
 
 
 # The whole-network half-precision cases run on CPU: (resolution, backend, dtype, use_noise)
-# -> marks. The 'cpu' backend in bf16 (the CPU half precision users should pick) at 256 in
-# the quick run; the other layout, fp16 and 512 with the slow tests (CI runs them all:
-# ~0.5-1.5 min each on one core). The 'reference' twin in half precision does not run whole
+# -> marks. All with the slow tests (CI runs them: ~0.5-1.5 min each on one core); the quick
+# run keeps the op-by-op half-precision checks below. The 'reference' twin in half precision does not run whole
 # on CPU (torch's generic half convolutions: > 15 min per forward on one core); its
 # half-precision hazards are checked op by op below. Every device x backend x dtype runs
 # on a GPU.
 CPU_CASES = {
-    (256, "cpu", "bf16", True): [],
+    (256, "cpu", "bf16", True): [pytest.mark.slow],
     (256, "cpu", "bf16", False): [pytest.mark.slow],
     (256, "cpu", "fp16", True): [pytest.mark.slow],
     (512, "cpu", "bf16", True): [pytest.mark.slow],
