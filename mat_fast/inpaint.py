@@ -29,7 +29,13 @@ from .memory import PHOTO_BYTES_PER_PIXEL, available_bytes, forward_bytes, gib
 from .model import Generator
 from .model.sample_rng import derive_seed, per_sample
 from .planning import STRATEGIES, Job, hole_regions, paste
-from .prepare import KEEP_FREED_MAX_PIXELS, Prepared, Preparer, make_planner, warn_if_degenerate
+from .prepare import (
+    Prepared,
+    Preparer,
+    keeps_freed_memory,
+    make_planner,
+    warn_if_degenerate,
+)
 
 #: An image or mask as the Inpainter takes and returns it: a PIL image, a 16-bit RGB(A)
 #: image (RGB16Image, which PIL has no mode for), a numpy array (H, W[, C]) or a tensor
@@ -139,7 +145,7 @@ class Inpainter:
                 freed memory for reuse (faster forwards, the process keeps its peak);
                 False leaves malloc's settings alone; None (default) takes
                 ``MAT_FAST_KEEP_FREED_MEMORY`` (1 or 0) when set, else keeps freed memory
-                for calls whose canvases have at most ``KEEP_FREED_MAX_PIXELS`` pixels
+                for calls whose canvases have at most ``prepare.KEEP_FREED_MAX_PIXELS`` pixels
                 and restores glibc's defaults before larger ones (kept memory raises their
                 peak).
             max_memory: bytes a call may use (default: the memory available on the device
@@ -244,7 +250,8 @@ class Inpainter:
         masks = [mask] if single else list(mask) if isinstance(mask, (list, tuple)) else None
         if masks is None or len(masks) != len(images):
             raise InputError("pass one mask per image (a list of masks for a list of images)")
-        self._check_options(seed, truncation_psi, noise_mode, strategy, resize_limit)
+        self._check_plan_options(strategy, resize_limit)
+        self._check_run_options(seed, truncation_psi, noise_mode)
         self._check_seeds(seed, len(images))
         datas = [to_image_data(im) for im in images]
         holes = [
@@ -282,7 +289,7 @@ class Inpainter:
         :meth:`fill` takes its results. The arguments are :meth:`__call__`'s. The memory
         budget is taken now (``max_memory``, else what the device has free now) and each
         image's own pixels are subtracted from it, as a one-image call would."""
-        self._check_options(None, 1.0, "auto", strategy, resize_limit)
+        self._check_plan_options(strategy, resize_limit)
         budget = self.max_memory if self.max_memory is not None else available_bytes(self.device)
         return Preparer(
             self.resolution, self.device.type, self.dtype, self._keep_choice(), budget,
@@ -300,7 +307,7 @@ class Inpainter:
         """Inpaint images a :meth:`preparer` prepared: the same results as :meth:`__call__`
         on those images with those options (``seed`` as there: one int, or a list with one
         seed per image)."""
-        self._check_options(seed, truncation_psi, noise_mode, "auto", self.resolution)
+        self._check_run_options(seed, truncation_psi, noise_mode)
         self._check_seeds(seed, len(prepared))
         holes = [p.hole for p in prepared]
         kept = self._set_malloc(holes)
@@ -336,9 +343,15 @@ class Inpainter:
             if self._forward is not None:
                 raise InputError("per-image seeds do not work with cuda_graphs=True")
 
-    def _check_options(self, seed, truncation_psi, noise_mode, strategy, resize_limit) -> None:
+    def _check_plan_options(self, strategy, resize_limit) -> None:
         if strategy not in STRATEGIES:
             raise InputError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+        if resize_limit < self.resolution // 2:
+            raise InputError(
+                f"resize_limit must be at least {self.resolution // 2} px; got {resize_limit}"
+            )
+
+    def _check_run_options(self, seed, truncation_psi, noise_mode) -> None:
         if noise_mode not in ("auto", "random", "const", "none"):
             raise InputError(
                 f"noise_mode must be 'auto', 'random', 'const' or 'none'; got {noise_mode!r}"
@@ -353,10 +366,6 @@ class Inpainter:
                 raise InputError(f"seed must be an integer in [0, 2**63); got {one!r}")
         if not np.isfinite(truncation_psi):
             raise InputError(f"truncation_psi must be a finite number; got {truncation_psi!r}")
-        if resize_limit < self.resolution // 2:
-            raise InputError(
-                f"resize_limit must be at least {self.resolution // 2} px; got {resize_limit}"
-            )
 
     def _keep_choice(self) -> Optional[bool]:
         """keep_freed_memory, else MAT_FAST_KEEP_FREED_MEMORY: True, False, or None (by size)."""
@@ -371,12 +380,14 @@ class Inpainter:
         if self.device.type != "cpu":
             return False
         choice = self._keep_choice()
-        if choice is None:  # auto: by the largest photo, an upper bound of its canvases
-            big = max((h.size for h in holes), default=0) > KEEP_FREED_MAX_PIXELS
-            if big and cpu_memory.freed_memory_kept():
-                cpu_memory.return_freed_memory()
-            return False if big else cpu_memory.keep_freed_memory()
-        return cpu_memory.keep_freed_memory() if choice else cpu_memory.freed_memory_kept()
+        if choice is False:  # malloc's settings left alone (kept only if other code did)
+            return cpu_memory.freed_memory_kept()
+        # by the largest photo (an upper bound of its canvases) unless kept by choice
+        if keeps_freed_memory(choice, max((h.size for h in holes), default=0)):
+            return cpu_memory.keep_freed_memory()
+        if cpu_memory.freed_memory_kept():  # only a large photo with no choice gets here
+            cpu_memory.return_freed_memory()
+        return False
 
     def _budget(self, photo_pixels: int) -> Optional[int]:
         """Bytes the forwards may use: the budget less what the photos themselves take."""

@@ -20,7 +20,14 @@ from .planning import Job, Planner
 
 log = logging.getLogger("mat_fast")
 
-__all__ = ["KEEP_FREED_MAX_PIXELS", "Prepared", "Preparer", "make_planner", "warn_if_degenerate"]
+__all__ = [
+    "KEEP_FREED_MAX_PIXELS",
+    "Prepared",
+    "Preparer",
+    "keeps_freed_memory",
+    "make_planner",
+    "warn_if_degenerate",
+]
 
 # With freed memory kept (mat_fast.cpu_memory) a 512 px forward runs 20-30% faster, but the
 # process keeps its high-water mark, and on large canvases the peak itself grows (measured
@@ -63,11 +70,7 @@ class Preparer:
         hole = to_hole_mask(mask, data.size, self.mask_convention, self.mask_threshold)
         warn_if_degenerate(hole, name)
         # what Inpainter._set_malloc will decide for a call on this image alone
-        kept = self.device_type == "cpu" and (
-            hole.size <= KEEP_FREED_MAX_PIXELS
-            if self.keep_choice is None
-            else self.keep_choice or cpu_memory.freed_memory_kept()
-        )
+        kept = self.device_type == "cpu" and keeps_freed_memory(self.keep_choice, hole.size)
         budget = None
         if self.budget is not None:
             photo = PHOTO_BYTES_PER_PIXEL * hole.size if self.device_type == "cpu" else 0
@@ -78,6 +81,15 @@ class Preparer:
             self.resize_limit,
         )  # fmt: skip
         return Prepared(data, hole, jobs)
+
+
+def keeps_freed_memory(choice: Optional[bool], largest_pixels: int) -> bool:
+    """Whether a CPU call on photos of at most ``largest_pixels`` keeps freed memory:
+    ``choice`` is the Inpainter's keep_freed_memory (or its environment variable); None
+    decides by size; False still finds it kept when other code kept it (process-wide)."""
+    if choice is None:
+        return largest_pixels <= KEEP_FREED_MAX_PIXELS
+    return choice or cpu_memory.freed_memory_kept()
 
 
 def make_planner(
