@@ -95,6 +95,16 @@ def generator_128():
     return random_generator(seed=3, resolution=128)
 
 
+@pytest.fixture(scope="session")
+def stand_in_generator():
+    """A cheap stand-in for a 128 generator (tests/helpers/stand_in_generator.py) for the
+    tests of the code around the network: Inpainter plans, preparing, seeds, formats and
+    memory budgets. Tests must not change it."""
+    from .helpers.stand_in_generator import StandInGenerator
+
+    return StandInGenerator(seed=3)
+
+
 @pytest.fixture(scope="module")
 def native_ops():
     """The native extension's Python modules (window attention, partial convolution), built

@@ -90,7 +90,7 @@ def test_cpu_inpainter_keeps_freed_memory_unless_opted_out(opt_out):
     from mat_fast import Inpainter, cpu_memory
     hole = np.zeros((64, 64), bool)
     hole[8:24, 8:24] = True
-    Inpainter.random(0, resolution=256, device="cpu")(np.zeros((64, 64, 3), np.uint8), hole)
+    Inpainter.random(0, resolution=128, device="cpu")(np.zeros((64, 64, 3), np.uint8), hole)
     print(json.dumps(dict(kept=cpu_memory.freed_memory_kept())))
     """
     env = {cpu_memory.ENV_VAR: "0"} if opt_out else {cpu_memory.ENV_VAR: "1"}

@@ -94,7 +94,7 @@ def test_folder_mode_keeps_16_bit_rgba_png_and_rgb_tiff(tmp_path):
     _check_result(_read16(outs / "b.png"), rgb, hole)
 
 
-def test_inpainter_takes_and_returns_rgb16_with_its_metadata(tmp_path, generator_128):
+def test_inpainter_takes_and_returns_rgb16_with_its_metadata(tmp_path, stand_in_generator):
     source = _pixels(seed=3)
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     exif = Image.Exif()
@@ -106,7 +106,7 @@ def test_inpainter_takes_and_returns_rgb16_with_its_metadata(tmp_path, generator
     assert np.array_equal(image.pixels, source)
     hole = np.zeros((H, W), bool)
     hole[HOLE] = True
-    result = Inpainter(generator_128, device="cpu")(image, hole, seed=0)
+    result = Inpainter(stand_in_generator, device="cpu")(image, hole, seed=0)
     assert isinstance(result, RGB16Image)
     _check_result(result.pixels, source, hole)
     write_images([(result, tmp_path / "out.png", output_metadata(result))])
@@ -115,7 +115,7 @@ def test_inpainter_takes_and_returns_rgb16_with_its_metadata(tmp_path, generator
     assert written.getexif()[0x010F] == "mat_fast camera"
     assert np.array_equal(_read16(tmp_path / "out.png"), result.pixels)
     # a numpy uint16 array works alike and gives the same fill
-    as_array = Inpainter(generator_128, device="cpu")(source, hole, seed=0)
+    as_array = Inpainter(stand_in_generator, device="cpu")(source, hole, seed=0)
     assert np.array_equal(as_array, result.pixels)
 
 
@@ -234,7 +234,7 @@ def test_16_bit_tiff_output_marks_alpha_and_keeps_the_icc_profile(tmp_path, monk
     assert np.array_equal(_read16(tmp_path / "b.tif"), rgba.pixels)
 
 
-def test_8_bit_and_16_bit_grey_files_keep_their_pil_path(tmp_path, generator_128):
+def test_8_bit_and_16_bit_grey_files_keep_their_pil_path(tmp_path, stand_in_generator):
     eight = np.random.default_rng(7).integers(0, 256, (H, W, 3), dtype=np.uint8)
     Image.fromarray(eight).save(tmp_path / "rgb8.png")
     loaded = load_image(tmp_path / "rgb8.png", full_depth=True)
@@ -245,7 +245,7 @@ def test_8_bit_and_16_bit_grey_files_keep_their_pil_path(tmp_path, generator_128
     image = load_image(tmp_path / "grey16.png", full_depth=True)
     hole = np.zeros((H, W), bool)
     hole[HOLE] = True
-    result = Inpainter(generator_128, device="cpu")(image, hole, seed=0)
+    result = Inpainter(stand_in_generator, device="cpu")(image, hole, seed=0)
     assert result.mode == image.mode
     write_images([(result, tmp_path / "out.png", {})])
     assert _png_depth(tmp_path / "out.png") == (16, 0)

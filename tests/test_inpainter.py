@@ -26,8 +26,8 @@ class Spy:
 
 
 @pytest.fixture()
-def inpainter(generator_128):
-    ip = Inpainter(generator_128, device="cpu")
+def inpainter(stand_in_generator):
+    ip = Inpainter(stand_in_generator, device="cpu")
     spy = Spy(ip.generator)
     ip.spy = spy
     yield ip
@@ -198,9 +198,9 @@ def test_lists_need_one_mask_per_image(inpainter):
         inpainter([img, img], [hole])
 
 
-def test_cuda_graphs_need_a_cuda_device(generator_128):
+def test_cuda_graphs_need_a_cuda_device(stand_in_generator):
     with pytest.raises(InputError, match="cuda_graphs=True needs a CUDA device") as err:
-        Inpainter(generator_128, device="cpu", cuda_graphs=True)
+        Inpainter(stand_in_generator, device="cpu", cuda_graphs=True)
     assert "--" not in str(err.value)  # API messages do not talk about CLI flags
 
 

@@ -81,10 +81,10 @@ def _scene(h, w):
     return image, hole
 
 
-def test_auto_scales_a_region_down_until_it_fits(generator_128, hooks, caplog):
+def test_auto_scales_a_region_down_until_it_fits(stand_in_generator, hooks, caplog):
     image, hole = _scene(600, 700)  # full canvas 640x768 on the 128 network
     budget = _budget_between(256 * 256, 1, 512 * 512, 1, 600 * 700)
-    inpaint = Inpainter(generator_128, device="cpu", max_memory=budget)
+    inpaint = Inpainter(stand_in_generator, device="cpu", max_memory=budget)
     seen = Canvases(inpaint, hooks)
     out = inpaint(image, hole, seed=0)
     assert len(seen.shapes) == 1 and seen.shapes[0][:2] == (1, 3)
@@ -93,36 +93,36 @@ def test_auto_scales_a_region_down_until_it_fits(generator_128, hooks, caplog):
     assert "inpainting it at" in caplog.text  # says the quality trade it made
 
 
-def test_full_strategy_that_does_not_fit_is_refused_with_how_much(generator_128, hooks):
+def test_full_strategy_that_does_not_fit_is_refused_with_how_much(stand_in_generator, hooks):
     image, hole = _scene(600, 700)
     budget = _budget_between(256 * 256, 1, 512 * 512, 1, 600 * 700)
-    inpaint = Inpainter(generator_128, device="cpu", max_memory=budget)
+    inpaint = Inpainter(stand_in_generator, device="cpu", max_memory=budget)
     seen = Canvases(inpaint, hooks)
     with pytest.raises(MemoryBudgetError, match=r"needs about \d+\.\d GiB .* is available; use"):
         inpaint(image, hole, strategy="full")
     assert seen.shapes == []
 
 
-def test_nothing_fits_is_refused(generator_128, hooks):
+def test_nothing_fits_is_refused(stand_in_generator, hooks):
     image, hole = _scene(300, 300)
-    inpaint = Inpainter(generator_128, device="cpu", max_memory=1 << 20)
+    inpaint = Inpainter(stand_in_generator, device="cpu", max_memory=1 << 20)
     with pytest.raises(MemoryBudgetError, match="smallest there is"):
         inpaint(image, hole)
 
 
-def test_resize_strategy_bounds_the_region_by_the_limit(generator_128, hooks):
+def test_resize_strategy_bounds_the_region_by_the_limit(stand_in_generator, hooks):
     image, hole = _scene(300, 400)
-    inpaint = Inpainter(generator_128, device="cpu")
+    inpaint = Inpainter(stand_in_generator, device="cpu")
     seen = Canvases(inpaint, hooks)
     out = inpaint(image, hole, seed=0, strategy="resize", resize_limit=128, crop_margin=16)
     assert seen.shapes == [(1, 3, 128, 128)]  # 400 -> 128 on the longer side, padded
     assert np.array_equal(out[~hole], image[~hole]) and not np.array_equal(out[hole], image[hole])
 
 
-def test_batches_shrink_to_what_memory_holds(generator_128, hooks):
+def test_batches_shrink_to_what_memory_holds(stand_in_generator, hooks):
     (a, ha), (b, hb) = _scene(256, 256), _scene(256, 256)
     budget = _budget_between(256 * 256, 1, 256 * 256, 2, 2 * 256 * 256)
-    inpaint = Inpainter(generator_128, device="cpu", batch_size=4, max_memory=budget)
+    inpaint = Inpainter(stand_in_generator, device="cpu", batch_size=4, max_memory=budget)
     seen = Canvases(inpaint, hooks)
     inpaint([a, b], [ha, hb], seed=0)
     assert seen.shapes == [(1, 3, 256, 256)] * 2
@@ -136,8 +136,8 @@ def test_batches_shrink_to_what_memory_holds(generator_128, hooks):
         MemoryError(),
     ],
 )
-def test_out_of_memory_during_the_forward_is_explained(generator_128, hooks, error):
-    inpaint = Inpainter(generator_128, device="cpu")
+def test_out_of_memory_during_the_forward_is_explained(stand_in_generator, hooks, error):
+    inpaint = Inpainter(stand_in_generator, device="cpu")
 
     def fail(module, args):
         raise error
@@ -149,8 +149,8 @@ def test_out_of_memory_during_the_forward_is_explained(generator_128, hooks, err
     assert "\n" not in str(err.value)
 
 
-def test_other_runtime_errors_are_not_disguised(generator_128, hooks):
-    inpaint = Inpainter(generator_128, device="cpu")
+def test_other_runtime_errors_are_not_disguised(stand_in_generator, hooks):
+    inpaint = Inpainter(stand_in_generator, device="cpu")
 
     def fail(module, args):
         raise RuntimeError("a bug")
@@ -172,7 +172,7 @@ def test_other_runtime_errors_are_not_disguised(generator_128, hooks):
         (False, None, (512, 512), None),  # never touched
     ],
 )
-def test_keep_freed_memory_choice(generator_128, hooks, monkeypatch, choice, env, photo, expect):
+def test_keep_freed_memory_choice(stand_in_generator, hooks, monkeypatch, choice, env, photo, expect):
     calls = []
     monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: calls.append("keep") or True)
     monkeypatch.setattr(cpu_memory, "return_freed_memory", lambda: calls.append("return") or True)
@@ -181,6 +181,6 @@ def test_keep_freed_memory_choice(generator_128, hooks, monkeypatch, choice, env
         monkeypatch.delenv(cpu_memory.ENV_VAR, raising=False)
     else:
         monkeypatch.setenv(cpu_memory.ENV_VAR, env)
-    inpaint = Inpainter(generator_128, device="cpu", keep_freed_memory=choice)
+    inpaint = Inpainter(stand_in_generator, device="cpu", keep_freed_memory=choice)
     inpaint._set_malloc([np.ones(photo, bool)])
     assert calls == ([expect] if expect else [])

@@ -30,8 +30,8 @@ def _pictures(sizes=((40, 70), (60, 50))):
 
 
 @pytest.mark.parametrize("strategy", ["full", "crop"])
-def test_fill_of_prepared_images_is_the_call(generator_128, strategy):
-    inpaint = Inpainter(generator_128, device="cpu", batch_size=2)
+def test_fill_of_prepared_images_is_the_call(stand_in_generator, strategy):
+    inpaint = Inpainter(stand_in_generator, device="cpu", batch_size=2)
     (a, ha), (b, hb) = _pictures(
         ((40, 70), (160, 150)) if strategy == "crop" else ((40, 70), (60, 50))
     )
@@ -49,8 +49,8 @@ def test_fill_of_prepared_images_is_the_call(generator_128, strategy):
     assert np.array_equal(alone[0], called[1])
 
 
-def test_preparer_needs_no_network_and_pickles(generator_128):
-    inpaint = Inpainter(generator_128, device="cpu")
+def test_preparer_needs_no_network_and_pickles(stand_in_generator):
+    inpaint = Inpainter(stand_in_generator, device="cpu")
     prepare = inpaint.preparer(strategy="crop", crop_margin=16)
     assert all(not hasattr(v, "parameters") for v in vars(prepare).values())
     copy = pickle.loads(pickle.dumps(prepare))
@@ -63,12 +63,12 @@ def test_preparer_needs_no_network_and_pickles(generator_128):
         assert np.array_equal(x.known, y.known)
 
 
-def test_preparer_warns_by_name_and_refuses_what_cannot_fit(generator_128, caplog):
+def test_preparer_warns_by_name_and_refuses_what_cannot_fit(stand_in_generator, caplog):
     (a, ha), _ = _pictures()
     with caplog.at_level(logging.WARNING, logger="mat_fast"):
-        Inpainter(generator_128, device="cpu").preparer()(a, np.zeros_like(ha), name="x/a.png")
+        Inpainter(stand_in_generator, device="cpu").preparer()(a, np.zeros_like(ha), name="x/a.png")
     assert "the mask of x/a.png has nothing to fill" in caplog.text
-    tight = Inpainter(generator_128, device="cpu", max_memory=1 << 20)  # 1 MiB
+    tight = Inpainter(stand_in_generator, device="cpu", max_memory=1 << 20)  # 1 MiB
     with pytest.raises(MemoryBudgetError, match="available") as refused:
         tight.preparer(strategy="full")(a, ha)
     with pytest.raises(MemoryBudgetError) as called:
@@ -76,8 +76,8 @@ def test_preparer_warns_by_name_and_refuses_what_cannot_fit(generator_128, caplo
     assert str(refused.value) == str(called.value)
 
 
-def test_fill_checks_its_seeds(generator_128):
-    inpaint = Inpainter(generator_128, device="cpu")
+def test_fill_checks_its_seeds(stand_in_generator):
+    inpaint = Inpainter(stand_in_generator, device="cpu")
     (a, ha), _ = _pictures()
     prepared = [inpaint.preparer()(a, ha)]
     with pytest.raises(ValueError, match="one seed per image"):

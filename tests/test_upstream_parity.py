@@ -13,8 +13,9 @@ The op/layer/block cases run under every usable CPU backend of :mod:`mat_fast.ba
 cases run on 'reference' and the discriminator cases under the configured backend
 (``MAT_FAST_BACKEND``, else 'auto'), so
 ``MAT_FAST_BACKEND=reference pytest tests/test_upstream_parity.py`` checks the pure
-reference path end to end. The four 512-generator cases are marked ``slow``
-(``-m "not slow"`` skips them; they still belong in CI).
+reference path end to end. The four 512-generator cases, the batch-2 256 generator and the
+512 discriminator are marked ``slow`` (``-m "not slow"`` skips them and keeps one batch-1
+256 generator per backend and the 256 discriminator; CI runs them all).
 """
 
 from __future__ import annotations
@@ -462,10 +463,14 @@ def _backends_for(name: str):
     return ["reference", "cpu"]
 
 
+# the largest cases: CI runs them, the quick run keeps smaller ones of each kind
+SLOW_CASES = ("generator512", "generator256_b2", "discriminator_512")
+
+
 def _params():
     params = []
     for name in CASE_NAMES:
-        marks = [pytest.mark.slow] if name.startswith("generator512") else []
+        marks = [pytest.mark.slow] if name.startswith(SLOW_CASES) else []
         for b in _backends_for(name):
             params.append(pytest.param(name, b, marks=marks, id=f"{name}-{b}"))
     return params

@@ -165,9 +165,11 @@ def _build_twice_at_once(kernels, cache: Path):
     assert not [p for p in entries if p.name.endswith(".failed.log")]
 
 
+@pytest.mark.slow
 def test_concurrent_builds_share_one_compile(tmp_path):
     """Two processes build into one empty cache at once: one compiles, the other waits on
-    the lock and loads the result. (A tiny library: the mechanism does not care.)"""
+    the lock and loads the result. (A tiny library: the mechanism does not care. Slow all
+    the same: ~20 s of compiling against torch's headers.)"""
     kernels = tmp_path / "kernels"
     kernels.mkdir()
     (kernels / "mat_fast_ops.cpp").write_text(
