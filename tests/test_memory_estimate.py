@@ -172,7 +172,9 @@ def test_other_runtime_errors_are_not_disguised(stand_in_generator, hooks):
         (False, None, (512, 512), None),  # never touched
     ],
 )
-def test_keep_freed_memory_choice(stand_in_generator, hooks, monkeypatch, choice, env, photo, expect):
+def test_keep_freed_memory_choice(
+    stand_in_generator, hooks, monkeypatch, choice, env, photo, expect
+):
     calls = []
     monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: calls.append("keep") or True)
     monkeypatch.setattr(cpu_memory, "return_freed_memory", lambda: calls.append("return") or True)
