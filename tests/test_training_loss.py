@@ -1,11 +1,12 @@
 """mat_fast.training.TwoStageLoss against upstream's loss, and its behaviour.
 
 ``tests/golden/loss/*.pt`` were written by ``tools/make_loss_golden.py`` from upstream's own
-``TwoStageLoss`` (a seeded 128 Generator/Discriminator, batch 2, a seeded random VGG19; its
-docstring has the format). Each phase here rebuilds our networks under the recorded seeds,
-loads the same VGG weights into ``loss.pcp`` (same state-dict keys), runs the phase under the
-recorded seed on the ``reference`` backend and compares every gradient (sums and samples),
-every reported loss and the mapping's ``w_avg``.
+``TwoStageLoss`` (a seeded 256 Generator/Discriminator, batch 2, a seeded random VGG19; its
+docstring has the format, and the one change to how upstream's FIR filtering is computed).
+Each phase here rebuilds our networks under the recorded seeds, loads the same VGG weights
+into ``loss.pcp`` (same state-dict keys), runs the phase under the recorded seed on the
+``reference`` backend and compares every gradient (sums and samples), every reported loss
+and the mapping's ``w_avg``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .helpers.golden_recipes import (
     regen,
 )
 
-GOLDEN = Path(__file__).parent / "golden" / "loss" / "two_stage_loss_128_b2.pt"
+GOLDEN = Path(__file__).parent / "golden" / "loss" / "two_stage_loss_256_b2.pt"
 # Gradients at the end of G -> D -> loss differ from upstream's by fp32 rounding (our ops
 # round differently, ~1e-6 in the forward): the module's sampled gradients together within
 # 1e-3 (norm-relative), each parameter's sum of |gradient| within 1e-3, and each parameter's
