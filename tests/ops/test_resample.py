@@ -92,6 +92,24 @@ def test_conv2d_resample_matches_reference(backend, kernel, up, down, groups, fm
     )
 
 
+@pytest.mark.parametrize("kernel,up,down", [(3, 1, 1), (3, 2, 1), (3, 1, 2), (1, 1, 2), (1, 2, 1)])
+def test_cpu_conv2d_resample_runs_nchw_where_a_backward_follows(kernel, up, down):
+    """Inference keeps channels_last; where autograd records the op (training), the dense
+    convolutions take NCHW instead (oneDNN's NHWC backward is slower: resample/cpu.py), with
+    the same values."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 6, 12, 10, generator=g).to(memory_format=torch.channels_last)
+    w = torch.randn(4, 6, kernel, kernel, generator=g) * 0.3
+    args = dict(f=setup_filter(), up=up, down=down, padding=kernel // 2)
+    with torch.no_grad():
+        inference = resample_cpu.conv2d_resample_cpu(x, w, **args)
+    training = resample_cpu.conv2d_resample_cpu(x.clone().requires_grad_(), w, **args)
+    if not (kernel == 1 and up > 1):  # (that path ends in the FIR's zero-insertion reference)
+        assert inference.is_contiguous(memory_format=torch.channels_last)
+    assert training.is_contiguous() and training.requires_grad
+    assert_close_verbose(training, inference, rtol=1e-5, what="training vs inference layout")
+
+
 def upfirdn_brute(x, f, up, down, p):
     """scipy-style upfirdn by explicit loops (float64): zero-insert, pad, convolve, keep."""
     x, f = x.double(), f.double()

@@ -6,7 +6,12 @@ Same numbers as :mod:`.reference` (up to float rounding), arranged for oneDNN on
   all its depthwise convolutions (the FIR) are 1.5-4x faster on NHWC than on NCHW, and a
   channels_last feature map flattens to contiguous (B, H*W, C) tokens for free;
 * the FIR's zero padding is the convolution's own padding (no padded copy of a 100-200 MB
-  activation) and downsampling is the convolution's stride (no discarded outputs).
+  activation) and downsampling is the convolution's stride (no discarded outputs);
+* except where autograd records a convolution for a backward (training): oneDNN's NHWC
+  backward of a dense convolution is 1.6-2.8x slower than its NCHW one (fp32, 3x3, 128-512
+  channels at 256-64 px, on a 2-core AMD EPYC), which costs more than the NHWC forward saves
+  (1.0-1.6x). There the dense convolutions take NCHW and only the depthwise FIR, faster on
+  NHWC in both directions, runs channels_last (:func:`conv2d_resample_cpu`).
 
 Zero-insertion upsampling (``up > 1`` in :func:`upfirdn2d_cpu`) runs the reference: in MAT
 only the 3-channel image skips of the decoder take it.
@@ -101,8 +106,20 @@ def conv2d_resample_cpu(
     groups: int = 1,
 ) -> torch.Tensor:
     """:func:`~mat_fast.ops.resample.reference.conv2d_resample_reference` on channels_last
-    activations (converted here if needed) with :func:`upfirdn2d_cpu` as the FIR."""
+    activations (converted here if needed) with :func:`upfirdn2d_cpu` as the FIR; NCHW
+    where autograd records it for a backward (see the module docstring)."""
     if half_convolutions_in_fp32(x.dtype):
         return _widened(conv2d_resample_cpu, x, w, f, up, down, padding, groups)
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        # a backward follows: NCHW for the dense convolutions (see the module docstring)
+        return conv2d_resample_with(
+            _fir_nchw_result, x.contiguous(), w, f, up, down, padding, groups
+        )
     x = x.contiguous(memory_format=torch.channels_last)
     return conv2d_resample_with(upfirdn2d_cpu, x, w, f, up, down, padding, groups)
+
+
+def _fir_nchw_result(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1.0):
+    """:func:`upfirdn2d_cpu` (channels_last inside) with its result made NCHW for the dense
+    convolution that takes it in training."""
+    return upfirdn2d_cpu(x, f, up, down, padding, flip_filter, gain).contiguous()
