@@ -164,6 +164,8 @@ def main(argv=None):
     ap.add_argument("--phases", default=",".join(p[0] for p in PHASES), help="e.g. Dreg,Gmain")
     args = ap.parse_args(argv)
     RES, NAME = args.resolution, f"two_stage_loss_{args.resolution}_b2"
+    if set(args.phases.split(",")) != {p[0] for p in PHASES}:
+        NAME += "_" + args.phases.replace(",", "_")  # a partial run never replaces the golden
 
     U = import_upstream(args.upstream)
     if not args.grouped:
