@@ -9,8 +9,10 @@ eager arithmetic) and precision it times the phases of one training step as
 every 16 steps, so amortised as Dreg / 16), and reports the step time
 ``Gmain + Dmain + Dreg / 16``, images per second (``batch / step``), the speed-up over the
 reference fp32 step of the same resolution, and the peak memory. The perceptual loss uses a
-random VGG19 (the same work as the real one). Output: a table,
-``<out>/train_<device>.json`` and ``<out>/train_<device>.png``.
+random VGG19 (the same work as the real one). On a CPU the rows of a resolution are timed
+together, their phases in turn, so that the machine's drift spreads over all of them; on a
+GPU one row at a time. Output: a table, ``<out>/train_<device>.json`` and
+``<out>/train_<device>.png``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def _peak_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak
 
 
-def bench(args, resolution, backend_name, precision, data, device):
+def trainer_phases(args, resolution, backend_name, precision, data, device) -> dict:
+    """A Trainer for one row and its phases as functions that run under its backend."""
     o = TrainOptions(
         data=str(data), outdir=tempfile.mkdtemp(), arch=args.arch, resolution=resolution,
         batch=args.batch, batch_gpu=args.batch, vgg=None, workers=0, grid=0, progress=False,
@@ -59,30 +62,54 @@ def bench(args, resolution, backend_name, precision, data, device):
     )  # fmt: skip
     with backend.use_backend(backend_name):
         trainer = loop.Trainer(o)
-        img, mask, c = next(iter(loop.make_loader(trainer.dataset, args.batch, 0, 1, 0, 0)))
-        imgs = [(img.to(device).float() / 127.5 - 1)]
-        masks, cs = [mask.to(device)], [c.to(device)]
-        z = [torch.randn([args.batch, trainer.G.z_dim], device=device)]
-        phases = {p.name: (i, p) for i, p in enumerate(trainer.phases)}
+    img, mask, c = next(iter(loop.make_loader(trainer.dataset, args.batch, 0, 1, 0, 0)))
+    imgs = [(img.to(device).float() / 127.5 - 1)]
+    masks, cs = [mask.to(device)], [c.to(device)]
+    z = [torch.randn([args.batch, trainer.G.z_dim], device=device)]
+    phases = {p.name: (i, p) for i, p in enumerate(trainer.phases)}
+
+    def run(name):
+        index, phase = phases[name]
+        with backend.use_backend(backend_name):
+            trainer.run_phase(index, phase, imgs, masks, cs, z)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return {name: (lambda name=name: run(name)) for name in PHASES}
+
+
+def bench(args, resolution, combos, data, device) -> list:
+    """One row per (backend, precision) of ``combos``. On a CPU they are all timed together,
+    phase by phase in turn (time_group's round robin): a shared CPU's speed drifts by 15% or
+    more between rows timed minutes apart, which made their ratios unsteady. On a GPU each
+    is timed on its own, so that each row has its own peak memory."""
+    rows = []
+    for group in [combos] if device.type == "cpu" else [[combo] for combo in combos]:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-
-        def run(name):
-            index, phase = phases[name]
-            trainer.run_phase(index, phase, imgs, masks, cs, z)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-
-        fns = {name: (lambda name=name: run(name)) for name in PHASES}
+        fns = {}
+        for name, precision in group:
+            for phase, fn in trainer_phases(
+                args, resolution, name, precision, data, device
+            ).items():
+                fns[f"{name} {precision} {phase}"] = fn
         stats = time_group(fns, device, args.budget_s)
-    step = (
-        stats["Gmain"]["median_ms"] + stats["Dmain"]["median_ms"] + stats["Dreg"]["median_ms"] / 16
-    )
-    return dict(
-        resolution=resolution, backend=trainer_backend(backend_name, device), precision=precision,
-        phases_ms={k: v["median_ms"] for k, v in stats.items()}, step_ms=step,
-        img_per_s=args.batch / step * 1e3, peak_mem_gb=_peak_gb(device),
-    )  # fmt: skip
+        for name, precision in group:
+            ms = {phase: stats[f"{name} {precision} {phase}"]["median_ms"] for phase in PHASES}
+            step = ms["Gmain"] + ms["Dmain"] + ms["Dreg"] / 16
+            rows.append(
+                dict(
+                    resolution=resolution,
+                    backend=trainer_backend(name, device),
+                    precision=precision,
+                    phases_ms=ms,
+                    step_ms=step,
+                    img_per_s=args.batch / step * 1e3,
+                    peak_mem_gb=_peak_gb(device),
+                )  # fmt: skip
+            )
+        del fns  # the group's trainers
+    return rows
 
 
 def trainer_backend(name: str, device) -> str:
@@ -121,17 +148,16 @@ def main(argv=None) -> int:
         for resolution in (int(r) for r in args.resolutions.split(",")):
             with tempfile.TemporaryDirectory() as data:
                 _images(Path(data), resolution, 2)
-                for name in names:
-                    for precision in precisions:
-                        row = bench(args, resolution, name, precision, data, device)
-                        base = next(
-                            (r for r in results.rows if r["resolution"] == resolution
-                             and r["backend"] == "reference" and r["precision"] == "fp32"),
-                            row,
-                        )  # fmt: skip
-                        row["speedup_vs_reference"] = base["step_ms"] / row["step_ms"]
-                        results.add(row)
-                        print(json.dumps(row), flush=True)
+                combos = [(name, precision) for name in names for precision in precisions]
+                rows = bench(args, resolution, combos, data, device)
+                base = next(
+                    (r for r in rows if r["backend"] == "reference" and r["precision"] == "fp32"),
+                    None,
+                )
+                for row in rows:
+                    row["speedup_vs_reference"] = (base or row)["step_ms"] / row["step_ms"]
+                    results.add(row)
+                    print(json.dumps(row), flush=True)
     rows = results.rows
     print(f"\n{'res':>4} {'backend':<10} {'prec':<5} {'Gmain':>9} {'Dmain':>9} {'Dreg':>9} "
           f"{'step ms':>9} {'img/s':>7} {'x ref':>6} {'peak GB':>8}")  # fmt: skip
