@@ -88,3 +88,49 @@ def test_cpus_with_half_kernels_keep_them(cpu_has_half_kernels, monkeypatch, dty
     out = resample_cpu.conv2d_resample_cpu(x, w, f, down=2, padding=1)
     assert out.dtype == dtype
     assert seen and set(seen) == {dtype}, seen
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
+@pytest.mark.parametrize("up,down", [(1, 1), (2, 1), (1, 2)])
+def test_autocast_convs_are_widened_with_autocasts_rounding(
+    cpu_has_half_kernels, monkeypatch, dtype, up, down
+):
+    """Under CPU autocast (bf16 training) the operands are rounded to the autocast dtype as
+    autocast would, the convolutions run in fp32 and the result comes back in that dtype;
+    gradients reach the fp32 tensors."""
+    cpu_has_half_kernels(dtype, False)
+    seen = []
+    conv2d = F.conv2d
+
+    def spy(inp, *args, **kwargs):
+        seen.append((inp.dtype, torch.is_autocast_enabled("cpu")))
+        return conv2d(inp, *args, **kwargs)
+
+    monkeypatch.setattr(F, "conv2d", spy)
+    x, w, f = _inputs(torch.float32)
+    x.requires_grad_(True), w.requires_grad_(True)
+    args = dict(up=up, down=down, padding=1)
+    with torch.autocast("cpu", dtype=dtype):
+        out = resample_cpu.conv2d_resample_cpu(x, w, f, **args)
+    assert out.dtype == dtype
+    assert seen and set(seen) == {(torch.float32, False)}, seen  # fp32, autocast off
+    rounded = [t.detach().to(dtype).float() for t in (x, w)]
+    assert torch.equal(out, resample_cpu.conv2d_resample_cpu(*rounded, f, **args).to(dtype))
+    gx, gw = torch.autograd.grad(out.float().square().sum(), [x, w])
+    assert gx.dtype == gw.dtype == torch.float32 and gx.abs().sum() > 0 and gw.abs().sum() > 0
+    with torch.autocast("cpu", dtype=dtype):
+        fir = resample_cpu.upfirdn2d_cpu(x, f, down=2, padding=1)
+    assert fir.dtype == dtype
+    expected = resample_cpu.upfirdn2d_cpu(rounded[0], f, down=2, padding=1).to(dtype)
+    assert torch.equal(fir, expected)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
+def test_autocast_keeps_its_own_kernels_where_the_cpu_has_them(cpu_has_half_kernels, dtype):
+    cpu_has_half_kernels(dtype, True)
+    with torch.autocast("cpu", dtype=dtype):
+        assert resample_cpu._autocast_widened_dtype() is None
+    cpu_has_half_kernels(dtype, False)
+    with torch.autocast("cpu", dtype=dtype):
+        assert resample_cpu._autocast_widened_dtype() == dtype
+    assert resample_cpu._autocast_widened_dtype() is None  # no autocast, nothing to widen

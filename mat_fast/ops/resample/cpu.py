@@ -23,7 +23,11 @@ core; a 256 generator forward took 110 s in bf16 vs ~1 s in fp32). So on such CP
 convolutions widen their half operands to fp32 (exact), compute in fp32 and round the
 result back to the input's dtype once; activations between layers stay half, so memory
 stays half's. That is at least as accurate as a native half kernel, which accumulates in
-fp32 too.
+fp32 too. Under CPU autocast to such a dtype (``mat-fast train --precision bf16``) autocast
+would cast the operands and call torch's half kernel itself; here the operands are rounded
+to that dtype as autocast would, and the convolution runs in fp32 with autocast off, its
+result rounded back: autocast's numbers (up to fp32 summation order) without the slow
+kernel.
 """
 
 from __future__ import annotations
@@ -62,6 +66,25 @@ def _widened(fn: Callable[..., torch.Tensor], x: torch.Tensor, *args) -> torch.T
     return fn(x.float(), *wide).to(x.dtype)
 
 
+def _autocast_widened_dtype() -> Optional[torch.dtype]:
+    """The half dtype CPU autocast runs convolutions in, where this CPU widens them (see
+    the module docstring); else None."""
+    if not torch.is_autocast_enabled("cpu"):
+        return None
+    dtype = torch.get_autocast_dtype("cpu")
+    return dtype if half_convolutions_in_fp32(dtype) else None
+
+
+def _as_autocast_would(fn: Callable[..., torch.Tensor], dtype: torch.dtype, *args):
+    """``fn`` on operands rounded to ``dtype`` (what autocast feeds its convolution),
+    computed in fp32 with autocast off, the result rounded to ``dtype``."""
+    rounded = [
+        a.to(dtype).float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args
+    ]
+    with torch.autocast("cpu", enabled=False):
+        return fn(*rounded).to(dtype)
+
+
 def upfirdn2d_cpu(
     x: torch.Tensor,
     f: Optional[torch.Tensor],
@@ -73,6 +96,11 @@ def upfirdn2d_cpu(
 ) -> torch.Tensor:
     """:func:`~mat_fast.ops.resample.reference.upfirdn2d_reference` as one depthwise,
     padded, strided convolution over a channels_last ``x``; the result is channels_last."""
+    autocast_dtype = _autocast_widened_dtype()
+    if autocast_dtype is not None:
+        return _as_autocast_would(
+            upfirdn2d_cpu, autocast_dtype, x, f, up, down, padding, flip_filter, gain
+        )
     if half_convolutions_in_fp32(x.dtype):
         return _widened(upfirdn2d_cpu, x, f, up, down, padding, flip_filter, gain)
     if up > 1:
@@ -108,6 +136,11 @@ def conv2d_resample_cpu(
     """:func:`~mat_fast.ops.resample.reference.conv2d_resample_reference` on channels_last
     activations (converted here if needed) with :func:`upfirdn2d_cpu` as the FIR; NCHW
     where autograd records it for a backward (see the module docstring)."""
+    autocast_dtype = _autocast_widened_dtype()
+    if autocast_dtype is not None:
+        return _as_autocast_would(
+            conv2d_resample_cpu, autocast_dtype, x, w, f, up, down, padding, groups
+        )
     if half_convolutions_in_fp32(x.dtype):
         return _widened(conv2d_resample_cpu, x, w, f, up, down, padding, groups)
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
