@@ -60,12 +60,6 @@ def half_convolutions_in_fp32(dtype: torch.dtype) -> bool:
     return not bool(probe())
 
 
-def _widened(fn: Callable[..., torch.Tensor], x: torch.Tensor, *args) -> torch.Tensor:
-    """``fn(x.float(), *args)`` rounded back to x's dtype (args' tensors widened too)."""
-    wide = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
-    return fn(x.float(), *wide).to(x.dtype)
-
-
 def _autocast_widened_dtype() -> Optional[torch.dtype]:
     """The half dtype CPU autocast runs convolutions in, where this CPU widens them (see
     the module docstring); else None."""
@@ -75,14 +69,21 @@ def _autocast_widened_dtype() -> Optional[torch.dtype]:
     return dtype if half_convolutions_in_fp32(dtype) else None
 
 
-def _as_autocast_would(fn: Callable[..., torch.Tensor], dtype: torch.dtype, *args):
-    """``fn`` on operands rounded to ``dtype`` (what autocast feeds its convolution),
-    computed in fp32 with autocast off, the result rounded to ``dtype``."""
-    rounded = [
+def _widening_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+    """The half dtype a convolution of ``x`` computes in fp32 and rounds back to: autocast's
+    where autocast is on and widened, else x's own where widened; None: no widening."""
+    return _autocast_widened_dtype() or (x.dtype if half_convolutions_in_fp32(x.dtype) else None)
+
+
+def _in_fp32(fn: Callable[..., torch.Tensor], dtype: torch.dtype, *args) -> torch.Tensor:
+    """``fn`` on its floating operands rounded to ``dtype`` (what a half kernel, or autocast,
+    is fed) and widened to fp32 (exact), run with autocast off, the result rounded back to
+    ``dtype`` once."""
+    wide = [
         a.to(dtype).float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args
     ]
     with torch.autocast("cpu", enabled=False):
-        return fn(*rounded).to(dtype)
+        return fn(*wide).to(dtype)
 
 
 def upfirdn2d_cpu(
@@ -96,13 +97,9 @@ def upfirdn2d_cpu(
 ) -> torch.Tensor:
     """:func:`~mat_fast.ops.resample.reference.upfirdn2d_reference` as one depthwise,
     padded, strided convolution over a channels_last ``x``; the result is channels_last."""
-    autocast_dtype = _autocast_widened_dtype()
-    if autocast_dtype is not None:
-        return _as_autocast_would(
-            upfirdn2d_cpu, autocast_dtype, x, f, up, down, padding, flip_filter, gain
-        )
-    if half_convolutions_in_fp32(x.dtype):
-        return _widened(upfirdn2d_cpu, x, f, up, down, padding, flip_filter, gain)
+    dtype = _widening_dtype(x)
+    if dtype is not None:
+        return _in_fp32(upfirdn2d_cpu, dtype, x, f, up, down, padding, flip_filter, gain)
     if up > 1:
         return upfirdn2d_reference(x, f, up, down, padding, flip_filter, gain)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -136,13 +133,9 @@ def conv2d_resample_cpu(
     """:func:`~mat_fast.ops.resample.reference.conv2d_resample_reference` on channels_last
     activations (converted here if needed) with :func:`upfirdn2d_cpu` as the FIR; NCHW
     where autograd records it for a backward (see the module docstring)."""
-    autocast_dtype = _autocast_widened_dtype()
-    if autocast_dtype is not None:
-        return _as_autocast_would(
-            conv2d_resample_cpu, autocast_dtype, x, w, f, up, down, padding, groups
-        )
-    if half_convolutions_in_fp32(x.dtype):
-        return _widened(conv2d_resample_cpu, x, w, f, up, down, padding, groups)
+    dtype = _widening_dtype(x)
+    if dtype is not None:
+        return _in_fp32(conv2d_resample_cpu, dtype, x, w, f, up, down, padding, groups)
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
         # a backward follows: NCHW for the dense convolutions (see the module docstring)
         return conv2d_resample_with(
