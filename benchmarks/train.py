@@ -34,8 +34,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import add_malloc_option, apply_malloc, draw_chart, time_group
 from benchmarks.results_io import ResultsFile
 from mat_fast import backend
+from mat_fast.ops.resample.cpu import half_convolutions_in_fp32
 from mat_fast.training import loop
-from mat_fast.training.config import TrainOptions
+from mat_fast.training.config import PRECISIONS, TrainOptions
 
 PHASES = ("Gmain", "Dmain", "Dreg")
 
@@ -78,12 +79,14 @@ def trainer_phases(args, resolution, backend_name, precision, data, device) -> d
     return {name: (lambda name=name: run(name)) for name in PHASES}
 
 
-def bench(args, resolution, combos, data, device) -> list:
-    """One row per (backend, precision) of ``combos``. On a CPU they are all timed together,
-    phase by phase in turn (time_group's round robin): a shared CPU's speed drifts by 15% or
-    more between rows timed minutes apart, which made their ratios unsteady. On a GPU each
-    is timed on its own, so that each row has its own peak memory."""
-    rows = []
+def bench(args, resolution, combos, data, device, results) -> None:
+    """Time each (backend, precision) of ``combos`` and add its row to ``results`` as soon
+    as it is measured (a run cut by a time limit keeps its rows). On a CPU the rows are
+    timed together, phase by phase in turn (time_group's round robin): a shared CPU's speed
+    drifts by 15% or more between rows timed minutes apart, which made their ratios
+    unsteady. On a GPU each is timed on its own, so that each row has its own peak memory.
+    The speed-up is over the reference fp32 row of the same resolution (timed first)."""
+    base_ms = None
     for group in [combos] if device.type == "cpu" else [[combo] for combo in combos]:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -93,27 +96,71 @@ def bench(args, resolution, combos, data, device) -> list:
                 args, resolution, name, precision, data, device
             ).items():
                 fns[f"{name} {precision} {phase}"] = fn
-        stats = time_group(fns, device, args.budget_s)
+        stats = time_group(fns, device, args.budget_s, args.min_rounds)
         for name, precision in group:
             ms = {phase: stats[f"{name} {precision} {phase}"]["median_ms"] for phase in PHASES}
             step = ms["Gmain"] + ms["Dmain"] + ms["Dreg"] / 16
-            rows.append(
-                dict(
-                    resolution=resolution,
-                    backend=trainer_backend(name, device),
-                    precision=precision,
-                    phases_ms=ms,
-                    step_ms=step,
-                    img_per_s=args.batch / step * 1e3,
-                    peak_mem_gb=_peak_gb(device),
-                )  # fmt: skip
-            )
+            if base_ms is None and name == "reference" and precision == "fp32":
+                base_ms = step
+            row = dict(
+                resolution=resolution,
+                backend=trainer_backend(name, device),
+                precision=precision,
+                phases_ms=ms,
+                step_ms=step,
+                img_per_s=args.batch / step * 1e3,
+                peak_mem_gb=_peak_gb(device),
+                speedup_vs_reference=(base_ms or step) / step,
+            )  # fmt: skip
+            results.add(row)
+            print(json.dumps(row), flush=True)
         del fns  # the group's trainers
-    return rows
 
 
 def trainer_backend(name: str, device) -> str:
     return backend.resolve(device, name)
+
+
+def planned_rows(args, device: torch.device) -> tuple:
+    """The (backend, precision) rows to time, reference fp32 first; and what cannot run
+    here, with why. ``--rows`` names them one by one, else every backend of ``--backends``
+    (default: all available) at every precision of ``--precisions``. Only the named
+    backends are probed: probing 'cuda' builds the native extension when it is missing."""
+    if args.rows:
+        combos = [tuple(item.split(":")) for item in args.rows.split(",")]
+        if any(len(c) != 2 for c in combos):
+            raise SystemExit(f"--rows wants BACKEND:PRECISION pairs, got {args.rows!r}")
+        names = [n for n, _ in combos]
+    else:
+        names = args.backends.split(",") if args.backends else None
+    try:
+        available = backend.available_backends(
+            device, ["reference"] + (names or []) if names else None
+        )
+    except ValueError as err:
+        raise SystemExit(f"--rows/--backends: {err}") from None
+    if not args.rows:
+        names = names or [n for n, why in available.items() if why is None]
+        combos = [(n, p) for n in names for p in args.precisions.split(",")]
+    combos = [("reference", "fp32")] + [c for c in combos if c != ("reference", "fp32")]
+    bad = sorted({p for _, p in combos} - set(PRECISIONS))
+    if bad:
+        raise SystemExit(f"unknown precision(s) {bad}: choose from {list(PRECISIONS)}")
+    skipped = {n: why for n, why in available.items() if why is not None}
+    for name, precision in combos:
+        if name not in skipped and slow_half_on_this_cpu(precision, device):
+            skipped[f"{name} {precision}"] = (
+                f"{precision} on this CPU: no oneDNN {precision} kernels, so autocast takes "
+                "torch's generic ones (the VGG alone: minutes per phase at 256); "
+                "mat-fast train warns about it"
+            )
+    return [c for c in combos if c[0] not in skipped and " ".join(c) not in skipped], skipped
+
+
+def slow_half_on_this_cpu(precision: str, device: torch.device) -> bool:
+    if device.type != "cpu" or precision == "fp32":
+        return False
+    return half_convolutions_in_fp32(torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def main(argv=None) -> int:
@@ -123,7 +170,15 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=None, help="per step (default: GPU 8, CPU 1)")
     p.add_argument("--backends", default=None, help="comma-separated (default: all available)")
     p.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16, fp16")
+    p.add_argument(
+        "--rows",
+        help="BACKEND:PRECISION pairs instead of --backends x --precisions "
+        "(e.g. reference:fp32,cpu:fp32,cpu:bf16); reference:fp32 is always timed",
+    )
     p.add_argument("--budget-s", type=float, default=10.0, help="timing budget per phase")
+    p.add_argument(
+        "--min-rounds", type=int, default=5, help="CPU: rounds of every phase at least (5)"
+    )
     p.add_argument(
         "--arch", default="mat", choices=["mat", "tiny"], help="tiny: smoke-test the script"
     )
@@ -133,31 +188,22 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     args.batch = args.batch or (8 if device.type == "cuda" else 1)
     malloc = apply_malloc(device, args.malloc)
-    available = [n for n, why in backend.available_backends(device).items() if why is None]
-    names = args.backends.split(",") if args.backends else available
-    names = ["reference"] + [n for n in names if n != "reference"]
+    combos, skipped = planned_rows(args, device)
     out = Path(args.out)
     tag = "cuda" if device.type == "cuda" else "cpu"
-    precisions = sorted(args.precisions.split(","), key=lambda p: p != "fp32")  # fp32 first
     results = ResultsFile(
         out / f"train_{tag}.json", "train", device, batch=args.batch, arch=args.arch,
         malloc=malloc, note="step = Gmain + Dmain + Dreg/16 (loss, backward, Adam step); "
         "reference = plain PyTorch ops in fp32; peak = the process's so far on CPU",
     )  # fmt: skip
     with results:
+        for name, why in skipped.items():
+            results.skip(name, why)
+            print(f"skipped {name}: {why}")
         for resolution in (int(r) for r in args.resolutions.split(",")):
             with tempfile.TemporaryDirectory() as data:
                 _images(Path(data), resolution, 2)
-                combos = [(name, precision) for name in names for precision in precisions]
-                rows = bench(args, resolution, combos, data, device)
-                base = next(
-                    (r for r in rows if r["backend"] == "reference" and r["precision"] == "fp32"),
-                    None,
-                )
-                for row in rows:
-                    row["speedup_vs_reference"] = (base or row)["step_ms"] / row["step_ms"]
-                    results.add(row)
-                    print(json.dumps(row), flush=True)
+                bench(args, resolution, combos, data, device, results)
     rows = results.rows
     print(f"\n{'res':>4} {'backend':<10} {'prec':<5} {'Gmain':>9} {'Dmain':>9} {'Dreg':>9} "
           f"{'step ms':>9} {'img/s':>7} {'x ref':>6} {'peak GB':>8}")  # fmt: skip

@@ -30,7 +30,7 @@ import importlib
 import importlib.util
 import logging
 import threading
-from typing import Callable, Dict, Iterator, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 import torch
 
@@ -115,13 +115,22 @@ _PROBES: Dict[str, Callable[[str], Optional[str]]] = {
 _LAYERS: Dict[str, Callable[[str], Optional[str]]] = {"native": _probe_native}
 
 
-def available_backends(device: Device = None) -> Dict[str, Optional[str]]:
-    """Map every backend name to ``None`` (can run) or the reason it cannot.
+def available_backends(
+    device: Device = None, names: Optional[Iterable[str]] = None
+) -> Dict[str, Optional[str]]:
+    """Map every backend name (or only ``names``) to ``None`` (can run) or the reason it
+    cannot. Asking about 'cpu' or 'cuda' may build the native extension (minutes on a
+    GPU box): a caller that names its backends asks only about those.
 
     ``device`` defaults to CUDA when a GPU is visible, else CPU.
     """
     device_type = _device_type(device)
-    return {name: _PROBES[name](device_type) for name in BACKEND_NAMES if name != "auto"}
+    wanted = [_check_name(n, allow_auto=False) for n in names] if names is not None else None
+    return {
+        name: _PROBES[name](device_type)
+        for name in BACKEND_NAMES
+        if name != "auto" and (wanted is None or name in wanted)
+    }
 
 
 def kernel_layers(device: Device = None) -> Dict[str, Optional[str]]:

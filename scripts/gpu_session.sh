@@ -20,9 +20,10 @@
 # passed; the 5 failures, torch.compile of the Triton ops, are fixed since). The other
 # figures are estimates from the 2-core CPU box.
 #   env            10  nvidia-smi, versions (a python importing torch and Triton: 7 s measured)
-#   build         200  the native extension, timed: 2 .cu + 3 .cpp translation units, sm_90 only
-#                      (TORCH_CUDA_ARCH_LIST=9.0), MAX_JOBS=nproc. Measured: > 75 s (not
-#                      finished); nvcc took ~75 s for both .cu files on the 2-core CPU box
+#   build         170  the native extension, timed: 2 .cu + 3 .cpp translation units, sm_90 only
+#                      (TORCH_CUDA_ARCH_LIST=9.0), MAX_JOBS=nproc, built at once. Measured:
+#                      > 75 s (not finished); nvcc took ~75 s for both .cu files on the 2-core
+#                      CPU box
 #   tests_kernels  75  the triton parameters of the 7 op files with Triton kernels, one pytest
 #                      per file at once (7 processes), inductor and the CPU-only sm_90 compile
 #                      checks excluded. ~500 cases of ms each; the cost is Triton's JIT:
@@ -32,27 +33,36 @@
 #                      (~140 cases), whole-generator parity per backend (128-256), CUDA graphs
 #                      (Inpainter), precision (if the images came along); the extension is the
 #                      build phase's (MAT_FAST_CACHE)
-#   tests_compile  30  inductor last and few: 2 op-level reduce-overhead graphs and the 256
+#   train          90  benchmarks/train.py at 512, batch 8 (issue #17's target: >= 3x the
+#                      reference's fp32 step): Gmain, Dmain, Dreg per row, the target rows
+#                      first (reference fp32, then triton and cuda in bf16, then fp32, then
+#                      reference bf16). A row: a trainer (~5 s), each phase warmed up once
+#                      (Triton backward compiles on the first triton row, partly cached by
+#                      tests_kernels) and timed 3 times (phases of ~0.5-1 s estimated from
+#                      the forward: 512 B1 fp32 reference 33 ms measured); ~10-25 s a row
+#   tests_compile  25  inductor last and few: 2 op-level reduce-overhead graphs and the 256
 #                      generator with the triton backend only (one whole-network inductor
 #                      compile, ~30-40 s; reference and cuda would add one each)
-#   attention      60  benchmarks/attention.py fp16: stage shapes at 512 and 1024 (11 distinct
+#   attention      45  benchmarks/attention.py fp16: stage shapes at 512 and 1024 (11 distinct
 #                      grid/window/shift), batch 1 and 8, masked (MAT always masks): 22 configs
 #                      x 9 implementations (eager, proj, reference, triton, cuda, sdpa and the 3
 #                      '+qkv') ~ 200 do_bench calls of ~0.15 s, + 8 Triton compiles (4 window/
 #                      shift pairs x packed or not; cached from the tests when they match);
 #                      FlexAttention is opt-in (--flex: one torch.compile per shape, minutes)
-#   generator      95  benchmarks/generator.py: 512 and 1024, batch 1 and 8, fp32/fp16/bf16,
+#   generator      70  benchmarks/generator.py: 512 and 1024, batch 1 and 8, fp32/fp16/bf16,
 #                      reference vs triton vs cuda, peak memory: 36 rows, each written as timed;
 #                      512 B1 pays the Triton compiles of every dtype (~45 x ~1 s); the slowest
-#                      forward, 1024 B8 fp32 reference, ~8.6 TFLOP at ~30 TFLOP/s (no TF32) ~0.3 s
-#   precision      25  benchmarks/precision.py on cuda, only if the shared test images were
+#                      forward, 1024 B8 fp32 reference, ~8.6 TFLOP at ~30 TFLOP/s (no TF32) ~0.3 s;
+#                      cut to 70 s for the train phase: the rows are written as timed, so a cut
+#                      keeps the 512 rows (first measured 2026-12-04)
+#   precision      15  benchmarks/precision.py on cuda, only if the shared test images were
 #                      carried in (./gpu_shared); 256 and 512, fp16 and bf16
-#   total         555  of --total 560 (5 s for the final check); a phase gets min(budget, left)
+#   total         560  of --total 560 (5 s for the final check); a phase gets min(budget, left)
 #
 # $OUT receives at most 8 files, flat (the box returns 8 files of <= 16 MiB, 2 folders deep):
 # session.log (every phase's output), session.json (each phase: budget, limit, seconds, exit
 # code, status), tests.xml (junit of all test phases, merged), attention_<gpu>.json,
-# generator_cuda.json, precision_cuda.json: 6. The last step checks that (and every JSON's
+# train_cuda.json, generator_cuda.json, precision_cuda.json: 7. The last step checks that (and every JSON's
 # schema) and says so in session.log.
 set -uo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
@@ -144,20 +154,23 @@ if [ "$DRY_RUN" = 1 ]; then
     # two rows (at 12 s it was cut with none).
     export TRITON_INTERPRET=1
     TOTAL="${TOTAL:-180}"
-    BUDGETS=(env=10 build=20 tests_kernels=25 tests_gpu=35 tests_compile=15 attention=40 generator=22 precision=8)
+    BUDGETS=(env=10 build=20 tests_kernels=25 tests_gpu=30 train=15 tests_compile=15 attention=30 generator=25 precision=8)
     CHECK_ARGS=(--strict)
     ATTENTION_ARGS=(--device cpu --resolutions 32 --batches 1 --masks mask --budget 0.01 --interpreted-triton)
     GENERATOR_ARGS=(--device cpu --sizes 128 --batches 1 --dtypes float32 --resolution 128 --backends reference,cpu --budget 0.01)
     PRECISION_ARGS=(--device cpu --configs 256 --dtypes bfloat16)
+    TRAIN_ARGS=(--device cpu --arch tiny --resolutions 64 --batch 2 --rows reference:fp32,cpu:fp32,cpu:bf16 --budget-s 0.01 --min-rounds 2)
     BUILD_DEVICE=cpu
 else
     export MAT_FAST_CACHE="${MAT_FAST_CACHE:-/tmp/mat_fast_cache}"
     export MAX_JOBS="${MAX_JOBS:-$(nproc)}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
     TOTAL="${TOTAL:-560}"
-    BUDGETS=(env=10 build=200 tests_kernels=75 tests_gpu=60 tests_compile=30 attention=60 generator=95 precision=25)
+    BUDGETS=(env=10 build=170 tests_kernels=75 tests_gpu=60 train=90 tests_compile=25 attention=45 generator=70 precision=15)
     ATTENTION_ARGS=(--resolutions 512,1024 --batches 1,8 --masks mask)
     GENERATOR_ARGS=(--sizes 512,1024 --batches 1,8 --dtypes float32,float16,bfloat16 --backends reference,triton,cuda)
     PRECISION_ARGS=(--device cuda --configs 256,512 --dtypes float16,bfloat16)
+    # #17's target row first (a fast backend in bf16 against the reference's fp32 step)
+    TRAIN_ARGS=(--resolutions 512 --batch 8 --budget-s 1 --rows reference:fp32,triton:bf16,cuda:bf16,triton:fp32,cuda:fp32,reference:bf16)
     BUILD_DEVICE=cuda
     CHECK_ARGS=()
 fi
@@ -206,6 +219,7 @@ phase() {  # phase NAME COMMAND...: run within min(budget, time left), output in
     esac
     log "== $name: $status (exit $rc, $((SECONDS - t0))s)"
     record "$name" "$budget" "$limit" "$((SECONDS - t0))" "$rc" "$status"
+    return "$rc"
 }
 
 skip_phase() {  # skip_phase NAME REASON
@@ -263,9 +277,17 @@ tests_phase() {  # tests_phase NAME "COMMON ARGS" GROUP...: the groups at once, 
 
 log "gpu_session: commit $COMMIT, total ${TOTAL}s, out $OUT_DIR"
 phase env bash "$SELF" --environment
-phase build "$PY" -c "import time; from mat_fast.ops import native_build as nb; t = time.time(); reason = nb.probe('$BUILD_DEVICE', '$BUILD_DEVICE'); print('native extension for $BUILD_DEVICE:', reason or 'ready', f'({time.time() - t:.1f} s)'); raise SystemExit(1 if reason else 0)"
+if ! phase build "$PY" -c "import time; from mat_fast.ops import native_build as nb; t = time.time(); reason = nb.probe('$BUILD_DEVICE', '$BUILD_DEVICE'); print('native extension for $BUILD_DEVICE:', reason or 'ready', f'({time.time() - t:.1f} s)'); raise SystemExit(1 if reason else 0)"; then
+    # Without the extension every later use of the 'cuda' backend would start the build
+    # again and spend that phase's budget on it: the benchmarks leave it out instead.
+    log "== build: not ready; the train and generator benchmarks run without the cuda backend"
+    TRAIN_ARGS=("${TRAIN_ARGS[@]/,cuda:bf16/}")
+    TRAIN_ARGS=("${TRAIN_ARGS[@]/,cuda:fp32/}")
+    GENERATOR_ARGS=("${GENERATOR_ARGS[@]/,cuda/}")
+fi
 tests_phase tests_kernels "$COMMON $KERNEL_FILTER" "${KERNEL_GROUPS[@]}"
 tests_phase tests_gpu "$COMMON -m gpu -k 'not inductor'" "${GPU_GROUPS[@]}"
+phase train "$PY" benchmarks/train.py "${TRAIN_ARGS[@]}" --out "$OUT_DIR"
 tests_phase tests_compile "$COMMON -m gpu" "${COMPILE_GROUPS[@]}"
 phase attention "$PY" benchmarks/attention.py "${ATTENTION_ARGS[@]}" --out "$OUT_DIR"
 phase generator "$PY" benchmarks/generator.py "${GENERATOR_ARGS[@]}" --out "$OUT_DIR"

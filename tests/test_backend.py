@@ -52,6 +52,22 @@ def test_every_backend_either_runs_or_says_why():
     assert mat_fast.available_backends("cpu")["cuda"]  # never runs on CPU tensors
 
 
+def test_named_backends_are_the_only_ones_probed(monkeypatch):
+    # probing 'cuda' can build the native extension: a caller naming others must not pay
+    asked = []
+    for name in ("reference", "triton", "cuda", "cpu"):
+        monkeypatch.setitem(backend._PROBES, name, lambda d, name=name: asked.append(name))
+    assert mat_fast.available_backends("cpu", ["CPU", "reference"]) == {
+        "reference": None, "cpu": None
+    }  # fmt: skip
+    assert sorted(asked) == ["cpu", "reference"]
+    asked.clear()
+    assert set(mat_fast.available_backends("cpu")) == {"reference", "triton", "cuda", "cpu"}
+    assert sorted(asked) == ["cpu", "cuda", "reference", "triton"]
+    with pytest.raises(ValueError, match="unknown mat_fast backend 'bogus'"):
+        mat_fast.available_backends("cpu", ["bogus"])
+
+
 def test_explicit_unavailable_backend_raises_with_reason(monkeypatch):
     monkeypatch.setitem(backend._PROBES, "triton", lambda device_type: "triton is not installed")
     with pytest.raises(mat_fast.BackendUnavailableError, match="triton is not installed"):

@@ -4,6 +4,7 @@ snapshots that load where they should. Tiny stand-in networks (--arch tiny) keep
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -192,6 +193,24 @@ def test_mixed_precision(image_dir, tmp_path, precision):
     assert (scaler is not None and scaler["scale"] > 0) if precision == "fp16" else scaler is None
     lines = (tmp_path / precision / "stats.jsonl").read_text().splitlines()
     assert math.isfinite(json.loads(lines[-1])["Loss/G/loss"]["mean"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("native_half", [False, True], ids=["no-half-kernels", "half-kernels"])
+def test_half_precision_warns_on_a_cpu_without_half_kernels(
+    image_dir, tmp_path, monkeypatch, caplog, precision, native_half
+):
+    # what the oneDNN probe answers decides; the box running the test does not
+    monkeypatch.setattr(loop, "half_convolutions_in_fp32", lambda dtype: not native_half)
+    with caplog.at_level(logging.WARNING, logger="mat_fast"):
+        loop.Trainer(_options(image_dir, tmp_path, precision=precision))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if precision == "fp32" or native_half:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1
+        assert f"--precision {precision} on this CPU" in warnings[0]
+        assert "--precision fp32" in warnings[0]  # says how to fix it
 
 
 @pytest.mark.parametrize("cfg, res", [("places512", 512), ("places256", 256)])
