@@ -28,6 +28,11 @@ variable                       default of / effect
 ``MAT_FAST_CHECKPOINT``        the CLI's default ``--checkpoint``
 ``MAT_FAST_BUILD_EXT``         ``=1``: ``pip install`` prebuilds the native extension
                                (``setup.py``)
+``MAT_FAST_NO_BUILD``          ``=1``: no just-in-time build of the native extension: a
+                               cached or prebuilt one loads, else the 'cpu'/'cuda' backends
+                               say they are unavailable at once (the GPU runbook sets it
+                               after its build phase failed, so that later phases do not
+                               spend their time compiling)
 ``TORCH_CUDA_ARCH_LIST``,      the native build's GPU architectures and compiler
 ``CXX``
 =============================  ===========================================================
@@ -42,6 +47,7 @@ from typing import Optional
 BACKEND = "MAT_FAST_BACKEND"
 CACHE = "MAT_FAST_CACHE"
 POISON_OUTPUTS = "MAT_FAST_POISON_OUTPUTS"
+NO_BUILD = "MAT_FAST_NO_BUILD"
 TRITON_INTERPRET = "TRITON_INTERPRET"
 
 
@@ -49,6 +55,11 @@ def requested_backend() -> Optional[str]:
     """``$MAT_FAST_BACKEND`` stripped, or None when unset or empty."""
     value = os.environ.get(BACKEND, "").strip()
     return value or None
+
+
+def native_builds_allowed() -> bool:
+    """False when ``MAT_FAST_NO_BUILD=1``: the native extension is never compiled here."""
+    return os.environ.get(NO_BUILD) != "1"
 
 
 def poison_outputs() -> bool:

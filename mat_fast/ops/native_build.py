@@ -275,6 +275,11 @@ def build(config: Optional[BuildConfig] = None) -> Path:
         with contextlib.suppress(OSError):
             os.utime(final)  # last use, for _prune_cache
         return library
+    if not settings.native_builds_allowed():
+        raise NativeBuildError(
+            f"no build of {LIBRARY} in {config.cache} for this configuration, and "
+            f"{settings.NO_BUILD}=1 forbids compiling one (unset it to build once)"
+        )
     reason = _preflight()
     if reason is not None:
         raise NativeBuildError(reason)
@@ -396,7 +401,7 @@ def is_loaded() -> bool:
 def _config_identity() -> tuple:
     # What selects the library before one is loaded, cheaply (no hashing): a failure is
     # remembered per identity, so pointing MAT_FAST_CACHE elsewhere retries.
-    return (kernel_dir(), settings.cache_root())
+    return (kernel_dir(), settings.cache_root(), settings.native_builds_allowed())
 
 
 def _aot_staleness(origin: Optional[str]) -> Optional[str]:

@@ -28,6 +28,7 @@ import torch
 
 import mat_fast
 from mat_fast import backend
+from mat_fast.errors import NativeBuildError
 from mat_fast.ops import native_build
 from mat_fast.ops.bias_act.reference import bias_act_reference
 from mat_fast.ops.window_attention.reference import window_attention_reference
@@ -274,3 +275,15 @@ def test_jit_cache_hit_marks_the_entry_used(tmp_path):
     os.utime(entry, (1e9, 1e9))
     assert native_build.build(config) == native_build._library_file(entry)
     assert entry.stat().st_mtime > 1e9 + 1000
+
+
+def test_no_build_setting_loads_a_cached_build_and_never_compiles(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAT_FAST_NO_BUILD", "1")
+    config = dataclasses.replace(native_build.BuildConfig.default(), cache=tmp_path / "ext")
+    with pytest.raises(NativeBuildError, match="MAT_FAST_NO_BUILD=1 forbids"):
+        native_build.build(config)
+    assert not (tmp_path / "ext").exists()  # no lock, temp folder or log: nothing started
+    entry = tmp_path / "ext" / f"{native_build.LIBRARY}-{config.key()}"
+    entry.mkdir(parents=True)
+    native_build._library_file(entry).write_bytes(b"")
+    assert native_build.build(config) == native_build._library_file(entry)  # cached: loads
