@@ -2,6 +2,7 @@
 
     python benchmarks/train.py                                  # CPU: 256, batch 1, fp32
     python benchmarks/train.py --resolutions 256,512 --batch 8 --precisions fp32,bf16  # GPU
+    python benchmarks/train.py --resolutions 512 --rows reference:fp32,triton:bf16  # row by row
 
 For every resolution, backend (the 'reference' path first: plain PyTorch ops, upstream's
 eager arithmetic) and precision it times the phases of one training step as
@@ -11,8 +12,9 @@ every 16 steps, so amortised as Dreg / 16), and reports the step time
 reference fp32 step of the same resolution, and the peak memory. The perceptual loss uses a
 random VGG19 (the same work as the real one). On a CPU the rows of a resolution are timed
 together, their phases in turn, so that the machine's drift spreads over all of them; on a
-GPU one row at a time. Output: a table, ``<out>/train_<device>.json`` and
-``<out>/train_<device>.png``.
+GPU one row at a time. Half-precision rows are skipped, saying why, on a CPU without oneDNN
+kernels for them (autocast would run torch's generic ones: minutes per phase). Output: a
+table, ``<out>/train_<device>.json`` and ``<out>/train_<device>.png``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import add_malloc_option, apply_malloc, draw_chart, time_group
 from benchmarks.results_io import ResultsFile
 from mat_fast import backend
-from mat_fast.ops.resample.cpu import half_convolutions_in_fp32
 from mat_fast.training import loop
 from mat_fast.training.config import PRECISIONS, TrainOptions
 
@@ -142,25 +143,19 @@ def planned_rows(args, device: torch.device) -> tuple:
     if not args.rows:
         names = names or [n for n, why in available.items() if why is None]
         combos = [(n, p) for n in names for p in args.precisions.split(",")]
-    combos = [("reference", "fp32")] + [c for c in combos if c != ("reference", "fp32")]
+    combos = list(dict.fromkeys([("reference", "fp32")] + combos))  # once each, in order
     bad = sorted({p for _, p in combos} - set(PRECISIONS))
     if bad:
         raise SystemExit(f"unknown precision(s) {bad}: choose from {list(PRECISIONS)}")
     skipped = {n: why for n, why in available.items() if why is not None}
     for name, precision in combos:
-        if name not in skipped and slow_half_on_this_cpu(precision, device):
+        if name not in skipped and loop.half_is_slow_here(precision, device):
             skipped[f"{name} {precision}"] = (
                 f"{precision} on this CPU: no oneDNN {precision} kernels, so autocast takes "
                 "torch's generic ones (the VGG alone: minutes per phase at 256); "
                 "mat-fast train warns about it"
             )
     return [c for c in combos if c[0] not in skipped and " ".join(c) not in skipped], skipped
-
-
-def slow_half_on_this_cpu(precision: str, device: torch.device) -> bool:
-    if device.type != "cpu" or precision == "fp32":
-        return False
-    return half_convolutions_in_fp32(torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def main(argv=None) -> int:

@@ -84,14 +84,18 @@ def _key(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
-def warn_where_half_is_slow(precision: str, device: torch.device) -> bool:
-    """Warn (and say so) when ``precision`` autocasts on a CPU without oneDNN kernels for
-    it: autocast then sends the perceptual loss's VGG convolutions and the transformer's
-    matmuls to torch's generic half kernels, and a step takes many times fp32's."""
+def half_is_slow_here(precision: str, device: torch.device) -> bool:
+    """Whether ``precision`` autocasts on a CPU without oneDNN kernels for it: autocast
+    then sends the perceptual loss's VGG convolutions and the transformer's matmuls to
+    torch's generic half kernels, and a step takes many times fp32's."""
     if device.type != "cpu" or precision == "fp32":
         return False
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    if not half_convolutions_in_fp32(dtype):
+    return half_convolutions_in_fp32(torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def warn_where_half_is_slow(precision: str, device: torch.device) -> bool:
+    """Log a warning that names the fix where :func:`half_is_slow_here`; return whether."""
+    if not half_is_slow_here(precision, device):
         return False
     log.warning(
         "mat-fast train: --precision %s on this CPU is many times slower than fp32: it has "
