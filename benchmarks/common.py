@@ -55,7 +55,7 @@ def time_group(
     times: Dict[str, List[float]] = {name: [] for name in fns}
     start = time.perf_counter()
     rounds = 0
-    while rounds < min_rounds or (
+    while rounds < max(2, min_rounds) or (  # two samples at least, for the deciles
         time.perf_counter() - start < budget_s * len(fns) and rounds < 100
     ):
         for name, fn in fns.items():

@@ -17,6 +17,8 @@ Shapes are tiny: the Triton cases run in the interpreter.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 
 import pytest
@@ -181,13 +183,22 @@ def _op(name, backend_name, inputs):
     return op, [t for i, t in enumerate(inputs) if i not in constant]
 
 
-def _derivatives(name, backend_name, dtype, device):
+def _derivatives(
+    name, backend_name, dtype, device, forward=contextlib.nullcontext, whole=contextlib.nullcontext
+):
     """(first derivatives without a graph, the same with create_graph=True, second
-    derivatives) of fixed random projections of the op's output."""
+    derivatives) of fixed random projections of the op's output; the op runs under the
+    context ``forward()``, and all of it (forward and derivatives) under ``whole()``."""
+    with whole():
+        return _derivatives_in(name, backend_name, dtype, device, forward)
+
+
+def _derivatives_in(name, backend_name, dtype, device, forward):
     inputs = _inputs(name, dtype, device)
     op, diff = _op(name, backend_name, inputs)
     gen = torch.Generator().manual_seed(7)
-    y = op(*diff)
+    with forward():
+        y = op(*diff)
     r = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
     plain = torch.autograd.grad((y * r).sum(), diff, retain_graph=True)
     first = torch.autograd.grad((y * r).sum(), diff, create_graph=True)
@@ -220,6 +231,42 @@ def test_gradients_and_second_derivatives(name, backend_name):
     for order, got, want in zip(("plain", "create_graph", "second"), ours, ref):
         for i, (g, w) in enumerate(zip(got, want)):
             assert_close_verbose(g.cpu(), w.cpu(), rtol=1e-5, what=f"{name} {order} d/input{i}")
+
+
+# ----------------------------------------------------------------------------------------
+# Under autocast, as `mat-fast train --precision bf16` runs them: fp32 inputs, autocast
+# choosing each op's dtype. The Trainer takes the derivatives inside autocast (the loss
+# calls backward there); a user's loop may take them outside, where an autograd function's
+# backward can meet a bf16 gradient and a saved fp32 tensor (the FIR's adjoint raised so,
+# as did the attention's reference twin on bf16 q, k, v and an fp32 mask). Both are run.
+
+#: Largest difference from the fp32 reference's derivatives, relative to their largest:
+#: bf16 roundings (2^-8 each) of operands and results, 3.2% at most over these cases
+#: (measured on the CPU backends). A wrong derivative is off by far more.
+AUTOCAST_RTOL = 0.06
+#: The reference attention's key gradient on raw q, k, v loses 16%: autocast runs its
+#: q.k and attention.v products in bf16, and the softmax's gradient cancels most of what
+#: reaches k (the fused backends keep fp32 here and lose nothing).
+AUTOCAST_RTOL_CASE = {"window_attention_shifted_masked": 0.25}
+
+
+@pytest.mark.parametrize("scope", ["forward", "whole"])
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_derivatives_under_bf16_autocast(name, backend_name, scope):
+    device = _device(backend_name)
+    bf16 = functools.partial(torch.autocast, torch.device(device).type, dtype=torch.bfloat16)
+    ours = _derivatives(name, backend_name, torch.float32, device, **{scope: bf16})
+    want = _derivatives(name, "reference", torch.float32, device)  # fp32, no autocast
+    for order, got, ref in zip(("plain", "create_graph", "second"), ours, want):
+        for i, (g, w) in enumerate(zip(got, ref)):
+            assert g.dtype == torch.float32, f"{name} {order} d/input{i}: {g.dtype}"
+            assert_close_verbose(
+                g.cpu(),
+                w.cpu(),
+                rtol=AUTOCAST_RTOL_CASE.get(name, AUTOCAST_RTOL),
+                what=f"{name} {order} d/input{i}",
+            )
 
 
 # ----------------------------------------------------------------------------------------

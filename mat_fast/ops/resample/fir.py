@@ -25,11 +25,31 @@ def depthwise_fir(
     x: torch.Tensor, weight: torch.Tensor, stride: int, padding: Sequence[int]
 ) -> torch.Tensor:
     """``F.conv2d(x, weight, stride=stride, padding=padding, groups=C)`` for a depthwise
-    ``weight`` (C, 1, kh, kw) that needs no gradient; see the module docstring."""
+    ``weight`` (C, 1, kh, kw) that needs no gradient; see the module docstring.
+
+    Under autocast the operands are cast to autocast's dtype here, as F.conv2d's autocast
+    would, and the convolutions run with autocast off: autocast does not reach the
+    backward of an autograd function, where the gradient (in autocast's dtype) would meet
+    the saved fp32 weight."""
     padding = (int(padding[0]), int(padding[1]))
+    dtype = _autocast_dtype(x)
+    if dtype is not None:
+        with torch.autocast(x.device.type, enabled=False):
+            return depthwise_fir(x.to(dtype), weight.to(dtype), stride, padding)
     if torch.is_grad_enabled() and x.requires_grad and not weight.requires_grad:
         return _Conv.apply(x, weight, int(stride), padding)
     return F.conv2d(x, weight, stride=stride, padding=padding, groups=x.shape[1])
+
+
+def _autocast_dtype(x: torch.Tensor):
+    """The dtype autocast would run a convolution of ``x`` in, or None (autocast off for
+    x's device, or x of a dtype autocast leaves alone)."""
+    device = x.device.type
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return None
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return None
+    return torch.get_autocast_dtype(device)
 
 
 class _Conv(torch.autograd.Function):

@@ -133,7 +133,10 @@ def window_attention_reference(
             window_valid = torch.clamp(mask_windows.sum(dim=1, keepdim=True), 0, 1)
             new_mask = window_valid.expand(-1, N, -1)
 
-    attn = attn.softmax(dim=-1)
+    # Under autocast the softmax runs in fp32 and the product in autocast's dtype; the
+    # cast makes the same product outside autocast too (a double backward re-runs this
+    # composition there, on the half-precision q, k, v the forward saved).
+    attn = attn.softmax(dim=-1).to(vw.dtype)
     out = (attn @ vw).transpose(1, 2).reshape(-1, N, C)  # (B_, N, C)
 
     def from_windows(t: torch.Tensor) -> torch.Tensor:
