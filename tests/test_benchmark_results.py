@@ -110,3 +110,21 @@ def test_commit_falls_back_to_git_without_the_variable(monkeypatch):
     monkeypatch.delenv("MAT_FAST_COMMIT", raising=False)
     monkeypatch.setattr(results_io, "git_commit", lambda: "deadbee")
     assert results_io.commit() == "deadbee"
+
+
+@pytest.mark.parametrize("min_rounds", [0, 1, 3])
+def test_time_group_takes_enough_samples_for_its_deciles(min_rounds):
+    from benchmarks.common import time_group
+
+    calls = {"a": 0, "b": 0}
+
+    def counter(name):
+        def fn():
+            calls[name] += 1
+
+        return fn
+
+    stats = time_group({n: counter(n) for n in calls}, torch.device("cpu"), 0.0, min_rounds)
+    assert calls == {"a": 1 + max(2, min_rounds), "b": 1 + max(2, min_rounds)}  # + warm-up
+    for row in stats.values():
+        assert row["p20_ms"] <= row["median_ms"] <= row["p80_ms"]
