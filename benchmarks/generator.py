@@ -97,6 +97,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="the network's resolution (512 as released; smaller for smoke runs)",
     )
     parser.add_argument("--budget", type=float, default=20.0, help="CPU seconds per configuration")
+    parser.add_argument(
+        "--min-rounds", type=int, default=5, help="CPU: timed calls of every row at least (5)"
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     add_malloc_option(parser)
     args = parser.parse_args(argv)
@@ -175,7 +178,10 @@ def _measure_config(size, batch, flops, dtypes, backends, generators, device, ar
     todo = keys if measured else keys[1:]
     if not gpu:  # round-robin on CPU, so a shared machine's load spreads over all of them
         stats = time_group(
-            {f"{b}/{d}": group[(b, d)] for b, d in keys}, device, args.budget / len(keys)
+            {f"{b}/{d}": group[(b, d)] for b, d in keys},
+            device,
+            args.budget / len(keys),
+            args.min_rounds,
         )
     else:
         stats = {"reference/float32": time_group({"r": group[keys[0]]}, device, 0)["r"]}
@@ -189,7 +195,7 @@ def _measure_config(size, batch, flops, dtypes, backends, generators, device, ar
         out = fn().float()
         mem = torch.cuda.max_memory_allocated(device) / 2**20 if gpu else None
         if key not in stats:
-            stats[key] = time_group({key: fn}, device, 0)[key]
+            stats[key] = time_group({key: fn}, device, 0, args.min_rounds)[key]
         s = stats[key]
         tflops = flops * batch / (s["median_ms"] * 1e-3) / 1e12
         peak = peak_tflops(results.meta["device"], dtype)

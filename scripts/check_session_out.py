@@ -7,7 +7,8 @@ The device returns at most 8 files of at most 16 MiB, at most two folders deep; 
 session's phases must keep to their budgets (a phase may overrun its limit only by the
 10 s between SIGINT and SIGKILL) and their sum to the total; every result JSON must follow
 benchmarks/results_io.py's schema (a cut benchmark says ``interrupted`` and keeps its
-rows); with --strict (the dry run) no phase may fail outright. Prints one line per finding; exits 1 if any check fails.
+rows); with --strict (the dry run) no phase may fail outright and every result file needs a
+row. Prints one line per finding; exits 1 if any check fails.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def check(out: Path, total: float, strict: bool = False) -> list:
                 problems.append(f"{p.name}: {err}")
                 continue
             print(f"  {p.name}: {data['meta']['status']}, {len(data['rows'])} rows")
+            if strict and not data["rows"]:  # a phase cut before its first row proves nothing
+                problems.append(f"{p.name}: no rows ({data['meta']['status']})")
     return problems
 
 
@@ -103,7 +106,9 @@ def main(argv=None) -> int:
     checking.add_argument("out", type=Path)
     checking.add_argument("--total", type=float, required=True, help="the session's total seconds")
     checking.add_argument(
-        "--strict", action="store_true", help="a failed phase is a problem too (dry runs)"
+        "--strict",
+        action="store_true",
+        help="a failed phase or a results file without rows is a problem too (dry runs)",
     )
     merging = sub.add_parser("merge-junit", help="merge junit files into one")
     merging.add_argument("target", type=Path)

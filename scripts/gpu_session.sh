@@ -6,7 +6,7 @@
 #   bash scripts/gpu_session.sh --dry-run                          # CPU: the same plan, tiny
 #
 # Options: --commit SHA (or MAT_FAST_COMMIT; the box gets the tree without .git),
-# --out DIR (default $OUT, else ./gpu_out), --total SECONDS (default 560; dry run 180),
+# --out DIR (default $OUT, else ./gpu_out), --total SECONDS (default 560; dry run 195),
 # --dry-run, --only "PHASE ..." (a subset, e.g. for a rerun). Phases run in priority order;
 # each gets min(its budget, what is left of the total). A phase that runs out is stopped
 # with SIGINT (SIGKILL 10 s later): pytest still writes its junit file, and the benchmarks
@@ -144,6 +144,11 @@ mkdir -p "$OUT_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 LOG="$OUT_DIR/session.log"
 : > "$LOG"
+if [ "$DRY_RUN" = 1 ] && [ -z "${PYTHON:-}" ]; then
+    # on a CPU box the suite's environment has torch; the system python3 may not
+    VENV_PY="$(bash scripts/setup_env.sh --print-python)"
+    if [ -x "$VENV_PY" ]; then export PYTHON="$VENV_PY"; fi
+fi
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ -d gpu_shared ] && [ -z "${MAT_FAST_SHARED:-}" ]; then
@@ -153,14 +158,14 @@ fi
 if [ "$DRY_RUN" = 1 ]; then
     # The same phases on CPU with tiny shapes; Triton through its interpreter. The native
     # build is cached by the suite that CI runs first (4 s); tests_gpu collects the whole
-    # tree (~35 s on a loaded 2-core box); the generator phase wants ~20 s there for its
-    # two rows (at 12 s it was cut with none).
+    # tree (~35 s on a loaded 2-core box); the generator phase's two rows at 128 take
+    # 7 forwards of ~3 s each on a slow 2-core box (at 25 s it was cut with none).
     export TRITON_INTERPRET=1
-    TOTAL="${TOTAL:-180}"
-    BUDGETS=(env=10 build=20 tests_kernels=25 tests_gpu=30 train=15 tests_compile=15 attention=30 generator=25 precision=8)
+    TOTAL="${TOTAL:-195}"
+    BUDGETS=(env=10 build=20 tests_kernels=25 tests_gpu=30 train=15 tests_compile=15 attention=30 generator=40 precision=8)
     CHECK_ARGS=(--strict)
     ATTENTION_ARGS=(--device cpu --resolutions 32 --batches 1 --masks mask --budget 0.01 --interpreted-triton)
-    GENERATOR_ARGS=(--device cpu --sizes 128 --batches 1 --dtypes float32 --resolution 128 --backends reference,cpu --budget 0.01)
+    GENERATOR_ARGS=(--device cpu --sizes 128 --batches 1 --dtypes float32 --resolution 128 --backends reference,cpu --budget 0.01 --min-rounds 2)
     PRECISION_ARGS=(--device cpu --configs 256 --dtypes bfloat16)
     TRAIN_ARGS=(--device cpu --arch tiny --resolutions 64 --batch 2 --rows reference:fp32,cpu:fp32,cpu:bf16 --budget-s 0.01 --min-rounds 2)
     BUILD_DEVICE=cpu
