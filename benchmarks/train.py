@@ -135,9 +135,7 @@ def planned_rows(args, device: torch.device) -> tuple:
     else:
         names = args.backends.split(",") if args.backends else None
     try:
-        available = backend.available_backends(
-            device, ["reference"] + (names or []) if names else None
-        )
+        available = backend.available_backends(device, ["reference", *names] if names else None)
     except ValueError as err:
         raise SystemExit(f"--rows/--backends: {err}") from None
     if not args.rows:

@@ -84,19 +84,23 @@ def _key(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
+#: autocast's dtype per --precision (fp32: no autocast)
+HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def half_is_slow_here(precision: str, device: torch.device) -> bool:
     """Whether ``precision`` autocasts on a CPU without oneDNN kernels for it: autocast
     then sends the perceptual loss's VGG convolutions and the transformer's matmuls to
     torch's generic half kernels, and a step takes many times fp32's."""
     if device.type != "cpu" or precision == "fp32":
         return False
-    return half_convolutions_in_fp32(torch.bfloat16 if precision == "bf16" else torch.float16)
+    return half_convolutions_in_fp32(HALF_DTYPES[precision])
 
 
-def warn_where_half_is_slow(precision: str, device: torch.device) -> bool:
-    """Log a warning that names the fix where :func:`half_is_slow_here`; return whether."""
+def warn_where_half_is_slow(precision: str, device: torch.device) -> None:
+    """Log a warning that names the fix where :func:`half_is_slow_here`."""
     if not half_is_slow_here(precision, device):
-        return False
+        return
     log.warning(
         "mat-fast train: --precision %s on this CPU is many times slower than fp32: it has "
         "no oneDNN %s kernels, so autocast runs the perceptual loss's VGG and the "
@@ -106,7 +110,6 @@ def warn_where_half_is_slow(precision: str, device: torch.device) -> bool:
         "(AVX512-BF16, AMX).",
         precision, precision, precision, precision,
     )  # fmt: skip
-    return True
 
 
 class Trainer:
@@ -193,8 +196,7 @@ class Trainer:
     def _autocast(self):
         if self.o.precision == "fp32":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.o.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=HALF_DTYPES[self.o.precision])
 
     # ------------------------------------------------------------------------------------
 

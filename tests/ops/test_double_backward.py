@@ -189,26 +189,22 @@ def _derivatives(
     """(first derivatives without a graph, the same with create_graph=True, second
     derivatives) of fixed random projections of the op's output; the op runs under the
     context ``forward()``, and all of it (forward and derivatives) under ``whole()``."""
-    with whole():
-        return _derivatives_in(name, backend_name, dtype, device, forward)
-
-
-def _derivatives_in(name, backend_name, dtype, device, forward):
     inputs = _inputs(name, dtype, device)
     op, diff = _op(name, backend_name, inputs)
     gen = torch.Generator().manual_seed(7)
-    with forward():
-        y = op(*diff)
-    r = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
-    plain = torch.autograd.grad((y * r).sum(), diff, retain_graph=True)
-    first = torch.autograd.grad((y * r).sum(), diff, create_graph=True)
-    s = [torch.randn(g.shape, generator=gen, dtype=torch.float64).to(g) for g in first]
-    connected = [(g * si).sum() for g, si in zip(first, s) if g.requires_grad]
-    second = (
-        torch.autograd.grad(sum(connected), diff, allow_unused=True)
-        if connected
-        else [None] * len(diff)
-    )
+    with whole():
+        with forward():
+            y = op(*diff)
+        r = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+        plain = torch.autograd.grad((y * r).sum(), diff, retain_graph=True)
+        first = torch.autograd.grad((y * r).sum(), diff, create_graph=True)
+        s = [torch.randn(g.shape, generator=gen, dtype=torch.float64).to(g) for g in first]
+        connected = [(g * si).sum() for g, si in zip(first, s) if g.requires_grad]
+        second = (
+            torch.autograd.grad(sum(connected), diff, allow_unused=True)
+            if connected
+            else [None] * len(diff)
+        )
     second = [torch.zeros_like(t) if g is None else g for g, t in zip(second, diff)]
     return plain, first, second
 

@@ -38,7 +38,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .fir import depthwise_fir
+from .fir import autocast_dtype, depthwise_fir
 from .reference import Padding, conv2d_resample_with, padding_per_side, upfirdn2d_reference
 
 __all__ = ["conv2d_resample_cpu", "half_convolutions_in_fp32", "upfirdn2d_cpu"]
@@ -63,10 +63,8 @@ def half_convolutions_in_fp32(dtype: torch.dtype) -> bool:
 def _autocast_widened_dtype() -> Optional[torch.dtype]:
     """The half dtype CPU autocast runs convolutions in, where this CPU widens them (see
     the module docstring); else None."""
-    if not torch.is_autocast_enabled("cpu"):
-        return None
-    dtype = torch.get_autocast_dtype("cpu")
-    return dtype if half_convolutions_in_fp32(dtype) else None
+    dtype = autocast_dtype("cpu")
+    return dtype if dtype is not None and half_convolutions_in_fp32(dtype) else None
 
 
 def _widening_dtype(x: torch.Tensor) -> Optional[torch.dtype]:

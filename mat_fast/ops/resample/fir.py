@@ -13,12 +13,12 @@ calls PyTorch makes (bit for bit).
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["depthwise_fir"]
+__all__ = ["autocast_dtype", "depthwise_fir"]
 
 
 def depthwise_fir(
@@ -32,7 +32,8 @@ def depthwise_fir(
     backward of an autograd function, where the gradient (in autocast's dtype) would meet
     the saved fp32 weight."""
     padding = (int(padding[0]), int(padding[1]))
-    dtype = _autocast_dtype(x)
+    # autocast casts float32/16 operands, never float64
+    dtype = autocast_dtype(x.device.type) if x.dtype != torch.float64 else None
     if dtype is not None:
         with torch.autocast(x.device.type, enabled=False):
             return depthwise_fir(x.to(dtype), weight.to(dtype), stride, padding)
@@ -41,15 +42,11 @@ def depthwise_fir(
     return F.conv2d(x, weight, stride=stride, padding=padding, groups=x.shape[1])
 
 
-def _autocast_dtype(x: torch.Tensor):
-    """The dtype autocast would run a convolution of ``x`` in, or None (autocast off for
-    x's device, or x of a dtype autocast leaves alone)."""
-    device = x.device.type
-    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast runs convolutions in on ``device_type``; None where it is off."""
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
         return None
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return None
-    return torch.get_autocast_dtype(device)
+    return torch.get_autocast_dtype(device_type)
 
 
 class _Conv(torch.autograd.Function):
