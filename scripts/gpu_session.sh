@@ -6,7 +6,7 @@
 #   bash scripts/gpu_session.sh --dry-run                          # CPU: the same plan, tiny
 #
 # Options: --commit SHA (or MAT_FAST_COMMIT; the box gets the tree without .git),
-# --out DIR (default $OUT, else ./gpu_out), --total SECONDS (default 560; dry run 195),
+# --out DIR (default $OUT, else ./gpu_out), --total SECONDS (default 560; dry run 205),
 # --dry-run, --only "PHASE ..." (a subset, e.g. for a rerun). Phases run in priority order;
 # each gets min(its budget, what is left of the total). A phase that runs out is stopped
 # with SIGINT (SIGKILL 10 s later): pytest still writes its junit file, and the benchmarks
@@ -159,10 +159,10 @@ if [ "$DRY_RUN" = 1 ]; then
     # The same phases on CPU with tiny shapes; Triton through its interpreter. The native
     # build is cached by the suite that CI runs first (4 s); tests_gpu collects the whole
     # tree (~35 s on a loaded 2-core box); the generator phase's two rows at 128 take
-    # 7 forwards of ~3 s each on a slow 2-core box (at 25 s it was cut with none).
+    # 9 forwards of ~3 s each on a slow 2-core box (35 s in all; at 25 s it was cut with none).
     export TRITON_INTERPRET=1
-    TOTAL="${TOTAL:-195}"
-    BUDGETS=(env=10 build=20 tests_kernels=25 tests_gpu=30 train=15 tests_compile=15 attention=30 generator=40 precision=8)
+    TOTAL="${TOTAL:-205}"
+    BUDGETS=(env=10 build=20 tests_kernels=25 tests_gpu=30 train=15 tests_compile=15 attention=30 generator=50 precision=8)
     CHECK_ARGS=(--strict)
     ATTENTION_ARGS=(--device cpu --resolutions 32 --batches 1 --masks mask --budget 0.01 --interpreted-triton)
     GENERATOR_ARGS=(--device cpu --sizes 128 --batches 1 --dtypes float32 --resolution 128 --backends reference,cpu --budget 0.01 --min-rounds 2)
